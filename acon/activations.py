@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from acon.beta import BETA_GENERATORS, check_reduction
+from acon.beta import BETA_GENERATORS
 from acon.modules import AconA, AconB, AconC, MetaAcon, MetaAconC
 from acon.registry import Registry
 
@@ -71,8 +71,6 @@ def create_meta_acon(channels: int, *, generator: Any = "channel", channel_dim: 
     ``channel`` gives the official ``MetaAconC`` layout; ``learned`` gives ``AconC``; ``fixed``
     gives ``AconC`` with a constant beta (``beta=``); any other generator wraps ``MetaAcon``.
     """
-    if "r" in options:
-        check_reduction(channels, options["r"])
     if generator == "channel":
         return MetaAconC(channels, channel_dim=channel_dim, **_accepted(MetaAconC, options))
     if generator == "learned":
