@@ -8,8 +8,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
+from acon import _layout
 from acon.beta import BETA_GENERATORS
 from acon.modules import AconA, AconB, AconC, MetaAcon, MetaAconC
 from acon.registry import Registry
@@ -40,9 +41,21 @@ ACTIVATIONS.register("gelu", _baseline(nn.GELU), help="GELU (erf form)")
 ACTIVATIONS.register("identity", _baseline(nn.Identity), help="no activation")
 
 
+class _PReLUOnAxis(nn.PReLU):
+    """PReLU whose slopes run along ``channel_dim``: ``nn.PReLU`` always reads channels at axis 1."""
+
+    def __init__(self, channels: int, channel_dim: int):
+        super().__init__(channels)
+        self.channel_dim = channel_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        xc = _layout.channels_first(x, self.channel_dim, self.num_parameters)
+        return _layout.restore_channels(super().forward(xc), self.channel_dim)
+
+
 @ACTIVATIONS.register("prelu", help="PReLU with one learned slope per channel")
-def _prelu(channels: int, **_: Any) -> nn.Module:
-    return nn.PReLU(channels)
+def _prelu(channels: int, *, channel_dim: int = 1, **_: Any) -> nn.Module:
+    return nn.PReLU(channels) if channel_dim == 1 else _PReLUOnAxis(channels, channel_dim)
 
 
 @ACTIVATIONS.register("acon_a", help="ACON-A: x * sigmoid(beta x), learned per-channel beta")

@@ -26,7 +26,13 @@ def _param(channels: int, init: float | Init | None, default: Callable[..., Tens
         return nn.Parameter(default(1, channels, 1, 1))
     if callable(init):
         p = torch.empty(1, channels, 1, 1)
-        init(p)
+        out = init(p)
+        # nn.init.*_ fill p in place and return it; a function returning a new tensor is honoured too,
+        # otherwise p would silently stay uninitialised memory.
+        if isinstance(out, Tensor) and out is not p:
+            if out.numel() != channels:
+                raise ValueError(f"init function returned {out.numel()} values for {channels} channels")
+            p = out.detach().reshape(1, channels, 1, 1).to(p.dtype, copy=True)
         return nn.Parameter(p)
     return nn.Parameter(torch.full((1, channels, 1, 1), float(init)))
 
