@@ -1,0 +1,211 @@
+#!/usr/bin/env python
+"""Command line of the ACON ablation toolkit: list, run, worker, report, overhead.
+
+Thin by design: each subcommand parses, then calls one public function that a Python user
+can call too. Errors print one line (``error: ...``) and exit non-zero; no tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Sequence
+
+LISTABLE = ("studies", "generators", "placements", "models", "datasets", "activations")
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``run_study.py`` / ``acon-study``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # mlflow warns when git is missing
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted: the running trial was recorded as failed; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseException as exc:  # noqa: BLE001 - the CLI promises one line, never a traceback
+        if isinstance(exc, SystemExit):
+            raise
+        if type(exc).__name__ == "Interrupted":
+            print(f"interrupted ({exc}): the running trial was recorded as failed; rerun the same command to resume",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        if os.environ.get("ACON_DEBUG"):
+            raise
+        return EXIT_ERROR
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (KeyError's quotes removed)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-parser per subcommand."""
+    parser = argparse.ArgumentParser(prog="run_study.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_list(sub)
+    _add_run(sub)
+    _add_worker(sub)
+    _add_report(sub)
+    _add_overhead(sub)
+    return parser
+
+
+def _add_list(sub: Any) -> None:
+    p = sub.add_parser("list", help="list studies, generators, placements, models, datasets or activations")
+    p.add_argument("what", nargs="?", default="studies", choices=LISTABLE)
+    p.set_defaults(func=cmd_list)
+
+
+def _add_store_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="Optuna storage URL (default $ACON_STORAGE or sqlite:///optuna.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment name (default: the study name)")
+    p.add_argument("--study-name", help="Optuna study name (default: STUDY-PRESET)")
+    p.add_argument("--preset", default="quick", help="quick (CPU, minutes), default, paper (GPU)")
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser("run", help="run (or resume) a study: a built-in name or a path to your study file")
+    p.add_argument("study", help="study name (see `list studies`) or a .py file defining STUDY")
+    _add_store_flags(p)
+    _add_training_flags(p)
+    p.add_argument("--trials", type=int, help="number of trials for search studies (hpo)")
+    p.add_argument("--max-trials", type=int, help="stop this process after N trials (the rest stay queued)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+
+def _add_worker(sub: Any) -> None:
+    p = sub.add_parser("worker", help="join an existing study from this machine (shared storage and tracking)")
+    p.add_argument("study", help="study name or .py file, as given to `run`")
+    _add_store_flags(p)
+    _add_training_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_worker)
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=int, help="seeds per design cell")
+    p.add_argument("--model", help="model name (see `list models`)")
+    p.add_argument("--dataset", help="dataset name (see `list datasets`)")
+    p.add_argument("--data-dir", help="where torchvision datasets or an image folder live")
+    p.add_argument("--download", action="store_true", help="download a torchvision dataset into --data-dir")
+    p.add_argument("--epochs", type=int, help="epochs per trial")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
+    p.add_argument("--threads", type=int, help="torch threads in this process")
+
+
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser("report", help="ablation table of a study from MLflow")
+    p.add_argument("study", help="study name")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the study name)")
+    p.add_argument("--group-by", help="comma-separated design axes (default: the variant)")
+    p.add_argument("--baseline", default="activation=relu", help="baseline row as AXIS=VALUE (default activation=relu)")
+    p.add_argument("--metric", help="metric (default: the study's)")
+    p.add_argument("--format", default="terminal", help="terminal, markdown, csv, latex, html (comma-separated)")
+    p.add_argument("--out", help="directory to write the tables (and plots) to")
+    p.add_argument("--plots", action="store_true", help="also draw EDF and learning-curve plots")
+    p.set_defaults(func=cmd_report)
+
+
+def _add_overhead(sub: Any) -> None:
+    p = sub.add_parser("overhead", help="params and FLOPs of variants vs the ReLU model (no training)")
+    p.add_argument("--model", default="resnet50", help="comma-separated model names")
+    p.add_argument("--generator", default="channel", help="comma-separated beta generators")
+    p.add_argument("--r", default="16", help="comma-separated reduction ratios")
+    p.add_argument("--placement", default="all", help="comma-separated placements")
+    p.add_argument("--activation", default="meta_acon", help="activation (default meta_acon)")
+    p.add_argument("--input-size", type=int, help="input image size (default: the model's)")
+    p.add_argument("--format", default="terminal", help="terminal, markdown, csv, latex, html")
+    p.add_argument("--latency", action="store_true", help="also measure forward/backward time ratios")
+    p.set_defaults(func=cmd_overhead)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print the names (and one-line help) of a registry."""
+    from studies.catalog import registry_for
+
+    reg = registry_for(args.what)
+    width = max((len(n) for n in reg.names()), default=0)
+    for name in reg.names():
+        print(f"{name:<{width}}  {reg.help(name)}".rstrip())
+    return 0
+
+
+def _run_options(args: argparse.Namespace, **extra: Any):
+    from studies.runner import RunOptions
+
+    overrides = {"seeds": args.seeds, "model": args.model, "dataset": args.dataset, "epochs": args.epochs,
+                 "n_trials": getattr(args, "trials", None)}
+    return RunOptions(preset=args.preset, overrides=overrides, storage=args.storage, tracking_uri=args.tracking_uri,
+                      experiment=args.experiment, study_name=args.study_name, device=args.device,
+                      data_dir=args.data_dir, download=args.download, threads=args.threads,
+                      progress=not args.no_progress, **extra)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run or resume a study, then print its summary table."""
+    from studies.runner import run_study
+    from studies.summary import summary_text
+
+    if args.workers != 1:
+        from studies.workers import run_workers
+
+        result = run_workers(args.study, _run_options(args), workers=args.workers)
+    else:
+        result = run_study(args.study, _run_options(args, max_trials=args.max_trials))
+    print(summary_text(result))
+    return 0 if not result.counts.get("FAIL") else 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Join an existing study and run trials until none is left."""
+    from studies.runner import run_study
+    from studies.summary import summary_text
+
+    print(summary_text(run_study(args.study, _run_options(args), join=True)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print (and optionally write) the ablation table of a study."""
+    from report import build_report
+
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    group_by = [a.strip() for a in args.group_by.split(",")] if args.group_by else None
+    print(build_report(args.study, tracking_uri=args.tracking_uri, experiment=args.experiment, group_by=group_by,
+                       baseline=args.baseline, metric=args.metric, formats=formats, out_dir=args.out,
+                       plots=args.plots))
+    return 0
+
+
+def cmd_overhead(args: argparse.Namespace) -> int:
+    """Print the params/FLOPs overhead table over the given values of each axis."""
+    from report import format_table, overhead_table
+
+    split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
+    rs = [_int("--r", v) for v in split(args.r)]
+    table = overhead_table(split(args.model), split(args.generator), rs, split(args.placement),
+                           input_size=args.input_size, activation=args.activation, latency=args.latency)
+    print(format_table(table, args.format))
+    return 0
+
+
+def _int(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{flag} takes integers, got {value!r}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The built-in studies: design space, reduction ratio, placement, variants and HPO.
+
+Each is a plain ``Study``; the ``quick`` preset runs on the embedded dataset on a CPU in
+a few minutes, ``default`` is the same with more epochs and seeds, ``paper`` is for a GPU.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from studies.spec import STUDIES, Study
+
+META = {"activation": "meta_acon", "generator": "channel", "placement": "all"}
+BASELINES = ({"activation": "relu", "placement": "all"}, {"activation": "silu", "placement": "all"})
+CIFAR = {"dataset": "cifar10", "model": "resnet20", "small_input": True, "augment": True, "batch_size": 128}
+DEFAULT = {"seeds": 3, "epochs": 10}
+PAPER = {**CIFAR, "seeds": 5, "epochs": 30}
+
+
+def _register(study: Study) -> Study:
+    return STUDIES.register(study.name, study, help=study.doc.splitlines()[0])
+
+
+_register(Study(
+    name="design_space",
+    doc="Which beta generator? layer-, channel- and pixel-wise meta-ACON against ReLU, Swish and ACON-C.",
+    designs=BASELINES + (
+        {"activation": "acon_c", "placement": "all"},
+        *({**META, "generator": g, "r": 8} for g in ("layer", "channel", "pixel")),
+    ),
+    presets={"default": DEFAULT, "paper": PAPER},
+))
+
+_register(Study(
+    name="reduction_ratio",
+    doc="Does r matter? channel-wise meta-ACON with reduction ratio r from 2 to 16 (to 64 on the last stage for paper).",
+    designs=({"activation": "relu", "placement": "all"}, *({**META, "r": r} for r in (2, 4, 8, 16))),
+    presets={
+        "default": DEFAULT,
+        "paper": {**PAPER, "designs": ({"activation": "relu", "placement": "all"},
+                                       *({**META, "r": r, "placement": "last_stage"} for r in (2, 4, 8, 16, 32, 64)))},
+    },
+))
+
+_register(Study(
+    name="placement",
+    doc="Where does meta-ACON help? channel-wise meta-ACON at all sites, the first, the last, the last stage.",
+    designs=({"activation": "relu", "placement": "all"},
+             *({**META, "r": 8, "placement": p} for p in ("all", "first:1", "last:1", "last_stage"))),
+    presets={
+        "default": DEFAULT,
+        "paper": {**PAPER, "model": "resnet50", "designs": (
+            {"activation": "relu", "placement": "all"},
+            *({**META, "r": 16, "placement": p} for p in ("all", "bottleneck_3x3", "last_stage", "first:4", "last:4")))},
+    },
+))
+
+_register(Study(
+    name="variants",
+    doc="Does it beat ReLU and Swish? ReLU, Swish, ACON-A, ACON-B, ACON-C and channel-wise meta-ACON.",
+    designs=tuple({"activation": a, "placement": "all"} for a in ("relu", "silu", "acon_a", "acon_b", "acon_c"))
+    + ({**META, "r": 8},),
+    presets={"default": DEFAULT, "paper": PAPER},
+))
+
+
+def hpo_space(trial: optuna.Trial) -> dict[str, Any]:
+    """TPE search space of the ``hpo`` study: learning rate, weight decay, epochs."""
+    return {
+        "lr": trial.suggest_float("lr", 1e-3, 0.5, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        "epochs": trial.suggest_int("epochs", 2, 8),
+    }
+
+
+_register(Study(
+    name="hpo",
+    doc="Tune lr, weight decay and epochs (TPE, median pruning) for channel-wise meta-ACON at all sites.",
+    designs=({**META, "r": 8},),
+    sampler="tpe",
+    pruner="median",
+    search_space=hpo_space,
+    fixed={"n_trials": 8, "seeds": 1},
+    presets={"default": {"n_trials": 30}, "paper": {**CIFAR, "n_trials": 50}},
+))

@@ -1,0 +1,255 @@
+"""Run a study: Optuna decides what to run next, each trial trains a model, MLflow records it.
+
+The grid studies enqueue every missing (design, seed) cell as a WAITING Optuna trial, then
+any number of workers pop and run them; a rerun re-enqueues cells that failed or were cut
+off, so it completes the study without duplicating what is done.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import optuna
+from optuna.trial import TrialState
+
+from studies.spec import DESIGN_AXES, Study, load_study, variant_label
+from studies.storage import StorageError, open_storage, resolve_storage, resolve_tracking_uri
+from studies.tracking import PARENT_ATTR, Tracker
+from studies.trial import TrialContext, execute_trial
+
+#: Settings that change results: a study resumed with different values is refused.
+RESULT_SETTINGS = ("model", "dataset", "small_input", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
+                   "schedule", "warmup_epochs", "label_smoothing", "augment", "limit")
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived during a study; the current trial is recorded as failed."""
+
+
+@dataclass
+class RunOptions:
+    """How to run a study: preset, overrides, stores, device; validated by ``Study.settings``."""
+
+    preset: str = "quick"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    storage: str | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    study_name: str | None = None
+    device: str = "auto"
+    data_dir: str | None = None
+    download: bool = False
+    threads: int | None = None
+    progress: bool = True
+    max_trials: int | None = None
+
+
+@dataclass
+class StudyRun:
+    """What a run did: the Optuna study, the parent MLflow run, and counts by trial state."""
+
+    study: optuna.Study
+    parent_run_id: str
+    ran: int
+    counts: dict[str, int]
+
+
+def run_study(study: Study | str, options: RunOptions | None = None, *, join: bool = False) -> StudyRun:
+    """Create or resume ``study`` and run every missing trial in this process.
+
+    ``join=True`` (a worker) only joins a study that already exists and never enqueues
+    new grid cells unless they were left failed.
+    """
+    options = options or RunOptions()
+    spec = load_study(study) if isinstance(study, str) else study
+    settings = spec.settings(options.preset, options.overrides)
+    session = _open(spec, settings, options, join=join)
+    with _signals_raise_interrupted():
+        try:
+            ran = _run_loop(session, options)
+        except BaseException:
+            session.tracker.close_parent("KILLED" if not join else "RUNNING")
+            raise
+    if not join or _all_done(session):
+        session.tracker.close_parent("FINISHED" if _all_done(session) else "KILLED")
+    return StudyRun(session.optuna_study, session.tracker.parent_id, ran, state_counts(session.optuna_study))
+
+
+@dataclass
+class _Session:
+    spec: Study
+    settings: dict[str, Any]
+    optuna_study: optuna.Study
+    tracker: Tracker
+    ctx: TrialContext
+
+
+def _open(spec: Study, settings: dict[str, Any], options: RunOptions, *, join: bool) -> _Session:
+    url = resolve_storage(options.storage)
+    name = options.study_name or f"{spec.name}-{options.preset}"
+    holder: dict[str, _Session] = {}
+    storage = open_storage(url)
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.is_heartbeat_enabled():
+        storage.heartbeat_stale_trial_callback = lambda st, t: _requeue_dead(holder["s"], t)
+    optuna_study = _create_or_load(spec, name, storage, settings, join=join)
+    tracker = Tracker(resolve_tracking_uri(options.tracking_uri), options.experiment or spec.name, study=spec.name,
+                      optuna_study=name, preset=options.preset, axes=DESIGN_AXES + ("seed",), metric=spec.metric,
+                      direction=spec.direction)
+    parent = optuna_study.user_attrs.get(PARENT_ATTR)
+    if join and parent:
+        tracker.attach_parent(parent)
+    else:
+        optuna_study.set_user_attr(PARENT_ATTR, tracker.open_parent(parent, url))
+    ctx = TrialContext(spec, settings, tracker, optuna_study, device=options.device, data_dir=options.data_dir,
+                       download=options.download, threads=options.threads, progress=options.progress)
+    holder["s"] = _Session(spec, settings, optuna_study, tracker, ctx)
+    return holder["s"]
+
+
+def _create_or_load(spec: Study, name: str, storage: Any, settings: dict[str, Any], *, join: bool) -> optuna.Study:
+    exists = name in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if join and not exists:
+        raise LookupError(f"no study named {name!r} in this storage; start it with `run_study.py run` first")
+    study = optuna.create_study(storage=storage, study_name=name, direction=spec.direction, load_if_exists=True,
+                                sampler=_sampler(spec, settings), pruner=_pruner(spec))
+    recorded = study.user_attrs.get("settings")
+    wanted = {k: settings.get(k) for k in RESULT_SETTINGS}
+    if recorded is None:
+        study.set_user_attr("settings", json.loads(json.dumps(wanted, default=str)))
+        study.set_user_attr("acon_study", spec.name)
+    elif not join:
+        _check_same_settings(name, recorded, json.loads(json.dumps(wanted, default=str)))
+    return study
+
+
+def _check_same_settings(name: str, recorded: dict[str, Any], wanted: dict[str, Any]) -> None:
+    diff = [f"{k}={recorded.get(k)!r} (now {wanted.get(k)!r})" for k in wanted if recorded.get(k) != wanted.get(k)]
+    if diff:
+        raise ValueError(f"study {name!r} was run with {', '.join(diff)}; rerun with the same settings to resume, "
+                         f"or pass --study-name NEW to start a new study")
+
+
+def _sampler(spec: Study, settings: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=None, n_startup_trials=min(5, settings.get("n_trials") or 5))
+    return optuna.samplers.RandomSampler()  # grid cells are enqueued; the sampler never picks them
+
+
+def _pruner(spec: Study) -> optuna.pruners.BasePruner:
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    return optuna.pruners.NopPruner()
+
+
+def _run_loop(session: _Session, options: RunOptions) -> int:
+    study = session.optuna_study
+    optuna.storages.fail_stale_trials(study)
+    if session.spec.is_grid:
+        enqueue_missing(session)
+    total = _remaining(session)
+    if options.max_trials is not None:
+        total = min(total, options.max_trials)
+    ran = 0
+    with session.ctx.progress_bar(total) as bar:
+        while ran < total:
+            trial = _next_trial(session)
+            if trial is None:
+                break
+            execute_trial(session.ctx, trial)
+            ran += 1
+            bar.update(1)
+    return ran
+
+
+def _next_trial(session: _Session) -> optuna.Trial | None:
+    """Pop a WAITING cell (grid) or ask the sampler (search); None when nothing is left to run."""
+    study = session.optuna_study
+    optuna.storages.fail_stale_trials(study)
+    if session.spec.is_grid:
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return None
+        trial = study.ask()
+        if "cell_key" not in trial.user_attrs:  # another worker took the last cell in between
+            trial.set_user_attr("spurious", True)
+            study.tell(trial, state=TrialState.FAIL)
+            return None
+        return trial
+    return study.ask()
+
+
+def _remaining(session: _Session) -> int:
+    study = session.optuna_study
+    if session.spec.is_grid:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    budget = session.settings.get("n_trials") or 1
+    return max(0, budget - len(study.get_trials(deepcopy=False, states=DONE)))
+
+
+def enqueue_missing(session: _Session) -> int:
+    """Enqueue every grid cell that has no finished, running or waiting trial; return how many."""
+    study = session.optuna_study
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    taken = {t.user_attrs.get("cell_key") for t in study.get_trials(deepcopy=False, states=live)}
+    missing = [c for c in session.spec.cells(session.settings) if cell_key(c) not in taken]
+    for cell in missing:
+        study.enqueue_trial({}, user_attrs={**{k: _attr(v) for k, v in cell.items()}, "cell_key": cell_key(cell),
+                                            "variant": variant_label(cell)})
+    return len(missing)
+
+
+def _requeue_dead(session: _Session, trial: optuna.trial.FrozenTrial) -> None:
+    """Heartbeat callback: a dead worker's trial is failed in MLflow and its cell queued again."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        session.tracker.fail_if_running(run_id, "worker stopped sending heartbeats (killed or crashed)")
+    if session.spec.is_grid:
+        enqueue_missing(session)
+
+
+def cell_key(cell: dict[str, Any]) -> str:
+    """A stable identity of a (design, seed) cell."""
+    return json.dumps({k: str(v) for k, v in sorted(cell.items())}, sort_keys=True)
+
+
+def _attr(value: Any) -> Any:
+    return value if isinstance(value, (int, float, str, bool)) else str(value)
+
+
+def _all_done(session: _Session) -> bool:
+    return _remaining(session) == 0 and not session.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """Number of trials per state name, spurious queue races left out."""
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        if not t.user_attrs.get("spurious"):
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+@contextmanager
+def _signals_raise_interrupted() -> Iterator[None]:
+    """SIGTERM raises ``Interrupted`` like Ctrl-C raises KeyboardInterrupt (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+Callback = Callable[..., None]

@@ -1,0 +1,214 @@
+"""One Optuna trial: build the cell's model, measure its overhead, train, record everything.
+
+``execute_trial`` reads as the story of a trial: design cell -> model -> complexity ->
+training with per-epoch reports and pruning -> final metrics -> trial and run closed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import optuna
+from optuna.trial import TrialState
+
+from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, variant_label
+from studies.tracking import Tracker
+
+#: Settings that are not training-config fields nor logged as params.
+NOT_LOGGED = ("designs",)
+
+
+@dataclass
+class TrialContext:
+    """What every trial of one study run shares: spec, settings, tracker, study, device, data."""
+
+    spec: Study
+    settings: dict[str, Any]
+    tracker: Tracker
+    study: optuna.Study
+    device: str = "auto"
+    data_dir: str | None = None
+    download: bool = False
+    threads: int | None = None
+    progress: bool = True
+    bar: Any = None
+
+    @contextmanager
+    def progress_bar(self, total: int) -> Iterator[Any]:
+        """A tqdm bar over trials; epochs show in its postfix."""
+        from tqdm.auto import tqdm
+
+        with tqdm(total=total, desc=self.study.study_name, unit="trial", disable=not self.progress,
+                  dynamic_ncols=True) as bar:
+            self.bar = bar
+            yield bar
+
+    def data(self):
+        """The dataset splits, loaded once per process (the split seed is fixed, shared by all trials)."""
+        return _load_data(self.settings["dataset"], self.data_dir, self.download, self.settings.get("limit"))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_data(name: str, data_dir: str | None, download: bool, limit: int | None):
+    from studies.data import load_dataset
+
+    return load_dataset(name, data_dir=data_dir, download=download, limit=limit, seed=0)
+
+
+def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
+    """Run one trial to a final state (COMPLETE, PRUNED or FAIL); re-raise interruptions."""
+    cell, settings = _design(ctx, trial)
+    label = variant_label(cell)
+    logged = {k: v for k, v in settings.items() if k not in NOT_LOGGED}
+    run_id = ctx.tracker.start_trial(trial.number, cell, logged, label)
+    trial.set_user_attr("mlflow_run_id", run_id)
+    try:
+        with _heartbeat(ctx.study, trial):
+            value = _train_and_log(ctx, trial, cell, settings, run_id, label)
+    except optuna.TrialPruned:
+        ctx.study.tell(trial, state=TrialState.PRUNED)
+        ctx.tracker.end_trial(run_id, "PRUNED")
+        return TrialState.PRUNED
+    except (KeyboardInterrupt, SystemExit) as exc:
+        _fail(ctx, trial, run_id, f"interrupted ({type(exc).__name__})", state="INTERRUPTED")
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a failed trial is recorded, the study goes on
+        if type(exc).__name__ == "Interrupted":
+            _fail(ctx, trial, run_id, f"interrupted ({exc})", state="INTERRUPTED")
+            raise
+        _fail(ctx, trial, run_id, _reason(exc))
+        return TrialState.FAIL
+    ctx.study.tell(trial, value)
+    ctx.tracker.end_trial(run_id, "COMPLETE")
+    return TrialState.COMPLETE
+
+
+def _design(ctx: TrialContext, trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trial's design cell and settings: enqueued user attrs (grid) or the search space (TPE)."""
+    settings = dict(ctx.settings)
+    if ctx.spec.is_grid:
+        cell = {k: trial.user_attrs[k] for k in DESIGN_AXES + ("seed",)}
+    else:
+        cell = {**_design_cell(ctx.spec.designs[0]), "seed": trial.number % int(settings["seeds"])}
+        settings.update(ctx.spec.search_space(trial))
+        for k, v in cell.items():
+            trial.set_user_attr(k, v)
+    return cell, settings
+
+
+def _design_cell(design: dict[str, Any]) -> dict[str, Any]:
+    from studies.spec import design_cell
+
+    return design_cell(design)
+
+
+def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any], settings: dict[str, Any],
+                   run_id: str, label: str) -> float:
+    from studies.train import train
+
+    data = ctx.data()
+    model, baseline, sites = build_pair(cell, settings, data)
+    ctx.tracker.log_metrics(run_id, complexity(model, baseline, data, len(sites)))
+    cfg = train_config(settings, seed=int(cell["seed"]), device=ctx.device, threads=ctx.threads)
+    metric = ctx.spec.metric
+
+    def on_epoch(m) -> None:
+        values = dataclasses.asdict(m)
+        ctx.tracker.log_metrics(run_id, {k: v for k, v in values.items() if k != "epoch"}, step=m.epoch)
+        if ctx.bar is not None:
+            ctx.bar.set_postfix_str(f"{label} seed {cell['seed']} epoch {m.epoch}/{cfg.epochs} "
+                                    f"{metric} {values.get(metric, float('nan')):.4f}")
+        trial.report(values[metric], m.epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
+
+    result = train(model, data, cfg, on_epoch=on_epoch)
+    final = {f"final_{k}" if k in ("val_acc", "val_loss", "val_top5") else k: v for k, v in result.final.items()}
+    final["best_val_acc"] = max(h.val_acc for h in result.history)
+    ctx.tracker.log_metrics(run_id, final)
+    return float(result.final[metric])
+
+
+def build_pair(cell: dict[str, Any], settings: dict[str, Any], data) -> tuple[Any, Any, list]:
+    """The cell's model and its ReLU baseline (same architecture, no site changed)."""
+    from ablation import build_model
+
+    common = dict(num_classes=data.num_classes, in_channels=data.in_channels, small_input=settings["small_input"],
+                  input_size=data.image_size)
+    kwargs = {"activation": cell["activation"], "placement": _axis(cell, "placement", "all")}
+    if _axis(cell, "generator", None) is not None:
+        kwargs["generator"] = cell["generator"]
+    if _axis(cell, "r", None) is not None:
+        kwargs["r"] = int(cell["r"])
+    import torch
+
+    torch.manual_seed(int(cell["seed"]))
+    model, sites = build_model(settings["model"], **kwargs, **common)
+    baseline, _ = build_model(settings["model"], activation="relu", placement="none", **common)
+    return model, baseline, sites
+
+
+def complexity(model, baseline, data, n_sites: int) -> dict[str, float]:
+    """Params and FLOPs of the model and its ReLU baseline, for one input image."""
+    from ablation.complexity import overhead
+
+    shape = (1, data.in_channels, data.image_size, data.image_size)
+    return {**overhead(model, baseline, shape), "sites": n_sites}
+
+
+def train_config(settings: dict[str, Any], *, seed: int, device: str, threads: int | None):
+    """A validated ``TrainConfig`` from the study settings."""
+    from studies.train import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in settings.items() if k in names}
+    return TrainConfig(**{**values, "seed": seed, "device": device, "threads": threads})
+
+
+def _axis(cell: dict[str, Any], axis: str, default: Any) -> Any:
+    value = cell.get(axis, NOT_APPLICABLE)
+    return default if value == NOT_APPLICABLE else value
+
+
+def _fail(ctx: TrialContext, trial: optuna.Trial, run_id: str, reason: str, *, state: str = "FAIL") -> None:
+    trial.set_user_attr("fail_reason", reason[:1000])
+    ctx.study.tell(trial, state=TrialState.FAIL)
+    ctx.tracker.end_trial(run_id, state, reason)
+
+
+def _reason(exc: BaseException) -> str:
+    tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3))
+    return f"{type(exc).__name__}: {exc}\n{tail}"
+
+
+@contextmanager
+def _heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Record heartbeats while the trial runs (RDB storages), as ``study.optimize`` would."""
+    storage = study._storage
+    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception:  # a transient storage error must not kill the trial
+                pass
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial.number}")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
