@@ -1,0 +1,114 @@
+"""Call-site model surgery: give each selected activation call its own new module.
+
+The model is traced with torch.fx; each selected call node is replaced by a call of a fresh
+module built for that site's width. The result is an ``fx.GraphModule`` that keeps the original
+parameter names, so a freshly built model of the same spec loads its state_dict (strict).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Callable, Sequence
+
+from torch import fx, nn
+
+from ablation.placement import select_sites
+from ablation.sites import Site, find_sites, propagate_shapes, trace
+
+MakeActivation = Callable[[Site], nn.Module]
+
+
+def list_sites(model: nn.Module, input_shape: Sequence[int], *, kinds: Sequence[str] = ("relu",)) -> list[Site]:
+    """Every candidate activation site of ``model`` for an input of ``input_shape`` (batch included)."""
+    gm = trace(model)
+    propagate_shapes(gm, input_shape)
+    return [site for site, _ in _with_targets(gm, find_sites(gm, kinds))]
+
+
+def apply_placement(
+    model: nn.Module,
+    make_activation: MakeActivation,
+    placement: object = "all",
+    *,
+    input_shape: Sequence[int],
+    kinds: Sequence[str] = ("relu",),
+    model_name: str | None = None,
+    copy_model: bool = True,
+) -> tuple[nn.Module, list[Site]]:
+    """Replace the sites ``placement`` selects by ``make_activation(site)``; return (model, changed sites).
+
+    ``placement`` is a policy name (``"first:4"``) or a callable policy. A policy that selects no
+    site is refused (use ``"none"`` for the baseline, which returns the model untouched).
+    In-place calls are handled: later readers of an in-place call's input read the new output.
+    """
+    if placement == "none":
+        return model, []
+    gm = trace(copy.deepcopy(model) if copy_model else model)
+    propagate_shapes(gm, input_shape)
+    candidates = _with_targets(gm, find_sites(gm, kinds))
+    chosen = select_sites(placement, [s for s, _ in candidates])
+    if not chosen:
+        raise ValueError(_no_site_message(model_name or type(model).__name__, placement, [s for s, _ in candidates]))
+    nodes = {s.index: n for s, n in candidates}
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for site in chosen:
+        _replace(gm, nodes[site.index], site, make_activation(site), order)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm, chosen
+
+
+def _no_site_message(name: str, placement: object, sites: list[Site]) -> str:
+    stages = sorted({s.stage for s in sites})
+    return (
+        f"placement {placement!r} selects no activation site of model {name!r} "
+        f"({len(sites)} candidate sites, stages {stages}); use placement='none' for the baseline"
+    )
+
+
+def _with_targets(gm: fx.GraphModule, found: list[tuple[Site, fx.Node]]) -> list[tuple[Site, fx.Node]]:
+    """Fill each site's ``target``: the path of its own module in the changed model."""
+    taken: set[str] = set()
+    out = []
+    for site, node in found:
+        target = _target_name(gm, site, node, taken)
+        taken.add(target)
+        out.append((dataclasses.replace(site, target=target), node))
+    return out
+
+
+def _target_name(gm: fx.GraphModule, site: Site, node: fx.Node, taken: set[str]) -> str:
+    """A single-call module keeps its path (replaced in place); a shared one gets ``path_k`` siblings."""
+    if node.op == "call_module" and "#" not in site.path:
+        return site.path
+    name = site.path.replace("#", "_")
+    while name in taken or _exists(gm, name):
+        name += "_site"
+    return name
+
+
+def _exists(gm: fx.GraphModule, path: str) -> bool:
+    parent, _, leaf = path.rpartition(".")
+    try:
+        owner = gm.get_submodule(parent) if parent else gm
+    except AttributeError:
+        return False
+    return hasattr(owner, leaf)
+
+
+def _replace(gm: fx.GraphModule, node: fx.Node, site: Site, module: nn.Module, order: dict[fx.Node, int]) -> None:
+    """Swap ``node`` for a call of ``module`` at ``site.target``."""
+    gm.add_submodule(site.target, module)
+    inp = node.args[0]
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_module(site.target, args=(inp,))
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    if site.inplace and isinstance(inp, fx.Node):
+        # The old call overwrote its input; readers after it saw the activated tensor.
+        for user in list(inp.users):
+            if user is not new and order.get(user, -1) > order[node]:
+                user.replace_input_with(inp, new)
+    order[new] = order[node]
+    gm.graph.erase_node(node)
