@@ -1,0 +1,226 @@
+"""Fused ACON-C: one-pass forward and backward kernels behind a ``torch.library`` custom op.
+
+Forward saves only x and the per-channel / per-plane parameters (beta per element only for
+pixel-wise meta-ACON); backward recomputes the sigmoid and returns dx and the p1/p2/beta
+reductions in one pass. Being a custom op with a fake kernel and registered autograd, it
+works under ``torch.compile`` with dynamic shapes. CPU: ``_fused_cpu`` (JIT-built C++);
+CUDA: ``_fused_triton``. ``ACON_FUSED=0`` or ``use_fused(False)`` selects the reference.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import warnings
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+_STATE = {"enabled": os.environ.get("ACON_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")}
+_BACKENDS: dict[str, object | None] = {}
+_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
+def set_fused(enabled: bool) -> None:
+    """Turn the fused kernels on or off for this process (the default comes from ``ACON_FUSED``)."""
+    _STATE["enabled"] = bool(enabled)
+
+
+def fused_enabled() -> bool:
+    """Whether ``acon.functional`` may dispatch to the fused kernels."""
+    return _STATE["enabled"]
+
+
+@contextlib.contextmanager
+def use_fused(enabled: bool) -> Iterator[None]:
+    """Context manager: run the enclosed code with the fused kernels on or off."""
+    before = _STATE["enabled"]
+    set_fused(enabled)
+    try:
+        yield
+    finally:
+        set_fused(before)
+
+
+def _load_backend(device_type: str) -> object | None:
+    """The kernel module for a device type, or None (warned once) where it cannot run."""
+    if device_type == "cpu":
+        from acon import _fused_cpu
+
+        lib = _fused_cpu.load_library()
+        return None if lib is None else _CpuBackend(lib)
+    if device_type == "cuda":
+        try:
+            return importlib.import_module("acon._fused_triton")
+        except ImportError as err:
+            warnings.warn(f"ACON fused CUDA kernels disabled ({err}); using the reference implementation", RuntimeWarning, stacklevel=3)
+    return None
+
+
+class _CpuBackend:
+    """Adapts the ctypes library to the (forward, backward) interface of ``_fused_triton``."""
+
+    def __init__(self, lib):
+        self.lib = lib
+
+    def forward(self, x, p1, p2, beta):
+        from acon import _fused_cpu
+
+        return _fused_cpu.forward(self.lib, x, p1, p2, beta)
+
+    def backward(self, g, x, p1, p2, beta):
+        from acon import _fused_cpu
+
+        return _fused_cpu.backward(self.lib, g, x, p1, p2, beta)
+
+
+def backend(device_type: str) -> object | None:
+    """The (cached) kernel backend for ``device_type``; building it is a one-time cost per process."""
+    if device_type not in _BACKENDS:
+        _BACKENDS[device_type] = _load_backend(device_type) if device_type in _DTYPES else None
+    return _BACKENDS[device_type]
+
+
+def _backend_ready(device_type: str) -> bool:
+    # Inside torch.compile tracing never build; use the kernel only if eager code already built it.
+    if torch.compiler.is_compiling():
+        return _BACKENDS.get(device_type) is not None
+    return backend(device_type) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The custom ops: x contiguous (N, C, ...), p1/p2 (C,), beta (N*C,) per plane or x's shape.
+
+
+def _math_forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+    """Closed-form forward in torch ops, for a device without a kernel."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    d, q = (p1 - p2).view(shape), p2.view(shape)
+    b = beta if beta.dim() > 1 else beta.view(x.shape[:2] + (1,) * (x.dim() - 2))
+    dx = d * x
+    return dx * torch.sigmoid(b * dx) + q * x
+
+
+def _math_backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Closed-form backward in torch ops, with the kernels' outputs."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    d, q = (p1 - p2).view(shape), p2.view(shape)
+    full = beta.dim() > 1
+    b = beta if full else beta.view(x.shape[:2] + (1,) * (x.dim() - 2))
+    dx = d * x
+    u = b * dx
+    s = torch.sigmoid(u)
+    sp = s * (1 - s)
+    t = s + u * sp
+    gbeta = g * sp * dx * dx
+    dims = tuple(range(2, x.dim()))
+    sums = [(g * x * t), g * x] + ([] if full else [gbeta])
+    planes = torch.stack([v.sum(dims) if dims else v for v in sums]).reshape(len(sums), -1)
+    if full:
+        planes = torch.cat([planes, planes.new_zeros(1, planes.shape[1])])
+    return g * (d * t + q), planes, gbeta if full else x.new_empty(0)
+
+
+def _planes_dtype(x: Tensor) -> torch.dtype:
+    """Per-plane sums are float64 on CPU (long sums stay exact to 1e-5) and on float64 inputs."""
+    return torch.float64 if x.device.type == "cpu" or x.dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("acon::acon_c_fused", mutates_args=())
+def _acon_c_op(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+    kernels = _BACKENDS.get(x.device.type) or backend(x.device.type)
+    if kernels is None:
+        return _math_forward(x, p1, p2, beta)
+    return kernels.forward(x.contiguous(), p1.contiguous(), p2.contiguous(), beta.contiguous())
+
+
+@_acon_c_op.register_fake
+def _(x, p1, p2, beta):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("acon::acon_c_fused_backward", mutates_args=())
+def _acon_c_backward_op(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    kernels = _BACKENDS.get(x.device.type) or backend(x.device.type)
+    run = _math_backward if kernels is None else kernels.backward
+    gx, planes, gbeta = run(g.contiguous(), x.contiguous(), p1.contiguous(), p2.contiguous(), beta.contiguous())
+    return gx, planes.to(_planes_dtype(x)), gbeta
+
+
+@_acon_c_backward_op.register_fake
+def _(g, x, p1, p2, beta):
+    planes = x.new_empty(3, x.shape[0] * p1.shape[0], dtype=_planes_dtype(x))
+    return torch.empty_like(x), planes, torch.empty_like(x) if beta.dim() > 1 else x.new_empty(0)
+
+
+def _setup_context(ctx, inputs, output):
+    x, p1, p2, beta = inputs
+    ctx.save_for_backward(x, p1, p2, beta)
+
+
+def _backward(ctx, grad):
+    x, p1, p2, beta = ctx.saved_tensors
+    gx, planes, gbeta = _acon_c_backward_op(grad.contiguous(), x, p1, p2, beta)
+    planes = planes.to(x.dtype).view(3, x.shape[0], p1.shape[0])
+    dp1 = planes[0].sum(0)
+    dp2 = planes[1].sum(0) - dp1
+    dbeta = gbeta if beta.dim() > 1 else planes[2].reshape(-1)
+    return gx, dp1, dp2, dbeta
+
+
+_acon_c_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch: decide whether a call can run fused, and bring its arguments to the op's layout.
+
+
+def _padded(t: Tensor, ndim: int) -> tuple[int, ...]:
+    return (1,) * (ndim - t.dim()) + tuple(t.shape)
+
+
+def _per_channel(t: Tensor, x: Tensor) -> bool:
+    s = _padded(t, x.dim())
+    return t.dim() <= x.dim() and s[0] == 1 and s[1] in (1, x.shape[1]) and all(v == 1 for v in s[2:])
+
+
+def _per_plane(t: Tensor, x: Tensor) -> bool:
+    s = _padded(t, x.dim())
+    return t.dim() <= x.dim() and s[0] in (1, x.shape[0]) and s[1] in (1, x.shape[1]) and all(v == 1 for v in s[2:])
+
+
+def can_fuse(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> bool:
+    """True when the fused kernel handles this call: enabled, supported device/dtype and layouts."""
+    if not _STATE["enabled"] or not isinstance(x, Tensor) or x.dim() < 2 or x.numel() == 0:
+        return False
+    tensors = [t for t in (x, p1, p2, beta) if isinstance(t, Tensor)]
+    if not all(isinstance(t, Tensor) for t in (p1, p2)) or any(t.device != x.device for t in tensors):
+        return False
+    if torch.result_type(x, p1) not in _DTYPES.get(x.device.type, ()) or not _backend_ready(x.device.type):
+        return False
+    if not (_per_channel(p1, x) and _per_channel(p2, x)):
+        return False
+    return not isinstance(beta, Tensor) or _per_plane(beta, x) or tuple(_padded(beta, x.dim())) == tuple(x.shape)
+
+
+def _dtype(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> torch.dtype:
+    dt = torch.promote_types(torch.result_type(x, p1), torch.result_type(x, p2))
+    return torch.promote_types(dt, torch.result_type(x, beta))
+
+
+def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> Tensor:
+    """Fused ACON-C for a call that ``can_fuse`` accepted; same value and gradients as the reference."""
+    dt = _dtype(x, p1, p2, beta)
+    n, c = x.shape[0], x.shape[1]
+    ones = (1,) * (x.dim() - 2)
+    xc = x.to(dt).contiguous()
+    p1c = p1.to(dt).expand((1, c) + ones).reshape(c).contiguous()
+    p2c = p2.to(dt).expand((1, c) + ones).reshape(c).contiguous()
+    if not isinstance(beta, Tensor):
+        b = torch.full((n * c,), float(beta), dtype=dt, device=x.device)
+    elif x.dim() == 2 or _per_plane(beta, x):
+        b = beta.to(dt).expand((n, c) + ones).reshape(n * c).contiguous()
+    else:
+        b = beta.to(dt).expand(x.shape).contiguous()
+    return _acon_c_op(xc, p1c, p2c, b)
