@@ -161,20 +161,20 @@ def overhead(model: nn.Module, baseline: nn.Module, input_shape, *, sites=None, 
         "params": a.params,
         "params_baseline": b.params,
         "params_extra": a.params - b.params,
-        "params_extra_pct": _pct(a.params - b.params, b.params),
+        "params_extra_pct": percent(a.params - b.params, b.params),
         "macs": a.macs,
         "macs_baseline": b.macs,
         "elementwise_ops": a.elementwise_ops,
         "elementwise_ops_baseline": b.elementwise_ops,
         "flops": a.flops,
         "flops_baseline": b.flops,
-        "flops_extra_pct": _pct(a.flops - b.flops, b.flops),
+        "flops_extra_pct": percent(a.flops - b.flops, b.flops),
     }
     if sites is not None:
         out["sites"] = sites if isinstance(sites, int) else len(sites)
     return out
 
 
-def _pct(extra: float, base: float) -> float:
+def percent(extra: float, base: float) -> float:
     """``100 * extra / base``; NaN when the base is zero."""
     return 100.0 * extra / base if base else math.nan

@@ -1,0 +1,159 @@
+"""Ablation statistics: per-group mean, std, t-based 95% CI, and a seed-paired test against a baseline.
+
+Only completed, non-duplicate trials enter the numbers; pruned, failed and running trials
+are counted per row. The difference to the baseline is paired by seed (a paired t-test,
+plus a Wilcoxon signed-rank test from 6 pairs on, the fewest for which its two-sided
+exact p-value can go below 0.05).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from report.errors import MetricNotFoundError, ReportError
+
+ALPHA = 0.05
+WILCOXON_MIN_PAIRS = 6
+
+
+def resolve_metric(trials: pd.DataFrame, metric: str) -> str:
+    """The column holding ``metric``'s final value: ``final_<metric>`` if logged, else ``<metric>``."""
+    for column in (f"final_{metric}", metric):
+        if column in trials and trials[column].notna().any():
+            return column
+    logged = sorted(c for c in trials.columns if pd.api.types.is_float_dtype(trials[c]) and trials[c].notna().any())
+    raise MetricNotFoundError(f"no run logged metric {metric!r}; logged metrics: {', '.join(logged) or 'none'}")
+
+
+def is_accuracy(metric: str, values: pd.Series) -> bool:
+    """An accuracy-like metric (name says acc/top, values in 0..1): shown as accuracy and error in %."""
+    named = any(k in metric for k in ("acc", "top"))
+    v = values.dropna()
+    return named and not v.empty and v.between(0.0, 1.0).all()
+
+
+def parse_baseline(spec: str | dict | None, columns) -> dict[str, str]:
+    """``"activation=relu"`` or ``"a=x,b=y"`` -> ``{"activation": "relu"}``; unknown axes raise ValueError."""
+    if not spec:
+        return {}
+    pairs = spec.items() if isinstance(spec, dict) else (_split_pair(p) for p in spec.split(","))
+    out = {k.strip(): str(v).strip() for k, v in pairs}
+    unknown = sorted(k for k in out if k not in columns)
+    if unknown:
+        raise ReportError(f"baseline axis {', '.join(unknown)} is not a column; valid choices: {', '.join(sorted(map(str, columns)))}")
+    return out
+
+
+def _split_pair(text: str) -> tuple[str, str]:
+    """``"axis=value"`` -> ``(axis, value)``."""
+    if "=" not in text:
+        raise ReportError(f"baseline must look like 'axis=value', got {text!r}")
+    key, value = text.split("=", 1)
+    return key, value
+
+
+def ablation_stats(trials: pd.DataFrame, group_by: list[str], column: str, *, baseline: dict[str, str],
+                   direction: str = "maximize", scale: float = 1.0) -> pd.DataFrame:
+    """One row per group: counts by state, mean/std/CI of ``column`` (times ``scale``), and the paired delta."""
+    missing = sorted(g for g in group_by if g not in trials)
+    if missing:
+        raise ReportError(f"cannot group by {', '.join(missing)}; valid choices: {', '.join(sorted(map(str, trials.columns)))}")
+    done = trials[(trials["state"] == "COMPLETE") & trials[column].notna()]
+    base = _per_seed(done[_matches(done, baseline)], column, scale) if baseline else None
+    groups = trials.groupby(group_by, sort=False, dropna=False)
+    rows = [_row(dict(zip(group_by, key)), g, column, scale, base, baseline) for key, g in groups]
+    table = pd.DataFrame(rows)
+    table = table.sort_values(group_by, key=_natural_key, kind="stable").reset_index(drop=True)
+    table["best"] = _best(table["mean"], direction)
+    table["verdict"] = [_verdict(d, p, b, direction) for d, p, b in zip(table["delta"], table["p_t"], table["is_baseline"])]
+    return table
+
+
+def _matches(frame: pd.DataFrame, spec: dict[str, str]) -> pd.Series:
+    """Rows whose columns equal every ``axis=value`` in ``spec``."""
+    mask = pd.Series(True, index=frame.index)
+    for axis, value in spec.items():
+        mask &= frame[axis].astype(str) == value
+    return mask
+
+
+def _per_seed(frame: pd.DataFrame, column: str, scale: float) -> pd.Series:
+    """Mean of ``column`` per seed (one value per seed to pair on)."""
+    return frame.groupby("seed")[column].mean() * scale
+
+
+def _row(row: dict, group: pd.DataFrame, column: str, scale: float, base, baseline: dict) -> dict:
+    """Counts, summary and paired comparison of one group (``row`` starts with its axis values)."""
+    states = group["state"].value_counts()
+    done = group[(group["state"] == "COMPLETE") & group[column].notna()]
+    values = done[column].to_numpy(float) * scale
+    row.update(n=len(values), pruned=int(states.get("PRUNED", 0)), failed=int(states.get("FAIL", 0)),
+               running=int(states.get("RUNNING", 0)))
+    row.update(_summary(values))
+    row["is_baseline"] = bool(baseline) and len(group) > 0 and bool(_matches(group, baseline).all())
+    # The baseline is not tested against itself: its delta is 0 by definition.
+    row.update(_paired(_per_seed(done, column, scale), None if row["is_baseline"] else base))
+    return row
+
+
+def _summary(values: np.ndarray) -> dict:
+    """Mean, sample std and the 95% t-interval of ``values``."""
+    n = len(values)
+    mean = float(values.mean()) if n else math.nan
+    std = float(values.std(ddof=1)) if n > 1 else math.nan
+    half = float(stats.t.ppf(1 - ALPHA / 2, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def _paired(group: pd.Series, base: pd.Series | None) -> dict:
+    """Mean per-seed difference to the baseline with paired t and Wilcoxon p-values."""
+    out = {"n_pairs": 0, "delta": math.nan, "p_t": math.nan, "p_wilcoxon": math.nan}
+    if base is None or base.empty:
+        return out
+    common = group.index.intersection(base.index)
+    diffs = (group[common] - base[common]).to_numpy(float)
+    out.update(n_pairs=len(diffs), delta=float(diffs.mean()) if len(diffs) else math.nan)
+    if len(diffs) >= 2:
+        out["p_t"] = _paired_t(diffs)
+    if len(diffs) >= WILCOXON_MIN_PAIRS and np.any(diffs != 0):
+        out["p_wilcoxon"] = float(stats.wilcoxon(diffs).pvalue)
+    return out
+
+
+def _paired_t(diffs: np.ndarray) -> float:
+    """Two-sided one-sample t-test of the differences (= paired t-test); a constant shift gives p = 0."""
+    if np.allclose(diffs, diffs[0]):
+        return 1.0 if diffs[0] == 0 else 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def _best(means: pd.Series, direction: str) -> pd.Series:
+    """True on the row with the best mean (ties: the first)."""
+    flag = pd.Series(False, index=means.index)
+    if means.notna().any():
+        flag[means.idxmax() if direction == "maximize" else means.idxmin()] = True
+    return flag
+
+
+def _verdict(delta: float, p: float, is_baseline: bool, direction: str) -> str:
+    """"baseline", "better"/"worse" when the paired t-test says p < 0.05, else "noise" ("n/a" untested)."""
+    if is_baseline:
+        return "baseline"
+    if math.isnan(p):
+        return "n/a"
+    if p >= ALPHA:
+        return "noise"
+    return "better" if (delta > 0) == (direction == "maximize") else "worse"
+
+
+def _natural_key(col: pd.Series) -> pd.Series:
+    """Sort numbers as numbers ("4" < "16") and put the "-" placeholder first."""
+    text = col.astype(str)
+    num = pd.to_numeric(text, errors="coerce")
+    return pd.Series(list(zip(text != "-", num.isna(), num.fillna(0), text)), index=col.index)
