@@ -197,7 +197,7 @@ def can_fuse(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> bool:
     tensors = [t for t in (x, p1, p2, beta) if isinstance(t, Tensor)]
     if not all(isinstance(t, Tensor) for t in (p1, p2)) or any(t.device != x.device for t in tensors):
         return False
-    if torch.result_type(x, p1) not in _DTYPES.get(x.device.type, ()) or not _backend_ready(x.device.type):
+    if _dtype(x, p1, p2, beta) not in _DTYPES.get(x.device.type, ()) or not _backend_ready(x.device.type):
         return False
     if not (_per_channel(p1, x) and _per_channel(p2, x)):
         return False
@@ -205,8 +205,13 @@ def can_fuse(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> bool:
 
 
 def _dtype(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> torch.dtype:
-    dt = torch.promote_types(torch.result_type(x, p1), torch.result_type(x, p2))
-    return torch.promote_types(dt, torch.result_type(x, beta))
+    """``torch.result_type`` of the formula for floating inputs, written so dynamo can trace it."""
+    dt = x.dtype
+    for t in (p1, p2, beta):
+        # 0-dim tensors and Python floats do not promote a floating x, as in torch's rules
+        if isinstance(t, Tensor) and t.dim() > 0:
+            dt = torch.promote_types(dt, t.dtype)
+    return dt if dt.is_floating_point else torch.float32
 
 
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> Tensor:

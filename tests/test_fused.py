@@ -1,0 +1,203 @@
+"""The fused ACON-C kernels match the reference (values and every gradient), keep little for
+backward, fall back with a warning, and survive fx tracing, torch.compile and autocast."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from acon import _fused, _fused_cpu
+from acon import functional as F
+from acon.modules import AconA, AconB, AconC, MetaAcon, MetaAconC
+from acon.beta import LayerBeta, PixelBeta
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+N, C, H, W = 3, 5, 4, 6
+LAYOUTS = ("channel_learned", "channel_meta", "layer", "pixel")
+
+
+def _beta_shape(layout, shape=(N, C, H, W)):
+    """The beta shape a module passes for ``layout`` (see acon.modules / acon.beta)."""
+    n, c, rest = shape[0], shape[1], (1,) * (len(shape) - 2)
+    return {"channel_learned": (1, c) + rest, "channel_meta": (n, c) + rest, "layer": (n, 1) + rest, "pixel": tuple(shape)}[layout]
+
+
+def _inputs(device, dtype, beta_shape, x_shape=(N, C, H, W)):
+    g = torch.Generator().manual_seed(0)
+    pshape = (1, x_shape[1]) + (1,) * (len(x_shape) - 2)
+    x, p1, p2 = (torch.randn(s, generator=g, dtype=dtype) for s in (x_shape, pshape, pshape))
+    beta = torch.randn(beta_shape, generator=g, dtype=dtype) if beta_shape is not None else 0.7
+    leaves = [x, p1, p2] + ([beta] if beta_shape is not None else [])
+    leaves = [t.to(device).requires_grad_() for t in leaves]
+    return leaves if beta_shape is not None else leaves + [0.7]
+
+
+def _value_and_grads(fn, x, p1, p2, beta, g):
+    y = fn(x, p1, p2, beta)
+    wrt = [t for t in (x, p1, p2, beta) if isinstance(t, torch.Tensor)]
+    return [y] + list(torch.autograd.grad(y, wrt, g))
+
+
+@pytest.fixture(autouse=True)
+def _fused_on():
+    with _fused.use_fused(True):
+        yield
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS + ("python_float",))
+def test_fused_matches_reference_value_and_grads(device, layout):
+    x, p1, p2, beta = _inputs(device, torch.float32, None if layout == "python_float" else _beta_shape(layout))
+    assert _fused.can_fuse(x, p1, p2, beta)
+    g = torch.randn_like(x)
+    got = _value_and_grads(F.acon_c, x, p1, p2, beta, g)
+    want = _value_and_grads(F.acon_c_reference, x, p1, p2, beta, g)
+    assert len(got) == len(want) == (5 if layout != "python_float" else 4)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("x_shape", [(4, 7), (2, 3, 9), (2, 3, 40000)])
+def test_fused_matches_reference_on_other_ranks_and_long_planes(device, x_shape):
+    # (2, 3, 40000) splits each plane into several work items on CPU.
+    x, p1, p2, beta = _inputs(device, torch.float32, (x_shape[0], x_shape[1]) + (1,) * (len(x_shape) - 2), x_shape)
+    g = torch.randn_like(x)
+    for a, b in zip(_value_and_grads(F.acon_c, x, p1, p2, beta, g), _value_and_grads(F.acon_c_reference, x, p1, p2, beta, g)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_accepts_a_non_contiguous_movedim_view(device):
+    x, p1, p2, beta = _inputs(device, torch.float32, (1, C, 1, 1))
+    xv = x.detach().movedim(1, 3).contiguous().movedim(3, 1).requires_grad_()
+    assert not xv.is_contiguous()
+    y = F.acon_c(xv, p1, p2, beta)
+    torch.testing.assert_close(y, F.acon_c_reference(x, p1, p2, beta), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fused_gradcheck_float64(device, layout):
+    x, p1, p2, beta = _inputs(device, torch.float64, _beta_shape(layout, (2, 3, 2, 3)), (2, 3, 2, 3))
+    assert torch.autograd.gradcheck(F.acon_c, (x, p1, p2, beta))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_acon_a_and_b_match_reference(device):
+    x, p1, _, beta = _inputs(device, torch.float32, (1, C, 1, 1))
+    g = torch.randn_like(x)
+    for fused, ref, args in [(F.acon_a, F.acon_a_reference, (x, beta)), (F.acon_b, F.acon_b_reference, (x, p1, beta))]:
+        got = torch.autograd.grad(fused(*args), args, g)
+        want = torch.autograd.grad(ref(*args), args, g)
+        torch.testing.assert_close(fused(*args), ref(*args), rtol=1e-5, atol=1e-5)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _saved_bytes(fn, *args) -> int:
+    """Bytes of every tensor autograd keeps for backward while ``fn`` runs."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return total[0]
+
+
+@pytest.mark.parametrize("layout", ["channel_learned", "channel_meta", "layer"])
+def test_fused_keeps_only_input_and_small_tensors_for_backward(layout):
+    x, p1, p2, beta = _inputs("cpu", torch.float32, _beta_shape(layout, (2, 4, 16, 16)), (2, 4, 16, 16))
+    small = 4 * (3 * 2 * 4 + 2 * 4)  # generous: per-channel and per-plane float32 tensors
+    fused = _saved_bytes(F.acon_c, x, p1, p2, beta)
+    assert x.numel() * 4 <= fused <= x.numel() * 4 + small
+    assert _saved_bytes(F.acon_c_reference, x, p1, p2, beta) >= 3 * x.numel() * 4
+
+
+def test_pixel_beta_gradient_flows_back_through_the_generator():
+    torch.manual_seed(0)
+    mod = MetaAcon(C, PixelBeta(C))
+    x = torch.randn(N, C, H, W, requires_grad=True)
+    (gx,) = torch.autograd.grad(mod(x).sum(), x)
+    with _fused.use_fused(False):
+        (want,) = torch.autograd.grad(mod(x).sum(), x)
+    torch.testing.assert_close(gx, want, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_compiler_warns_and_builds_nothing(tmp_path):
+    with pytest.warns(RuntimeWarning, match="compiler 'no-such-c\\+\\+' not found"):
+        assert _fused_cpu.build(compiler="no-such-c++", directory=tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disabled_fused_path_runs_the_reference(monkeypatch):
+    x, p1, p2, beta = _inputs("cpu", torch.float32, (1, C, 1, 1))
+    with _fused.use_fused(False):
+        assert not _fused.can_fuse(x, p1, p2, beta)
+        y = F.acon_c(x, p1, p2, beta)
+    # the reference graph is a chain of plain ops, the fused one a single custom op node
+    assert "CustomFunctionBackward" not in type(y.grad_fn).__name__ and y.grad_fn.name() == "AddBackward0"
+    assert F.acon_c(x, p1, p2, beta).grad_fn.name() != "AddBackward0"
+
+
+def test_unbuildable_backend_falls_back_to_reference(monkeypatch):
+    monkeypatch.setattr(_fused, "_BACKENDS", {"cpu": None})
+    x, p1, p2, beta = _inputs("cpu", torch.float32, (1, C, 1, 1))
+    assert not _fused.can_fuse(x, p1, p2, beta)
+    torch.testing.assert_close(F.acon_c(x, p1, p2, beta), F.acon_c_reference(x, p1, p2, beta))
+
+
+MODULES = {
+    "acon_a": lambda: AconA(C),
+    "acon_b": lambda: AconB(C),
+    "acon_c": lambda: AconC(C),
+    "meta_channel": lambda: MetaAconC(C, r=1),
+    "meta_layer": lambda: MetaAcon(C, LayerBeta(C)),
+    "meta_pixel": lambda: MetaAcon(C, PixelBeta(C)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_modules_survive_fx_symbolic_trace(name):
+    torch.manual_seed(0)
+    mod = MODULES[name]().eval()
+    traced = torch.fx.symbolic_trace(mod)
+    x = torch.randn(N, C, H, W)
+    torch.testing.assert_close(traced(x), mod(x))
+    with _fused.use_fused(False):
+        torch.testing.assert_close(traced(x), mod(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_module_output_finite_under_autocast(device):
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(C, C, 3, padding=1).to(device)
+    act = MetaAconC(C, r=1).to(device)
+    x = torch.randn(N, C, H, W, device=device)
+    with torch.autocast(device_type=device, dtype=dtype):
+        y = act(conv(x))
+    y.float().sum().backward()
+    assert torch.isfinite(y).all()
+    assert torch.isfinite(act.p1.grad).all() and act.p1.grad.abs().sum() > 0
+
+
+def test_module_under_torch_compile_matches_eager_and_keeps_one_graph_across_batch_sizes():
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    mod = AconC(C)
+    # aot_eager traces forward and backward through the op's fake kernels and registered autograd
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(mod, backend=counter, dynamic=True)
+    for n in (3, 4, 5):
+        x = torch.randn(n, C, H, W, requires_grad=True)
+        y = compiled(x)
+        torch.testing.assert_close(y, F.acon_c_reference(x, mod.p1, mod.p2, mod.beta), rtol=1e-5, atol=1e-5)
+        y.sum().backward()
+    assert counter.frame_count == 1
