@@ -55,6 +55,8 @@ OWN_PARAMS = {
     "acon_a": ["beta"], "acon_b": ["p", "beta"], "acon_c": ["p1", "p2", "beta"],
     "meta_acon_c": ["p1", "p2"], "meta_acon_layer": ["p1", "p2"], "meta_acon_pixel": ["p1", "p2"],
 }
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 C = 4
 
 
@@ -331,7 +333,10 @@ def test_every_generator_builds_a_meta_acon_that_backpropagates(generator):
     module(x).square().sum().backward()
     assert x.grad.abs().sum() > 0
     for name, p in module.named_parameters():
-        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+        assert torch.isfinite(p.grad).all(), name
+        # a conv bias right before train-mode BN gets a zero gradient by construction
+        if name not in ("fc1.bias", "fc2.bias"):
+            assert p.grad.abs().sum() > 0, name
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS.names()))
