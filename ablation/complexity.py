@@ -8,7 +8,7 @@ no arithmetic.
 
 Convention (``FLOP_CONVENTION``): one multiply-add = 1 FLOP (the paper's "FLOPs" column is
 MACs), and each elementwise op costs 1 FLOP per output element (reductions and pools: per
-input element). Conv/linear bias adds are inside the MAC count's convention (not counted).
+input element). A fused ACON-C kernel is counted as the reference formula's ops. Conv/linear bias adds are inside the MAC count's convention (not counted).
 """
 from __future__ import annotations
 
@@ -52,7 +52,19 @@ _FREE = {
     "fill_", "full", "slice", "select", "split", "split_with_sizes", "chunk", "alias", "as_strided", "_to_copy",
     "lift_fresh", "randn", "normal_", "stack", "contiguous", "movedim", "unbind", "zero_", "new_empty",
     "new_zeros", "_reshape_alias", "empty_strided", "index_select", "embedding", "dropout", "native_dropout",
+    "promote_types", "result_type", "_local_scalar_dense", "item", "expand_as", "broadcast_tensors", "new_ones",
 }
+
+
+def _acon_c_fused_ops(x, p1, p2, beta, *_) -> dict[str, int]:
+    """The fused ACON-C kernel does the reference formula's arithmetic in one pass; count that arithmetic:
+    ``dpx = (p1 - p2) x; dpx * sigmoid(beta dpx) + p2 x`` is 4 muls, 1 sigmoid, 1 add per element, 1 sub per channel."""
+    n = x.numel()
+    return {"sigmoid": n, "mul": 4 * n, "add": n + torch.broadcast_shapes(p1.shape, p2.shape).numel()}
+
+
+# Custom ops that stand for several elementwise ops (acon/_fused.py).
+_FUSED = {"acon_c_fused": _acon_c_fused_ops}
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,9 @@ class _Counter(TorchDispatchMode):
         if packet in flop_counter.flop_registry:
             # torch's formulas use the 2xMAC convention.
             self.macs += flop_counter.flop_registry[packet](*args, **kwargs, out_val=out) // 2
+        elif name in _FUSED:
+            for kind, n in _FUSED[name](*args).items():
+                self.elementwise[kind] += n
         elif name in _KIND_OF:
             source = args[0] if name in _PER_INPUT else out
             self.elementwise[_KIND_OF[name]] += _numel(source)

@@ -13,9 +13,6 @@ import torch
 
 from ablation import complexity
 
-# Options only some generators use; a cell where they do not apply shows "-".
-_USES_R = {"channel"}
-
 
 def _default_builder():
     """``ablation.build_model``, imported late: it lives in another engineer's module."""
@@ -24,33 +21,54 @@ def _default_builder():
     return ablation.build_model
 
 
+def _uses_r(generator) -> bool:
+    """Whether ``generator`` takes a reduction ratio (only those cells vary over r)."""
+    from ablation.generators import takes_option
+
+    return takes_option(generator, "r")
+
+
 def overhead_table(models, generators, rs, placements, *, input_size=None, activation="meta_acon",
                    num_classes: int = 1000, in_channels: int = 3, builder=None, device="meta") -> pd.DataFrame:
     """One row per (model, generator, r, placement): params and FLOPs against the ReLU model.
 
-    ``input_size`` None means ImageNet (224, ``small_input=False``); a size under 64 builds the
-    small-input (CIFAR-style) stem. ``builder`` defaults to ``ablation.build_model``.
+    ``input_size`` None means each model's native ImageNet size (``small_input=False``); a size
+    under 64 builds the small-input (CIFAR-style) stem. ``builder`` defaults to
+    ``ablation.build_model``; the baseline is ``activation="relu", placement="none"``. Cells a
+    model cannot take (a placement selecting no site) are left out and listed in ``.attrs["skipped"]``.
     """
     builder = builder or _default_builder()
-    size = int(input_size or 224)
-    shape = (in_channels, size, size)
-    common = dict(num_classes=num_classes, in_channels=in_channels, small_input=size < 64, input_size=size)
-    rows, baselines = [], {}
+    rows, skipped, baselines = [], [], {}
     for model, gen, r, place in _cells(models, generators, rs, placements):
+        size, common = _geometry(model, input_size, num_classes, in_channels)
         if model not in baselines:
             baselines[model] = _build(builder, model, device, activation="relu", generator=None, r=None,
-                                      placement=place, **common)[0]
-        variant, sites = _build(builder, model, device, activation=activation, generator=gen, r=r,
-                                placement=place, **common)
-        rows.append(_row(model, gen, r, place, variant, baselines[model], sites, shape))
-    return pd.DataFrame(rows)
+                                      placement="none", **common)[0]
+        try:
+            variant, sites = _build(builder, model, device, activation=activation, generator=gen, r=r,
+                                    placement=place, **common)
+        except ValueError as e:  # e.g. bottleneck_3x3 on a ShuffleNet: no such site
+            skipped.append(f"{model}/{gen}/{r}/{place}: {e}")
+            continue
+        rows.append(_row(model, gen, r, place, variant, baselines[model], sites, (in_channels, size, size)))
+    table = pd.DataFrame(rows)
+    table.attrs["skipped"] = skipped
+    return table
+
+
+def _geometry(model, input_size, num_classes, in_channels) -> tuple[int, dict]:
+    """The input side and the build options shared by the baseline and the variants."""
+    from ablation.models import default_input_size
+
+    size = int(input_size or default_input_size(model, False))
+    return size, dict(num_classes=num_classes, in_channels=in_channels, small_input=size < 64, input_size=size)
 
 
 def _cells(models, generators, rs, placements):
     """The design grid, with r collapsed to "-" for generators that do not use it."""
     seen = []
     for model, gen, r, place in itertools.product(_seq(models), _seq(generators), _seq(rs), _seq(placements)):
-        cell = (model, gen, r if gen in _USES_R else None, place)
+        cell = (model, gen, r if _uses_r(gen) else None, place)
         if cell not in seen:
             seen.append(cell)
     return seen
@@ -63,7 +81,6 @@ def _seq(value) -> list:
 
 def _build(builder, name, device, **kwargs):
     """Build ``(model, sites)`` on ``device`` (default ``meta``: no memory, no init arithmetic)."""
-    kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("generator", "r")}
     with torch.device(device):
         return builder(name, **kwargs)
 

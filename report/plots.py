@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 EDF_BINS = 10
 
@@ -67,7 +68,8 @@ def plot_edf(trials: pd.DataFrame, axis: str, column: str, out_dir: Path, *, acc
 def plot_learning_curves(hist: pd.DataFrame, key: str, out_dir: Path, *, scale: float = 1.0,
                          stem: str | None = None, max_variants: int = 12) -> list[Path]:
     """Mean of ``key`` per epoch for each variant, with a band of one std over seeds."""
-    rows = hist[(hist["key"] == key) & (hist["step"] > 0)]
+    # Pruned runs stop early; mixing their short curves into the mean would bend it.
+    rows = hist[(hist["key"] == key) & (hist["step"] > 0) & (hist["state"] == "COMPLETE")]
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     for variant, g in list(rows.groupby("variant", sort=True))[:max_variants]:
@@ -75,6 +77,7 @@ def plot_learning_curves(hist: pd.DataFrame, key: str, out_dir: Path, *, scale: 
         mean, std = by_step.mean(), by_step.std().fillna(0.0)
         line, = ax.plot(mean.index, mean.values, marker="o", ms=3, label=f"{variant} (seeds={g['seed'].nunique()})")
         ax.fill_between(mean.index, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel=key + (" (%)" if scale == 100.0 else ""), title=f"{key}: mean ± std over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

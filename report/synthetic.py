@@ -6,10 +6,15 @@ which makes a 5,000-run store in seconds instead of minutes.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass, field
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
@@ -46,6 +51,21 @@ class SyntheticTrial:
         """Per-epoch metrics at steps 1..E, then the final values at step 0."""
         out = [Metric(k, float(v), now, step) for k, vs in self.curves.items() for step, v in enumerate(vs, 1)]
         return out + [Metric(k, float(v), now, 0) for k, v in self.final.items()]
+
+
+def sqlite_store(path) -> str:
+    """A fresh, empty MLflow SQLite store at ``path``; returns its tracking URI.
+
+    Creating the schema (MLflow's migrations) takes seconds, so an empty store is made once
+    per MLflow version and copied; the copy is a real store, migrated by MLflow itself.
+    """
+    template = Path(tempfile.gettempdir()) / f"acon_report_mlflow_{mlflow.__version__}.db"
+    if not template.exists():
+        partial = template.with_suffix(f".{os.getpid()}.tmp")
+        MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)
+        os.replace(partial, template)  # atomic: parallel test runs never see half a file
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
 
 
 def write_study(study: str, trials: list[SyntheticTrial], *, axes, metric: str = "val_acc",
