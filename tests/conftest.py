@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: every test starts from the same torch RNG state."""
+"""Shared pytest fixtures: a seeded RNG, one CPU thread, each available device, full-precision fp32."""
 import pytest
 import torch
 
@@ -18,3 +18,26 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Each device this machine has: cpu always, cuda where a GPU is present (tests run once per device)."""
+    return torch.device(request.param)
+
+
+@pytest.fixture
+def ieee_fp32():
+    """Full-precision float32 convolutions: on CUDA, cuDNN may use TF32 (10-bit mantissa) by default."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        before, conv.fp32_precision = conv.fp32_precision, "ieee"
+        yield
+        conv.fp32_precision = before
+    else:
+        before, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
+        yield
+        torch.backends.cudnn.allow_tf32 = before

@@ -80,9 +80,9 @@ def test_module_keeps_the_input_shape_for_channels_first_inputs(name, shape):
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_channel_dim_last_on_nlc_equals_channels_first_on_transposed_input(name):
-    first, last = _twin(name, channel_dim=-1)
-    x = torch.randn(3, 7, C)  # (N, L, C) with L != C so a wrong axis cannot pass
+def test_channel_dim_last_on_nlc_equals_channels_first_on_transposed_input(name, device):
+    first, last = (m.to(device) for m in _twin(name, channel_dim=-1))
+    x = torch.randn(3, 7, C).to(device)  # (N, L, C) with L != C so a wrong axis cannot pass
     expected = first(x.transpose(1, 2)).transpose(1, 2)
     torch.testing.assert_close(last(x), expected, rtol=1e-6, atol=1e-6)
 
@@ -186,12 +186,12 @@ def test_acon_c_state_dict_keys_are_exactly_p1_p2_beta():
     assert sorted(n for n, _ in AconC(C).named_parameters()) == ["beta", "p1", "p2"]
 
 
-def test_acon_c_loads_official_state_dict_strict_both_ways():
-    official, ours = OfficialAconC(C), AconC(C)
+def test_acon_c_loads_official_state_dict_strict_both_ways(device):
+    official, ours = OfficialAconC(C).to(device), AconC(C).to(device)
     ours.load_state_dict(official.state_dict(), strict=True)
-    x = torch.randn(2, C, 3, 3)
+    x = torch.randn(2, C, 3, 3).to(device)
     torch.testing.assert_close(ours(x), official(x), rtol=1e-6, atol=1e-6)
-    fresh = AconC(C, beta=2.5)
+    fresh = AconC(C, beta=2.5).to(device)
     official.load_state_dict(fresh.state_dict(), strict=True)
     torch.testing.assert_close(official(x), fresh(x), rtol=1e-6, atol=1e-6)
 
@@ -227,11 +227,11 @@ def _randomise_bn(module, x):
 
 
 @pytest.mark.parametrize("width,r", [(32, 8), (24, 16)])
-def test_meta_acon_c_loads_official_state_dict_strict(width, r):
-    x = torch.randn(4, width, 3, 3)
-    official = OfficialMetaAconC(width, r)
+def test_meta_acon_c_loads_official_state_dict_strict(width, r, device, ieee_fp32):
+    x = torch.randn(4, width, 3, 3).to(device)
+    official = OfficialMetaAconC(width, r).to(device)
     _randomise_bn(official, x)
-    ours = MetaAconC(width, r=r)
+    ours = MetaAconC(width, r=r).to(device)
     ours.load_state_dict(official.state_dict(), strict=True)
     # train mode: batch statistics, and running stats move identically
     torch.testing.assert_close(ours(x), official(x), rtol=1e-5, atol=1e-6)
@@ -243,11 +243,11 @@ def test_meta_acon_c_loads_official_state_dict_strict(width, r):
 
 
 @pytest.mark.parametrize("width,r", [(32, 8), (24, 16)])
-def test_official_meta_acon_c_loads_our_state_dict_strict(width, r):
-    x = torch.randn(4, width, 3, 3)
-    ours = MetaAconC(width, r=r)
+def test_official_meta_acon_c_loads_our_state_dict_strict(width, r, device, ieee_fp32):
+    x = torch.randn(4, width, 3, 3).to(device)
+    ours = MetaAconC(width, r=r).to(device)
     _randomise_bn(ours, x)
-    official = OfficialMetaAconC(width, r)
+    official = OfficialMetaAconC(width, r).to(device)
     official.load_state_dict(ours.state_dict(), strict=True)
     torch.testing.assert_close(official(x), ours(x), rtol=1e-5, atol=1e-6)
     ours.eval(), official.eval()
@@ -340,9 +340,9 @@ def test_every_generator_builds_a_meta_acon_that_backpropagates(generator):
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS.names()))
-def test_every_registered_activation_maps_shape_to_shape_with_gradients(name):
-    module = create_activation(name, C, r=2)
-    x = torch.randn(2, C, 3, 3, requires_grad=True)
+def test_every_registered_activation_maps_shape_to_shape_with_gradients(name, device):
+    module = create_activation(name, C, r=2).to(device)
+    x = torch.randn(2, C, 3, 3).to(device).requires_grad_()
     y = module(x)
     assert y.shape == x.shape and torch.isfinite(y).all()
     y.sum().backward()

@@ -7,6 +7,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from acon import AconA, AconB, AconC, LayerBeta, MetaAcon, MetaAconC, PixelBeta
+from acon._fused import use_fused
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -71,8 +72,8 @@ def _randomise_bn_affine(module):
                 p.copy_(torch.rand_like(p) + 0.5 if name.endswith("weight") else torch.randn_like(p))
 
 
-def _module_and_params(name, **kw):
-    module = MODULES[name](C, **kw)
+def _module_and_params(name, device="cpu", **kw):
+    module = MODULES[name](C, **kw).to(device)
     _randomise_bn_affine(module)
     params = {k: v.detach().clone().requires_grad_() for k, v in module.named_parameters()}
     return module, params
@@ -81,17 +82,19 @@ def _module_and_params(name, **kw):
 # ---------------------------------------------------------------- forward and backward against the reference
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_module_output_and_every_gradient_match_the_reference_formula(name, layout):
+def test_module_output_and_every_gradient_match_the_reference_formula(name, layout, fused, device, ieee_fp32):
     shape, channel_dim, to_nchw, from_nchw = LAYOUTS[layout]
-    module, params = _module_and_params(name, channel_dim=channel_dim)
-    x = torch.randn(shape, requires_grad=True)
+    module, params = _module_and_params(name, device, channel_dim=channel_dim)
+    x = torch.randn(shape).to(device).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
-    upstream = torch.randn(shape)
+    upstream = torch.randn(shape).to(device)
 
-    y = module(x)
-    y_ref = from_nchw(REFERENCES[name](to_nchw(x_ref), params))
+    with use_fused(fused):
+        y = module(x)
+        y_ref = from_nchw(REFERENCES[name](to_nchw(x_ref), params))
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
 
     names = [k for k, _ in module.named_parameters()]
@@ -116,13 +119,13 @@ def test_reference_covers_the_generator_parameters_of_meta_acon_c():
 
 @pytest.mark.parametrize("layout", ["nchw", "nlc"])
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_gradcheck_passes_in_float64_for_input_and_parameters(name, layout):
+def test_gradcheck_passes_in_float64_for_input_and_parameters(name, layout, device):
     shape, channel_dim, _, _ = LAYOUTS[layout]
     shape = (3,) + shape[1:]  # gradcheck perturbs every element: keep it tiny
-    module, _ = _module_and_params(name, channel_dim=channel_dim)
+    module, _ = _module_and_params(name, device, channel_dim=channel_dim)
     module.double()
     names = [k for k, _ in module.named_parameters()]
-    inputs = [torch.randn(shape, dtype=torch.float64, requires_grad=True)]
+    inputs = [torch.randn(shape, dtype=torch.float64).to(device).requires_grad_()]
     inputs += [p.detach().clone().requires_grad_() for _, p in module.named_parameters()]
 
     def fn(x, *flat):
@@ -204,9 +207,9 @@ def _conv_then(name):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_autocast_gives_finite_results_close_to_float32(name, dtype):
-    net = _conv_then(name)
-    x = torch.randn(4, 3, 5, 5) * 4
+def test_autocast_gives_finite_results_close_to_float32(name, dtype, device):
+    net = _conv_then(name).to(device)
+    x = (torch.randn(4, 3, 5, 5) * 4).to(device)
     expected = net(x)
     with torch.autocast(device_type=x.device.type, dtype=dtype):
         y = net(x)
@@ -219,9 +222,9 @@ def test_autocast_gives_finite_results_close_to_float32(name, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_module_cast_to_half_precision_keeps_dtype_and_stays_finite(name, dtype):
-    module = MODULES[name](C)
-    x = torch.randn(4, C, 5, 5) * 30
+def test_module_cast_to_half_precision_keeps_dtype_and_stays_finite(name, dtype, device):
+    module = MODULES[name](C).to(device)
+    x = (torch.randn(4, C, 5, 5) * 30).to(device)
     expected = module(x)
     y = module.to(dtype)(x.to(dtype))
     assert y.dtype == dtype
@@ -249,11 +252,11 @@ def test_modules_under_torch_compile_match_eager_forward_and_backward():
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_symbolic_trace_output_equals_eager(name, layout):
+def test_symbolic_trace_output_equals_eager(name, layout, device):
     shape, channel_dim, _, _ = LAYOUTS[layout]
-    module = MODULES[name](C, channel_dim=channel_dim)
+    module = MODULES[name](C, channel_dim=channel_dim).to(device)
     traced = torch.fx.symbolic_trace(module)
-    x = torch.randn(shape)
+    x = torch.randn(shape).to(device)
     assert torch.equal(traced(x), module(x))
 
 
