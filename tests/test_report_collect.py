@@ -1,0 +1,67 @@
+"""Collecting a study from a real MLflow SQLite store written in the tracking bridge's layout."""
+import pytest
+
+from report import EmptyStudyError, MetricNotFoundError, StudyNotFoundError, build_report, collect
+from report.synthetic import SyntheticTrial, grid_trials, sqlite_store, write_study
+
+AXES = ["activation", "generator", "r"]
+RELU = {"activation": "relu", "generator": "-", "r": "-"}
+META = {"activation": "meta_acon", "generator": "channel", "r": "16"}
+
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory):
+    uri = sqlite_store(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
+    trials = grid_trials([RELU, META], range(3), lambda c, s: 0.70 + (0.02 if c is META else 0.0) + 0.001 * s)
+    trials += [
+        SyntheticTrial(6, dict(META), 3, state="PRUNED", curves={"val_acc": [0.3]}),
+        SyntheticTrial(7, dict(RELU), 4, state="FAIL", fail_reason="loss is nan"),
+        SyntheticTrial(2, dict(RELU), 2, final={"final_val_acc": 0.99}),  # trial 2 logged twice
+        SyntheticTrial(8, dict(META), 0, final={"final_val_acc": 0.10}),  # cell+seed completed twice
+    ]
+    write_study("abl", trials, axes=AXES, tracking_uri=uri)
+    write_study("empty", [], axes=AXES, tracking_uri=uri)
+    return uri
+
+
+def test_collect_counts_states_and_duplicates_once(uri):
+    runs = collect("abl", tracking_uri=uri)
+    assert len(runs.trials) == 10 and len(runs.kept) == 8
+    assert runs.counts() == {"complete": 6, "pruned": 1, "fail": 1, "running": 0, "duplicates": 2}
+    dup = runs.trials.set_index("duplicate")
+    assert sorted(dup.index) == ["", "", "", "", "", "", "", "", "cell+seed", "trial_number"]
+    # The earliest completed run is kept, the late repeat with its odd value is not averaged in.
+    assert 0.99 not in runs.kept["final_val_acc"].tolist() and 0.10 not in runs.kept["final_val_acc"].tolist()
+    assert runs.axes == AXES and runs.metric == "val_acc" and runs.direction == "maximize"
+
+
+def test_collect_reads_axes_seed_params_and_fail_reason(uri):
+    kept = collect("abl", tracking_uri=uri).kept.set_index("trial")
+    assert kept.loc[1, "activation"] == "relu" and kept.loc[1, "generator"] == "-"
+    assert kept.loc[4, "r"] == "16" and kept.loc[4, "seed"] == 1
+    assert kept.loc[4, "final_val_acc"] == pytest.approx(0.721)
+    assert kept.loc[7, "fail_reason"] == "loss is nan" and kept.loc[7, "status"] == "FAILED"
+    assert kept.loc[6, "status"] == "KILLED" and kept.loc[0, "param.lr"] == "0.1"
+
+
+def test_history_is_a_long_frame_of_per_epoch_values(uri):
+    from report import history
+
+    hist = history(collect("abl", tracking_uri=uri), keys=("val_acc",))
+    one = hist[hist["trial"] == 3].sort_values("step")
+    # trial 3 is meta_acon seed 0 (final 0.72); the synthetic curve climbs linearly over 3 epochs.
+    assert one["step"].tolist() == [1, 2, 3]
+    assert one["value"].tolist() == pytest.approx([0.24, 0.48, 0.72])
+    assert set(hist["trial"]) == {0, 1, 2, 3, 4, 5, 6}  # kept runs with a val_acc history (not the failed one)
+
+
+@pytest.mark.parametrize("call, error, text", [
+    (lambda u: collect("nope", tracking_uri=u), StudyNotFoundError, "no MLflow experiment 'nope'"),
+    (lambda u: collect("empty", tracking_uri=u), EmptyStudyError, "no trial runs"),
+    (lambda u: build_report("abl", tracking_uri=u, metric="top9", log_to_mlflow=False), MetricNotFoundError,
+     "no run logged metric 'top9'"),
+])
+def test_bad_input_raises_one_line_lookup_or_value_error(uri, call, error, text):
+    with pytest.raises(error, match=text) as info:
+        call(uri)
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
