@@ -29,7 +29,8 @@ def _tile(pid_p, pid_h, P, C, HW, p1, p2, BP: tl.constexpr, BHW: tl.constexpr, C
     return rows, rmask, mask, d[:, None], q[:, None], offs
 
 
-@triton.jit
+# Sizes are not specialized: a new batch size (a study's last batch) must not trigger a new JIT.
+@triton.jit(do_not_specialize=["P", "C", "HW"])
 def _forward_kernel(x, p1, p2, beta, y, P, C, HW, FULL: tl.constexpr, BP: tl.constexpr, BHW: tl.constexpr, CT: tl.constexpr):
     rows, rmask, mask, d, q, offs = _tile(tl.program_id(0), tl.program_id(1), P, C, HW, p1, p2, BP, BHW, CT)
     xv = tl.load(x + offs, mask=mask, other=0).to(CT)
@@ -42,7 +43,7 @@ def _forward_kernel(x, p1, p2, beta, y, P, C, HW, FULL: tl.constexpr, BP: tl.con
     tl.store(y + offs, out.to(y.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "C", "HW"])
 def _backward_kernel(g, x, p1, p2, beta, gx, gbeta, partial, P, C, HW,
                      FULL: tl.constexpr, BP: tl.constexpr, BHW: tl.constexpr, CT: tl.constexpr):
     pid_h = tl.program_id(1)

@@ -1,0 +1,148 @@
+"""Speed and backward memory of the ACON family, fused kernels against the plain reference.
+
+For ACON-A/B/C and meta-ACON (layer, channel, pixel) prints forward and forward+backward
+medians as ratios to SiLU and to the reference, and the bytes per input element autograd
+keeps for backward. Usage: ``python benchmarks/activations.py [--shape 64,64,32,32]
+[--device cpu] [--dtype float32] [--threads 2] [--rounds 3]``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.benchmark import Timer
+
+from acon import _fused, _fused_cpu
+from acon.beta import LayerBeta, PixelBeta
+from acon.modules import AconA, AconB, AconC, MetaAcon, MetaAconC
+
+VARIANTS = {
+    "acon_a": lambda c: AconA(c),
+    "acon_b": lambda c: AconB(c),
+    "acon_c": lambda c: AconC(c),
+    "meta_acon_layer": lambda c: MetaAcon(c, LayerBeta(c)),
+    "meta_acon_channel": lambda c: MetaAconC(c),
+    "meta_acon_pixel": lambda c: MetaAcon(c, PixelBeta(c)),
+}
+BASELINES = {"silu": lambda c: nn.SiLU(), "relu": lambda c: nn.ReLU()}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options: shape, device, dtype, threads, rounds, seconds per measurement."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", default="64,64,32,32", help="input shape N,C,... (channels first)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--rounds", type=int, default=3, help="measure every variant this many times, interleaved")
+    p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per Timer measurement")
+    return p.parse_args(argv)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def one_time_costs(device: torch.device, x: torch.Tensor) -> dict[str, float]:
+    """Seconds to build the CPU kernels from scratch, and for the first fused call in this process."""
+    costs = {}
+    if device.type == "cpu":
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            _fused_cpu.build(directory=Path(tmp))
+            costs["cold C++ build (s)"] = time.perf_counter() - t0
+    mod = AconC(x.shape[1]).to(device=device, dtype=x.dtype)
+    t0 = time.perf_counter()
+    mod(x.requires_grad_()).sum().backward()
+    _sync(device)
+    costs["first fused call incl. load/JIT (s)"] = time.perf_counter() - t0
+    x.requires_grad_(False)
+    return costs
+
+
+def saved_bytes_per_element(mod: nn.Module, x: torch.Tensor) -> float:
+    """Bytes of the tensors autograd saves for backward during one forward, per element of x."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    xg = x.detach().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        mod(xg)
+    return total[0] / x.numel()
+
+
+def measure(mod: nn.Module, x: torch.Tensor, min_run_time: float) -> tuple[float, float]:
+    """Median seconds of forward (no grad) and of forward+backward."""
+    xg = x.detach().requires_grad_()
+    g = torch.randn_like(x)
+    fwd = Timer("with torch.no_grad(): mod(x)", globals={"mod": mod, "x": x, "torch": torch})
+    # dropping x.grad each time keeps gradient accumulation (an extra pass) out of the timing
+    both = Timer("x.grad = None; mod(x).backward(g)", globals={"mod": mod, "x": xg, "g": g})
+    return fwd.blocked_autorange(min_run_time=min_run_time).median, both.blocked_autorange(min_run_time=min_run_time).median
+
+
+def _rows(args, x: torch.Tensor) -> list[tuple[str, str, nn.Module]]:
+    """(variant, implementation, module) for every measured line, modules on x's device and dtype."""
+    c = x.shape[1]
+    rows = [(name, "torch", make(c)) for name, make in BASELINES.items()]
+    for name, make in VARIANTS.items():
+        mod = make(c)
+        rows += [(name, "reference", mod), (name, "fused", mod)]
+    return [(n, impl, m.to(device=x.device, dtype=x.dtype)) for n, impl, m in rows]
+
+
+def run(args) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Measure every variant ``args.rounds`` times, interleaved; return the table and one-time costs."""
+    torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    x = torch.randn(tuple(int(s) for s in args.shape.split(",")), device=device, dtype=dtype)
+    costs = one_time_costs(device, x)
+    rows = _rows(args, x)
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {(n, i): [] for n, i, _ in rows}
+    memory = {}
+    for _ in range(args.rounds):
+        for name, impl, mod in rows:
+            with _fused.use_fused(impl == "fused"):
+                times[(name, impl)].append(measure(mod, x, args.min_run_time))
+                memory[(name, impl)] = saved_bytes_per_element(mod, x)
+    return _table(times, memory), costs
+
+
+def _table(times, memory) -> pd.DataFrame:
+    med = {k: (statistics.median(t[0] for t in v), statistics.median(t[1] for t in v)) for k, v in times.items()}
+    silu = med[("silu", "torch")]
+    out = []
+    for (name, impl), (f, fb) in med.items():
+        ref = med.get((name, "reference"), (f, fb))
+        out.append({
+            "variant": name, "impl": impl, "fwd ms": f * 1e3, "fwd+bwd ms": fb * 1e3,
+            "fwd / SiLU": f / silu[0], "fwd+bwd / SiLU": fb / silu[1],
+            "fwd / ref": f / ref[0], "fwd+bwd / ref": fb / ref[1],
+            "saved B/elem": memory[(name, impl)],
+        })
+    return pd.DataFrame(out)
+
+
+def main(argv=None) -> None:
+    """Run the benchmark and print a Markdown table."""
+    args = parse_args(argv)
+    table, costs = run(args)
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
+    print(f"shape {args.shape}, {args.dtype}, {dev}, torch {torch.__version__}, median of {args.rounds} rounds")
+    print(table.to_markdown(index=False, floatfmt=".2f"))
+    for k, v in costs.items():
+        print(f"one-time: {k} = {v:.2f}")
+
+
+if __name__ == "__main__":
+    main()
