@@ -194,7 +194,7 @@ def test_acon_c_slope_tends_to_p1_at_plus_infinity_and_p2_at_minus_infinity():
 
 @pytest.mark.parametrize("generator", [lambda c: MetaAconC(c, r=2).beta, LayerBeta, PixelBeta], ids=["channel", "layer", "pixel"])
 def test_generated_beta_lies_strictly_between_zero_and_one(generator):
-    beta = (generator(C) if isinstance(generator, type) else generator(C))(torch.randn(4, C, 3, 3) * 0.1)
+    beta = generator(C)(torch.randn(4, C, 3, 3) * 0.1)
     assert beta.min() > 0 and beta.max() < 1
 
 
