@@ -69,11 +69,12 @@ def sqlite_store(path) -> str:
 
 
 def write_study(study: str, trials: list[SyntheticTrial], *, axes, metric: str = "val_acc",
-                direction: str = "maximize", tracking_uri: str | None = None, bulk: bool = False) -> str:
+                direction: str = "maximize", tracking_uri: str | None = None, bulk: bool = False,
+                artifact_location: str | None = None) -> str:
     """Write a parent run and one child run per trial; return the parent run id."""
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(study)
-    eid = exp.experiment_id if exp else client.create_experiment(study)
+    eid = exp.experiment_id if exp else client.create_experiment(study, artifact_location=artifact_location)
     tags = {"acon.role": "parent", "acon.study": study, "acon.axes": ",".join(axes), "acon.metric": metric,
             "acon.direction": direction}
     parent = client.create_run(eid, run_name=study, tags=tags).info.run_id

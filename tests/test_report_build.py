@@ -1,0 +1,68 @@
+"""build_report end to end on a real MLflow store: files in every format, plots, artifacts on the parent run."""
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from report import build_report
+from report.plots import complexity_weights, edf, plot_param_importance
+from report.synthetic import grid_trials, sqlite_store, write_study
+
+CELLS = [{"activation": "relu", "generator": "-", "r": "-"},
+         {"activation": "meta_acon", "generator": "channel", "r": "16"},
+         {"activation": "meta_acon", "generator": "layer", "r": "-"}]
+GAIN = {"-": 0.0, "channel": 0.02, "layer": 0.0}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("build")
+    uri = sqlite_store(root / "mlflow.db")
+    trials = grid_trials(CELLS, range(4), lambda c, s: 0.7 + GAIN[c["generator"]] + 0.003 * ((s * 7) % 3),
+                         extra={"flops": 1e6})
+    parent = write_study("abl", trials, axes=["activation", "generator", "r"], tracking_uri=uri,
+                         artifact_location=(root / "artifacts").as_uri())
+    return uri, parent, root
+
+
+def test_report_writes_every_format_and_logs_them_to_the_parent_run(store):
+    uri, parent, root = store
+    out = root / "out"
+    text = build_report("abl", tracking_uri=uri, formats=("terminal", "markdown", "csv", "latex", "html"),
+                        out_dir=out, plots=True)
+    assert "12 complete, 0 pruned, 0 failed" in text and "+2.00" in text
+    csv = pd.read_csv(out / "abl_table.csv").set_index("generator")
+    # seeds 0..3 add 0.3 * (0, 1, 2, 0) points: mean 70 + 2 + 0.225
+    assert csv.loc["channel", "mean"] == pytest.approx(72.225) and csv.loc["channel", "n"] == 4
+    logged = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(parent, "report")}
+    for name in ("abl_table.txt", "abl_table.md", "abl_table.csv", "abl_table.tex", "abl_table.html",
+                 "edf_generator.png", "edf_generator.svg", "edf_generator_by_flops.png", "curves_val_acc.png"):
+        assert f"report/{name}" in logged
+    assert (out / "edf_r.png").stat().st_size > 5000
+
+
+def test_group_by_one_axis_and_another_baseline(store):
+    uri, _, _ = store
+    text = build_report("abl", tracking_uri=uri, group_by="generator", baseline="generator=layer", log_to_mlflow=False)
+    lines = {ln.split()[0]: ln for ln in text.splitlines() if ln.startswith(("channel", "layer", "-"))}
+    assert "baseline" in lines["layer"] and "+2.00" in lines["channel"] and "better" in lines["channel"]
+    assert "noise" in lines["-"] or "n/a" in lines["-"]
+
+
+def test_edf_and_complexity_weights():
+    x, y = edf(np.array([3.0, 1.0, 2.0]))
+    assert x.tolist() == [1.0, 2.0, 3.0] and y.tolist() == pytest.approx([1 / 3, 2 / 3, 1.0])
+    # group a has 3 small models and 1 large one: normalised, each complexity bin weighs the same.
+    flops = pd.Series([1e6, 1e6, 1e6, 1e9, 1e6, 1e9])
+    w = complexity_weights(flops, pd.Series(list("aaaabb")), bins=2)
+    assert w.tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 6, 1 / 2, 1 / 2, 1 / 2])
+
+
+def test_param_importance_plot_from_an_optuna_study(tmp_path):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("lr", 0, 1) ** 2 + 0.01 * t.suggest_float("wd", 0, 1), n_trials=20)
+    paths = plot_param_importance(study, tmp_path)
+    assert [p.suffix for p in paths] == [".png", ".svg"] and paths[0].stat().st_size > 3000
+    imp = optuna.importance.get_param_importances(study)
+    assert list(imp)[0] == "lr"
