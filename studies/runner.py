@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -25,6 +26,9 @@ from studies.trial import TrialContext, execute_trial
 RESULT_SETTINGS = ("model", "dataset", "small_input", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
                    "schedule", "warmup_epochs", "label_smoothing", "augment", "limit")
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+# We record heartbeats ourselves around ask/tell trials (studies.trial._heartbeat).
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 class Interrupted(BaseException):
@@ -94,7 +98,7 @@ def _open(spec: Study, settings: dict[str, Any], options: RunOptions, *, join: b
     name = options.study_name or f"{spec.name}-{options.preset}"
     holder: dict[str, _Session] = {}
     storage = open_storage(url)
-    if isinstance(storage, optuna.storages.RDBStorage) and storage.is_heartbeat_enabled():
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
         storage.heartbeat_stale_trial_callback = lambda st, t: _requeue_dead(holder["s"], t)
     optuna_study = _create_or_load(spec, name, storage, settings, join=join)
     tracker = Tracker(resolve_tracking_uri(options.tracking_uri), options.experiment or spec.name, study=spec.name,
