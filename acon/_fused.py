@@ -127,12 +127,23 @@ def _planes_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.device.type == "cpu" or x.dtype == torch.float64 else torch.float32
 
 
-@torch.library.custom_op("acon::acon_c_fused", mutates_args=())
-def _acon_c_op(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+def _run_forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
     kernels = _BACKENDS.get(x.device.type) or backend(x.device.type)
     if kernels is None:
         return _math_forward(x, p1, p2, beta)
     return kernels.forward(x.contiguous(), p1.contiguous(), p2.contiguous(), beta.contiguous())
+
+
+def _run_backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    kernels = _BACKENDS.get(x.device.type) or backend(x.device.type)
+    run = _math_backward if kernels is None else kernels.backward
+    gx, planes, gbeta = run(g.contiguous(), x.contiguous(), p1.contiguous(), p2.contiguous(), beta.contiguous())
+    return gx, planes.to(_planes_dtype(x)), gbeta
+
+
+@torch.library.custom_op("acon::acon_c_fused", mutates_args=())
+def _acon_c_op(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+    return _run_forward(x, p1, p2, beta)
 
 
 @_acon_c_op.register_fake
@@ -142,10 +153,7 @@ def _(x, p1, p2, beta):
 
 @torch.library.custom_op("acon::acon_c_fused_backward", mutates_args=())
 def _acon_c_backward_op(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    kernels = _BACKENDS.get(x.device.type) or backend(x.device.type)
-    run = _math_backward if kernels is None else kernels.backward
-    gx, planes, gbeta = run(g.contiguous(), x.contiguous(), p1.contiguous(), p2.contiguous(), beta.contiguous())
-    return gx, planes.to(_planes_dtype(x)), gbeta
+    return _run_backward(g, x, p1, p2, beta)
 
 
 @_acon_c_backward_op.register_fake
@@ -159,9 +167,9 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, p1, p2, beta)
 
 
-def _backward(ctx, grad):
+def _backward(ctx, grad, run_backward=_acon_c_backward_op):
     x, p1, p2, beta = ctx.saved_tensors
-    gx, planes, gbeta = _acon_c_backward_op(grad.contiguous(), x, p1, p2, beta)
+    gx, planes, gbeta = run_backward(grad.contiguous(), x, p1, p2, beta)
     planes = planes.to(x.dtype).view(3, x.shape[0], p1.shape[0])
     dp1 = planes[0].sum(0)
     dp2 = planes[1].sum(0) - dp1
@@ -170,6 +178,20 @@ def _backward(ctx, grad):
 
 
 _acon_c_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _AconCFunction(torch.autograd.Function):
+    """Eager twin of the custom op: same kernels, without the op's dispatch cost per call
+    (and without importing torch._dynamo, which the op's first call does: about 2 s)."""
+
+    @staticmethod
+    def forward(ctx, x, p1, p2, beta):
+        ctx.save_for_backward(x, p1, p2, beta)
+        return _run_forward(x, p1, p2, beta)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _backward(ctx, grad, _run_backward)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,4 +250,7 @@ def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> Tensor:
         b = beta.to(dt).expand((n, c) + ones).reshape(n * c).contiguous()
     else:
         b = beta.to(dt).expand(x.shape).contiguous()
-    return _acon_c_op(xc, p1c, p2c, b)
+    # torch.compile sees the custom op (fake kernel, registered autograd); eager runs the Function
+    if torch.compiler.is_compiling():
+        return _acon_c_op(xc, p1c, p2c, b)
+    return _AconCFunction.apply(xc, p1c, p2c, b)
