@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``run_study.py`` / ``acon-study``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # mlflow warns when git is missing
+    quiet_libraries()
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
@@ -36,6 +36,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("ACON_DEBUG"):
             raise
         return EXIT_ERROR
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our progress bar and tables: libraries log warnings only."""
+    import logging
+
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # mlflow warns when git is missing
+    for name in ("mlflow", "alembic", "optuna"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def one_line(exc: BaseException) -> str:

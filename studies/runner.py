@@ -100,10 +100,11 @@ def _open(spec: Study, settings: dict[str, Any], options: RunOptions, *, join: b
     storage = open_storage(url)
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
         storage.heartbeat_stale_trial_callback = lambda st, t: _requeue_dead(holder["s"], t)
-    optuna_study = _create_or_load(spec, name, storage, settings, join=join)
+    # the tracking store is checked before the Optuna study is created: a bad URI leaves nothing behind
     tracker = Tracker(resolve_tracking_uri(options.tracking_uri), options.experiment or spec.name, study=spec.name,
-                      optuna_study=name, preset=options.preset, axes=DESIGN_AXES + ("seed",), metric=spec.metric,
+                      optuna_study=name, preset=options.preset, axes=DESIGN_AXES, metric=spec.metric,
                       direction=spec.direction)
+    optuna_study = _create_or_load(spec, name, storage, settings, join=join)
     parent = optuna_study.user_attrs.get(PARENT_ATTR)
     if join and parent:
         tracker.attach_parent(parent)
