@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "RUNNING": "RUNNING"}
 SETTINGS = {"model": "tiny_cnn", "dataset": "digits", "epochs": "3", "lr": "0.1", "batch_size": "64", "optimizer": "sgd"}
