@@ -57,6 +57,7 @@ def generator_complexity(name: str, channels: int, input_shape: Sequence[int], *
       reduction. BatchNorm in eval mode costs 1 mul + 1 add per element.
     - The ACON-C formula ``(p1-p2) x * sigmoid(beta (p1-p2) x) + p2 x`` costs, per element of x,
       4 mul, 1 add, 1 sigmoid, plus C adds for ``p1 - p2`` (once per call, not per sample).
+      These count the formula as written, whichever kernel (fused or reference) runs it.
     """
     shape = _check_shape(channels, input_shape)
     try:
@@ -92,7 +93,7 @@ def _acon_c_cost(channels: int, shape: tuple[int, ...]) -> dict:
 
 def _channel_cost(channels: int, shape: tuple[int, ...], *, r: int = 16, width_rule: str = "official", bn: bool = True, bias: bool = True, **_: Any) -> dict:
     batch, hidden = shape[0], hidden_width(channels, r, width_rule)
-    params = 2 * channels * hidden + (hidden + channels) * (bias + 2 * bn)
+    params = 2 * channels * hidden + (hidden + channels) * (int(bias) + 2 * int(bn))
     bn_ops = batch * (hidden + channels) if bn else 0
     mean = math.prod(shape) if len(shape) > 2 else 0  # (N, C) inputs are already pooled
     return _cost(params=params, macs=2 * batch * channels * hidden, sigmoid=batch * channels, mul=bn_ops, add=bn_ops, mean=mean)

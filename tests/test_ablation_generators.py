@@ -63,8 +63,7 @@ def test_user_generator_registered_from_test_module_builds_a_model():
 )
 def test_channel_generator_hidden_width_rule(options, hidden):
     options = {"r": 16, **options}
-    _, sites = ablation.build_model("tiny_cnn", in_channels=1, placement="glob:block3.*", **options)
-    model, _ = ablation.build_model("tiny_cnn", in_channels=1, placement="glob:block3.*", **options)
+    model, sites = ablation.build_model("tiny_cnn", in_channels=1, placement="glob:block3.*", **options)
     act = model.get_submodule(sites[0].target)
     assert isinstance(act, MetaAconC) and act.fc1.out_channels == hidden  # 64 channels
 
