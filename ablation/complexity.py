@@ -197,3 +197,37 @@ def overhead(model: nn.Module, baseline: nn.Module, input_shape, *, sites=None, 
 def percent(extra: float, base: float) -> float:
     """``100 * extra / base``; NaN when the base is zero."""
     return 100.0 * extra / base if base else math.nan
+
+
+def latency(model: nn.Module, baseline: nn.Module, input_shape, *, backward: bool = False, min_run_time: float = 0.2,
+            rounds: int = 3, device=None) -> dict:
+    """Measured time per forward (or forward+backward) of ``model`` and ``baseline`` in one run, and their ratio.
+
+    Uses ``torch.utils.benchmark`` (warm-up, CUDA sync, median of blocks); both are timed in the
+    same process on the same input so the ratio is comparable across machines.
+    """
+    device = device if device is not None else _device_of(model)
+    x = torch.randn(full_shape(input_shape), device=device, requires_grad=backward)
+    step = "m(x).sum().backward()" if backward else "m(x)"
+    times = {"variant_s": math.inf, "baseline_s": math.inf}
+    # Alternate the two models over rounds and keep each one's best median: load from other
+    # processes then hits both alike instead of whichever ran second.
+    for _ in range(rounds):
+        for key, m in (("variant_s", model), ("baseline_s", baseline)):
+            times[key] = min(times[key], _time(m, x, step, backward, min_run_time / rounds))
+    times["ratio"] = times["variant_s"] / times["baseline_s"]
+    return times
+
+
+def _time(m: nn.Module, x, step: str, backward: bool, min_run_time: float) -> float:
+    """Median seconds of ``step`` on ``m`` in eval mode (BN accepts a batch of 1; both models alike)."""
+    from torch.utils import benchmark
+
+    was_training = m.training
+    m.eval()
+    try:
+        with torch.set_grad_enabled(backward):
+            timer = benchmark.Timer(step, globals={"m": m, "x": x})
+            return timer.blocked_autorange(min_run_time=min_run_time).median
+    finally:
+        m.train(was_training)

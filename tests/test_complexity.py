@@ -82,3 +82,12 @@ def test_paper_params_column_is_reproduced(name, placement, r, before, after):
     assert abs(row["params_baseline_M"] - before) < 0.06
     assert abs(row["params_M"] - after) < 0.06
     assert row["sites"] == {"resnet50": 16, "shufflenet_v2_x0_5": 37}[name]
+
+
+def test_latency_times_both_models_and_gives_their_ratio():
+    from ablation.complexity import latency
+
+    base = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU())
+    out = latency(_conv_meta(), base, (3, 8, 8), backward=True, min_run_time=0.02)
+    assert out["variant_s"] > 0 and out["baseline_s"] > 0
+    assert out["ratio"] == pytest.approx(out["variant_s"] / out["baseline_s"])
