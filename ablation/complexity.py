@@ -8,7 +8,8 @@ no arithmetic.
 
 Convention (``FLOP_CONVENTION``): one multiply-add = 1 FLOP (the paper's "FLOPs" column is
 MACs), and each elementwise op costs 1 FLOP per output element (reductions and pools: per
-input element). Fused ACON-C kernels are counted as the reference formula's ops. Conv/linear bias adds are inside the MAC count's convention (not counted).
+input element); eval-mode BN is one mul and one add per element. Fused ACON-C kernels are
+counted as the reference formula's ops. Conv/linear bias adds are inside the MAC count's convention (not counted).
 """
 from __future__ import annotations
 
@@ -38,8 +39,7 @@ for _kind, _names in {
     "other": (
         "relu", "relu_", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "gelu", "silu", "silu_", "mish",
         "tanh", "exp", "neg", "div", "div_", "clamp", "clamp_min", "where", "softplus", "_prelu_kernel", "prelu",
-        "addcmul", "native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
-        "native_layer_norm", "_log_softmax", "_softmax", "hardswish", "hardsigmoid", "elu", "abs", "pow", "sqrt",
+        "addcmul", "native_layer_norm", "_log_softmax", "_softmax", "hardswish", "hardsigmoid", "elu", "abs", "pow", "sqrt",
         "rsqrt", "reciprocal", "erf", "minimum", "maximum", "max_pool2d_with_indices", "amax", "max",
     ),
 }.items():
@@ -65,8 +65,15 @@ def _acon_c_fused_ops(x, p1, p2, beta, *_) -> dict[str, int]:
     return {"sigmoid": n, "mul": 4 * n, "add": n + torch.broadcast_shapes(p1.shape, p2.shape).numel()}
 
 
-# Custom ops that stand for several elementwise ops (acon/_fused.py).
+def _batch_norm_ops(x, *_) -> dict[str, int]:
+    """Eval-mode BN is ``x * scale + shift``: one mul and one add per element (as ablation.generators counts it)."""
+    return {"mul": x.numel(), "add": x.numel()}
+
+
+# Ops that stand for several elementwise ops: the fused ACON custom op (acon/_fused.py) and BN.
 _FUSED = {"acon_c_fused": _acon_c_fused_ops}
+_FUSED.update(dict.fromkeys(("native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training"),
+                            _batch_norm_ops))
 
 
 @dataclass(frozen=True)

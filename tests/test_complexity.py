@@ -32,7 +32,8 @@ def test_count_classifies_bn_relu_pool_linear():
                       nn.Flatten(), nn.Linear(4, 10))
     c = count(m, (3, 4, 4))
     assert c.macs == 64 * 27 + 40
-    assert c.elementwise["other"] == 64 + 64  # BN and ReLU, one op per element
+    assert c.elementwise["other"] == 64  # ReLU, one op per element
+    assert c.elementwise["mul"] == 64 and c.elementwise["add"] == 64  # eval BN: x * scale + shift
     assert c.elementwise["mean"] == 64  # the pool reads every element once
     assert m.training  # counting in eval mode leaves the model's mode as it was
 
@@ -44,6 +45,19 @@ def test_count_on_meta_device_equals_cpu_and_scales_with_batch():
     assert count(meta_model, (3, 8, 8)) == cpu
     assert count(_conv_meta(), (2, 3, 8, 8)).macs == 2 * count(_conv_meta(), (3, 8, 8)).macs
     assert full_shape((3, 8, 8)) == (1, 3, 8, 8) and full_shape((5, 7)) == (5, 7)
+
+
+def test_count_agrees_with_the_analytic_generator_counts():
+    # ablation.generators.generator_complexity counts the same ops by formula (another engineer's code).
+    from ablation.generators import generator_complexity
+    from acon.activations import create_activation
+
+    for gen, kw in (("channel", {"r": 4}), ("layer", {}), ("pixel", {})):
+        formula = generator_complexity(gen, 16, (1, 16, 8, 8), **kw)
+        counted = count(create_activation("meta_acon", 16, generator=gen, **kw), (16, 8, 8))
+        assert (counted.params, counted.macs) == (formula["params"], formula["macs"])
+        assert {k: counted.elementwise[k] for k in formula["elementwise"]} == formula["elementwise"]
+        assert counted.elementwise["other"] == 0
 
 
 def test_overhead_reports_extra_params_and_flops_against_baseline():
