@@ -207,3 +207,15 @@ def test_tensor_data_with_test_split_reports_test_metrics(digits):
     data = dataclasses.replace(digits, test=test)
     _, result = _fit(data, epochs=1)
     assert 0.0 <= result.final["test_acc"] <= 1.0 and result.final["test_loss"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_mixed_precision_channels_last_with_augmentation():
+    data = load_dataset("digits", seed=0)
+    torch.manual_seed(0)
+    model = tiny_cnn("meta_acon")
+    result = train(model, data, TrainConfig(epochs=3, batch_size=32, lr=0.2, device="cuda", amp=True,
+                                            channels_last=True, augment=True))
+    assert next(model.parameters()).device.type == "cuda"
+    assert all(math.isfinite(m.train_loss) and math.isfinite(m.val_loss) for m in result.history)
+    assert result.history[-1].val_acc > 0.5  # chance is 0.1
