@@ -206,7 +206,7 @@ def percent(extra: float, base: float) -> float:
     return 100.0 * extra / base if base else math.nan
 
 
-def latency(model: nn.Module, baseline: nn.Module, input_shape, *, backward: bool = False, min_run_time: float = 0.2,
+def latency(model: nn.Module, baseline: nn.Module, input_shape, *, backward: bool = False, min_run_time: float = 0.5,
             rounds: int = 3, device=None) -> dict:
     """Measured time per forward (or forward+backward) of ``model`` and ``baseline`` in one run, and their ratio.
 

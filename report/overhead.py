@@ -29,13 +29,16 @@ def _uses_r(generator) -> bool:
 
 
 def overhead_table(models, generators, rs, placements, *, input_size=None, activation="meta_acon",
-                   num_classes: int = 1000, in_channels: int = 3, builder=None, device="meta") -> pd.DataFrame:
+                   num_classes: int = 1000, in_channels: int = 3, builder=None, device="meta",
+                   latency: bool = False, latency_device=None) -> pd.DataFrame:
     """One row per (model, generator, r, placement): params and FLOPs against the ReLU model.
 
     ``input_size`` None means each model's native ImageNet size (``small_input=False``); a size
     under 64 builds the small-input (CIFAR-style) stem. ``builder`` defaults to
     ``ablation.build_model``; the baseline is ``activation="relu", placement="none"``. Cells a
     model cannot take (a placement selecting no site) are left out and listed in ``.attrs["skipped"]``.
+    ``latency`` adds measured forward and forward+backward time ratios (variant / baseline, batch 1)
+    on ``latency_device`` (default: this machine's accelerator, else the CPU).
     """
     builder = builder or _default_builder()
     rows, skipped, baselines = [], [], {}
@@ -51,9 +54,29 @@ def overhead_table(models, generators, rs, placements, *, input_size=None, activ
             skipped.append(f"{model}/{gen}/{r}/{place}: {e}")
             continue
         rows.append(_row(model, gen, r, place, variant, baselines[model], sites, (in_channels, size, size)))
+        if latency:
+            rows[-1].update(_latency(builder, model, gen, r, place, activation, common, latency_device))
     table = pd.DataFrame(rows)
     table.attrs["skipped"] = skipped
+    table.attrs["convention"] = complexity.FLOP_CONVENTION
     return table
+
+
+def _latency(builder, model, gen, r, place, activation, common, device) -> dict:
+    """Measured time ratios of one cell: real weights on a real device (a meta model cannot run)."""
+    device = device or _local_device()
+    base = _build(builder, model, device, activation="relu", generator=None, r=None, placement="none", **common)[0]
+    variant = _build(builder, model, device, activation=activation, generator=gen, r=r, placement=place, **common)[0]
+    shape = (common["in_channels"], common["input_size"], common["input_size"])
+    fwd = complexity.latency(variant, base, shape)
+    both = complexity.latency(variant, base, shape, backward=True)
+    return {"latency_fwd_ratio": fwd["ratio"], "latency_fwd_bwd_ratio": both["ratio"]}
+
+
+def _local_device() -> torch.device:
+    """This machine's accelerator if it has one, else the CPU."""
+    accel = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    return accel or torch.device("cpu")
 
 
 def _geometry(model, input_size, num_classes, in_channels) -> tuple[int, dict]:

@@ -31,8 +31,18 @@ def _latex(df: pd.DataFrame) -> str:
 
 
 def format_table(df: pd.DataFrame, fmt: str) -> str:
-    """Render ``df`` in format ``fmt`` (terminal, markdown, csv, latex or html)."""
-    return FORMATS.get(fmt)(df)
+    """Render ``df`` in format ``fmt`` (terminal, markdown, csv, latex or html); CSV keeps full precision."""
+    render = FORMATS.get(fmt)
+    return render(df if fmt == "csv" else _readable(df))
+
+
+def _readable(df: pd.DataFrame) -> pd.DataFrame:
+    """Float columns as text with 3 decimals ("-" for NaN); other columns unchanged."""
+    out = df.copy()
+    for col in out.columns:
+        if pd.api.types.is_float_dtype(out[col]):
+            out[col] = [("-" if math.isnan(v) else f"{v:.3f}") for v in out[col]]
+    return out
 
 
 def check_formats(formats) -> tuple[str, ...]:

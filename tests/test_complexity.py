@@ -105,3 +105,29 @@ def test_latency_times_both_models_and_gives_their_ratio():
     out = latency(_conv_meta(), base, (3, 8, 8), backward=True, min_run_time=0.02)
     assert out["variant_s"] > 0 and out["baseline_s"] > 0
     assert out["ratio"] == pytest.approx(out["variant_s"] / out["baseline_s"])
+
+
+def _tiny_builder(name, *, activation, generator, r, placement, num_classes, in_channels, small_input, input_size):
+    """A one-site model: conv -> activation -> pool -> linear; placement "none" keeps ReLU."""
+    from acon.activations import create_activation
+
+    if placement not in ("all", "none"):
+        raise ValueError(f"placement {placement!r} selects no activation site")
+    options = {"generator": generator, **({"r": r} if r is not None else {})} if activation == "meta_acon" else {}
+    act = nn.ReLU() if placement == "none" else create_activation(activation, 8, **options)
+    model = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1, bias=False), act, nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, num_classes))
+    return model, ([] if placement == "none" else ["site0"])
+
+
+def test_overhead_table_rows_collapse_r_and_skip_impossible_cells():
+    from report import overhead_table
+
+    table = overhead_table(["tiny"], ["channel", "pixel"], [2, 4], ["all", "stage9"], input_size=8, num_classes=3,
+                           builder=_tiny_builder)
+    assert table[["generator", "r"]].values.tolist() == [["channel", 2], ["channel", 4], ["pixel", "-"]]
+    assert len(table.attrs["skipped"]) == 3 and "stage9" in table.attrs["skipped"][0]
+    channel_r4 = table.iloc[1]
+    # MetaAconC(8, r=4): hidden max(4, 2) = 4; fc1 8*4+4, bn1 2*4, fc2 4*8+8, bn2 2*8, p1 8, p2 8.
+    assert channel_r4["params_extra"] == 36 + 8 + 40 + 16 + 16
+    assert channel_r4["sites"] == 1 and channel_r4["params_baseline_M"] * 1e6 == pytest.approx(3 * 8 * 9 + 8 * 3 + 3)
