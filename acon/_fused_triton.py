@@ -13,6 +13,7 @@ from torch import Tensor
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TILE = 2048
+NUM_WARPS = 4
 
 
 @triton.jit
@@ -84,7 +85,7 @@ def forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
     y = torch.empty_like(x)
     P, C, HW, bp, bhw, ct = _config(x, p1)
     grid = (triton.cdiv(P, bp), triton.cdiv(HW, bhw))
-    _forward_kernel[grid](x, p1, p2, beta, y, P, C, HW, FULL=beta.dim() > 1, BP=bp, BHW=bhw, CT=ct)
+    _forward_kernel[grid](x, p1, p2, beta, y, P, C, HW, FULL=beta.dim() > 1, BP=bp, BHW=bhw, CT=ct, num_warps=NUM_WARPS)
     return y
 
 
@@ -98,5 +99,5 @@ def backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tupl
     gx = torch.empty_like(x)
     gbeta = torch.empty_like(x) if full else x.new_empty(0)
     _backward_kernel[grid](g, x, p1, p2, beta, gx, gbeta if full else gx, partial, P, C, HW,
-                           FULL=full, BP=bp, BHW=bhw, CT=ct)
+                           FULL=full, BP=bp, BHW=bhw, CT=ct, num_warps=NUM_WARPS)
     return gx, partial.sum(0), gbeta

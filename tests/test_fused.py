@@ -63,11 +63,16 @@ def test_fused_matches_reference_value_and_grads(device, layout):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("x_shape", [(4, 7), (2, 3, 9), (2, 3, 40000)])
 def test_fused_matches_reference_on_other_ranks_and_long_planes(device, x_shape):
-    # (2, 3, 40000) splits each plane into several work items on CPU.
+    # (2, 3, 40000) splits each plane into several work items on CPU and tiles on CUDA.
     x, p1, p2, beta = _inputs(device, torch.float32, (x_shape[0], x_shape[1]) + (1,) * (len(x_shape) - 2), x_shape)
     g = torch.randn_like(x)
-    for a, b in zip(_value_and_grads(F.acon_c, x, p1, p2, beta, g), _value_and_grads(F.acon_c_reference, x, p1, p2, beta, g)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-5)
+    got = _value_and_grads(F.acon_c, x, p1, p2, beta, g)
+    exact = [t.detach().double().requires_grad_() for t in (x, p1, p2, beta)]
+    truth = _value_and_grads(F.acon_c_reference, *exact, g.double())
+    # sums over 80,000 float32 terms are exact only to ~1e-5 of their scale (the reference's too),
+    # so per-channel gradients are held to the float64 truth with atol 1e-4
+    for a, t in zip(got, truth):
+        torch.testing.assert_close(a.double(), t, rtol=1e-5, atol=1e-4 if t.numel() < x.numel() else 1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
