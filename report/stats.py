@@ -125,9 +125,13 @@ def _paired(group: pd.Series, base: pd.Series | None) -> dict:
 
 
 def _paired_t(diffs: np.ndarray) -> float:
-    """Two-sided one-sample t-test of the differences (= paired t-test); a constant shift gives p = 0."""
+    """Two-sided one-sample t-test of the differences (= paired t-test).
+
+    Equal differences (common with coarse accuracies on small validation sets) leave t
+    undefined; the exact sign test takes over (n equal signs: p = 2 / 2**n), never a p of 0.
+    """
     if np.allclose(diffs, diffs[0]):
-        return 1.0 if diffs[0] == 0 else 0.0
+        return 1.0 if diffs[0] == 0 else float(stats.binomtest(len(diffs), len(diffs)).pvalue)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(stats.ttest_1samp(diffs, 0.0).pvalue)

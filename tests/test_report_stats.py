@@ -83,3 +83,11 @@ def test_every_format_renders_the_numbers():
     assert r"$\pm$" in format_table(shown, "latex")
     with pytest.raises(UnknownNameError, match="valid choices: csv, html, latex, markdown, terminal"):
         format_table(shown, "xlsx")
+
+
+def test_equal_differences_fall_back_to_the_sign_test():
+    # Coarse accuracies: both seeds lose exactly one image. t is undefined; 2 of 2 signs give p = 0.5.
+    frame = pd.DataFrame({"activation": ["relu", "relu", "x", "x"], "seed": [0, 1, 0, 1], "state": ["COMPLETE"] * 4,
+                          "final_val_acc": [0.50, 0.60, 0.49, 0.59]})
+    row = ablation_stats(frame, ["activation"], "final_val_acc", baseline={"activation": "relu"}).set_index("activation")
+    assert row.loc["x", "p_t"] == pytest.approx(0.5) and row.loc["x", "verdict"] == "noise"
