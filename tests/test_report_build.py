@@ -19,7 +19,8 @@ GAIN = {"-": 0.0, "channel": 0.02, "layer": 0.0}
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("build")
     uri = sqlite_store(root / "mlflow.db")
-    trials = grid_trials(CELLS, range(4), lambda c, s: 0.7 + GAIN[c["generator"]] + 0.003 * ((s * 7) % 3),
+    # channel gains 2 + 0.1 * seed points over relu: a real, not constant, paired gain
+    trials = grid_trials(CELLS, range(4), lambda c, s: 0.7 + GAIN[c["generator"]] * (1 + 0.05 * s) + 0.003 * ((s * 7) % 3),
                          extra={"flops": 1e6})
     parent = write_study("abl", trials, axes=["activation", "generator", "r"], tracking_uri=uri,
                          artifact_location=(root / "artifacts").as_uri())
@@ -31,10 +32,10 @@ def test_report_writes_every_format_and_logs_them_to_the_parent_run(store):
     out = root / "out"
     text = build_report("abl", tracking_uri=uri, formats=("terminal", "markdown", "csv", "latex", "html"),
                         out_dir=out, plots=True)
-    assert "12 complete, 0 pruned, 0 failed" in text and "+2.00" in text
+    assert "12 complete, 0 pruned, 0 failed" in text and "+2.15" in text
     csv = pd.read_csv(out / "abl_table.csv").set_index("generator")
-    # seeds 0..3 add 0.3 * (0, 1, 2, 0) points: mean 70 + 2 + 0.225
-    assert csv.loc["channel", "mean"] == pytest.approx(72.225) and csv.loc["channel", "n"] == 4
+    # seeds 0..3 add 0.3 * (0, 1, 2, 0) points: mean 70 + 2.15 + 0.225
+    assert csv.loc["channel", "mean"] == pytest.approx(72.375) and csv.loc["channel", "n"] == 4
     logged = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(parent, "report")}
     for name in ("abl_table.txt", "abl_table.md", "abl_table.csv", "abl_table.tex", "abl_table.html",
                  "edf_generator.png", "edf_generator.svg", "edf_generator_by_flops.png", "curves_val_acc.png"):
@@ -46,7 +47,7 @@ def test_group_by_one_axis_and_another_baseline(store):
     uri, _, _ = store
     text = build_report("abl", tracking_uri=uri, group_by="generator", baseline="generator=layer", log_to_mlflow=False)
     lines = {ln.split()[0]: ln for ln in text.splitlines() if ln.startswith(("channel", "layer", "-"))}
-    assert "baseline" in lines["layer"] and "+2.00" in lines["channel"] and "better" in lines["channel"]
+    assert "baseline" in lines["layer"] and "+2.15" in lines["channel"] and "better" in lines["channel"]
     assert "noise" in lines["-"] or "n/a" in lines["-"]
 
 
