@@ -43,6 +43,7 @@ def quiet_libraries() -> None:
     import logging
 
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # mlflow warns when git is missing
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow configures its loggers
     for name in ("mlflow", "alembic", "optuna"):
         logging.getLogger(name).setLevel(logging.WARNING)
     import optuna
@@ -100,6 +101,7 @@ def _add_worker(sub: Any) -> None:
     p.add_argument("study", help="study name or .py file, as given to `run`")
     _add_store_flags(p)
     _add_training_flags(p)
+    p.add_argument("--trials", type=int, help="trial budget of a search study (hpo), as given to `run`")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_worker)
 
@@ -176,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         result = run_study(args.study, _run_options(args, max_trials=args.max_trials))
     print(summary_text(result))
-    return 0 if not result.counts.get("FAIL") else 1
+    return 0 if result.missing == 0 else 1
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

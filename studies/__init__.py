@@ -1,0 +1,17 @@
+"""What to run: study definitions, datasets, the short-schedule trainer, Optuna and MLflow plumbing.
+
+``Study`` defines a study; ``run_study(name_or_study, RunOptions(...))`` runs or resumes it.
+"""
+from studies.spec import STUDIES, Study, load_study
+
+
+def __getattr__(name: str):
+    # the runner pulls in optuna and mlflow: import it only when asked for
+    if name in ("run_study", "RunOptions", "StudyRun"):
+        from studies import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'studies' has no attribute {name!r}")
+
+
+__all__ = ["STUDIES", "RunOptions", "Study", "StudyRun", "load_study", "run_study"]

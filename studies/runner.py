@@ -7,8 +7,11 @@ off, so it completes the study without duplicating what is done.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,10 +20,10 @@ from typing import Any, Callable, Iterator
 import optuna
 from optuna.trial import TrialState
 
-from studies.spec import DESIGN_AXES, Study, load_study, variant_label
-from studies.storage import StorageError, open_storage, resolve_storage, resolve_tracking_uri
+from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study, variant_label
+from studies.storage import StorageError, open_storage, require_existing, resolve_storage, resolve_tracking_uri
 from studies.tracking import PARENT_ATTR, Tracker
-from studies.trial import TrialContext, execute_trial
+from studies.trial import TrialContext, execute_trial, load_data
 
 #: Settings that change results: a study resumed with different values is refused.
 RESULT_SETTINGS = ("model", "dataset", "small_input", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
@@ -61,6 +64,7 @@ class StudyRun:
     parent_run_id: str
     ran: int
     counts: dict[str, int]
+    missing: int = 0  # grid cells with no complete or pruned trial (failed ones a rerun retries)
 
 
 def run_study(study: Study | str, options: RunOptions | None = None, *, join: bool = False) -> StudyRun:
@@ -72,6 +76,8 @@ def run_study(study: Study | str, options: RunOptions | None = None, *, join: bo
     options = options or RunOptions()
     spec = load_study(study) if isinstance(study, str) else study
     settings = spec.settings(options.preset, options.overrides)
+    check_names(spec, settings)
+    load_data(settings["dataset"], options.data_dir, options.download, settings.get("limit"))  # fail before any trial
     session = _open(spec, settings, options, join=join)
     with _signals_raise_interrupted():
         try:
@@ -81,7 +87,41 @@ def run_study(study: Study | str, options: RunOptions | None = None, *, join: bo
             raise
     if not join or _all_done(session):
         session.tracker.close_parent("FINISHED" if _all_done(session) else "KILLED")
-    return StudyRun(session.optuna_study, session.tracker.parent_id, ran, state_counts(session.optuna_study))
+    return StudyRun(session.optuna_study, session.tracker.parent_id, ran, state_counts(session.optuna_study),
+                    missing_cells(session))
+
+
+def check_names(spec: Study, settings: dict[str, Any]) -> None:
+    """Refuse unknown model, dataset, activation, generator or placement names before anything runs."""
+    from ablation import MODELS, parse_placement, get_generator
+    from acon import get_activation
+    from studies.data import DATASETS
+
+    MODELS.get(settings["model"])
+    DATASETS.get(settings["dataset"])
+    for design in settings.get("designs") or spec.designs:
+        get_activation(design["activation"])
+        if design.get("generator", NOT_APPLICABLE) != NOT_APPLICABLE:
+            get_generator(design["generator"])
+        if design.get("placement", NOT_APPLICABLE) != NOT_APPLICABLE:
+            parse_placement(design["placement"])
+
+
+def prepare_study(study: Study | str, options: RunOptions | None = None) -> StudyRun:
+    """Create or resume ``study`` and its parent run and queue its missing grid cells; run nothing.
+
+    Launchers call it once before starting workers that ``join`` the study.
+    """
+    options = options or RunOptions()
+    spec = load_study(study) if isinstance(study, str) else study
+    settings = spec.settings(options.preset, options.overrides)
+    check_names(spec, settings)
+    session = _open(spec, settings, options, join=False)
+    optuna.storages.fail_stale_trials(session.optuna_study)
+    if spec.is_grid:
+        enqueue_missing(session)
+    return StudyRun(session.optuna_study, session.tracker.parent_id, 0, state_counts(session.optuna_study),
+                    missing_cells(session))
 
 
 @dataclass
@@ -97,6 +137,8 @@ def _open(spec: Study, settings: dict[str, Any], options: RunOptions, *, join: b
     url = resolve_storage(options.storage)
     name = options.study_name or f"{spec.name}-{options.preset}"
     holder: dict[str, _Session] = {}
+    if join:  # a worker must not create an empty SQLite or journal file where it expected a study
+        require_existing(url)
     storage = open_storage(url)
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
         storage.heartbeat_stale_trial_callback = lambda st, t: _requeue_dead(holder["s"], t)
@@ -158,12 +200,11 @@ def _run_loop(session: _Session, options: RunOptions) -> int:
     optuna.storages.fail_stale_trials(study)
     if session.spec.is_grid:
         enqueue_missing(session)
-    total = _remaining(session)
-    if options.max_trials is not None:
-        total = min(total, options.max_trials)
+    limit = options.max_trials
     ran = 0
-    with session.ctx.progress_bar(total) as bar:
-        while ran < total:
+    # loop until the queue is empty rather than a count fixed up front: cells of dead workers come back
+    with session.ctx.progress_bar(_remaining(session) if limit is None else min(limit, _remaining(session))) as bar:
+        while limit is None or ran < limit:
             trial = _next_trial(session)
             if trial is None:
                 break
@@ -176,17 +217,71 @@ def _run_loop(session: _Session, options: RunOptions) -> int:
 def _next_trial(session: _Session) -> optuna.Trial | None:
     """Pop a WAITING cell (grid) or ask the sampler (search); None when nothing is left to run."""
     study = session.optuna_study
-    optuna.storages.fail_stale_trials(study)
-    if session.spec.is_grid:
-        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        if not session.spec.is_grid:
+            return _claim(study, study.ask()) if _remaining(session) > 0 else None
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trial = _claim(study, study.ask())
+            if "cell_key" not in trial.user_attrs:  # another worker took the last cell in between
+                _drop(study, trial, None)
+                continue
+            first = _duplicate_of(study, trial)
+            if first is None:
+                return trial
+            _drop(study, trial, first)
+        elif not _wait_for_running(study):
             return None
-        trial = study.ask()
-        if "cell_key" not in trial.user_attrs:  # another worker took the last cell in between
-            trial.set_user_attr("spurious", True)
-            study.tell(trial, state=TrialState.FAIL)
-            return None
-        return trial
-    return study.ask()
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, recorded on each trial it runs (user attr ``worker``)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claim(study: optuna.Study, trial: optuna.Trial) -> optuna.Trial:
+    """Mark a trial as ours: a first heartbeat at once (so a kill right now is still noticed) and our id."""
+    if _heartbeat_interval(study):
+        study._storage.record_heartbeat(trial._trial_id)
+    trial.set_user_attr("worker", worker_id())
+    return trial
+
+
+def _duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """The number of a trial that already has this cell (done, or running and started first), else None.
+
+    Two workers can enqueue the same failed cell at once. Both sides order running trials the
+    same way (start time, then number), so exactly one of two concurrent duplicates steps back.
+    """
+    key, me = trial.user_attrs.get("cell_key"), study._storage.get_trial(trial._trial_id)
+    for t in study.get_trials(deepcopy=False, states=DONE + (TrialState.RUNNING,)):
+        if t.number == me.number or t.user_attrs.get("cell_key") != key or t.user_attrs.get("spurious"):
+            continue
+        if t.state != TrialState.RUNNING or (t.datetime_start, t.number) < (me.datetime_start, me.number):
+            return t.number
+    return None
+
+
+def _drop(study: optuna.Study, trial: optuna.Trial, duplicate_of: int | None) -> None:
+    """Fail a trial that must not run (a queue race or a duplicate cell); reports leave it out."""
+    trial.set_user_attr("spurious", True)
+    if duplicate_of is not None:
+        trial.set_user_attr("duplicate_of", duplicate_of)
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def _wait_for_running(study: optuna.Study) -> bool:
+    """With heartbeats, wait one interval while others run: a dead one's cell comes back to the queue."""
+    interval = _heartbeat_interval(study)
+    if not interval or not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        return False
+    time.sleep(interval)
+    return True
+
+
+def _heartbeat_interval(study: optuna.Study) -> int | None:
+    storage = study._storage
+    return storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
 
 
 def _remaining(session: _Session) -> int:
@@ -194,7 +289,7 @@ def _remaining(session: _Session) -> int:
     if session.spec.is_grid:
         return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     budget = session.settings.get("n_trials") or 1
-    return max(0, budget - len(study.get_trials(deepcopy=False, states=DONE)))
+    return max(0, budget - len(study.get_trials(deepcopy=False, states=DONE + (TrialState.RUNNING,))))
 
 
 def enqueue_missing(session: _Session) -> int:
@@ -207,6 +302,14 @@ def enqueue_missing(session: _Session) -> int:
         study.enqueue_trial({}, user_attrs={**{k: _attr(v) for k, v in cell.items()}, "cell_key": cell_key(cell),
                                             "variant": variant_label(cell)})
     return len(missing)
+
+
+def missing_cells(session: _Session) -> int:
+    """Grid cells with no COMPLETE or PRUNED trial; 0 for search studies."""
+    if not session.spec.is_grid:
+        return 0
+    done = {t.user_attrs.get("cell_key") for t in session.optuna_study.get_trials(deepcopy=False, states=DONE)}
+    return sum(cell_key(c) not in done for c in session.spec.cells(session.settings))
 
 
 def _requeue_dead(session: _Session, trial: optuna.trial.FrozenTrial) -> None:

@@ -35,5 +35,6 @@ def summary_text(result) -> str:
     table = summary_frame(study)
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(result.counts.items()))
     text = table.to_markdown(index=False, floatfmt=".4f") if len(table) else "(no trials)"
-    return (f"study {study.study_name}: ran {result.ran} trial(s) now; {counts}\n"
+    missing = f"; {result.missing} cell(s) not done yet: rerun the same command to retry them" if result.missing else ""
+    return (f"study {study.study_name}: ran {result.ran} trial(s) now; {counts}{missing}\n"
             f"MLflow parent run {result.parent_run_id}\n{text}")

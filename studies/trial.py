@@ -50,11 +50,12 @@ class TrialContext:
 
     def data(self):
         """The dataset splits, loaded once per process (the split seed is fixed, shared by all trials)."""
-        return _load_data(self.settings["dataset"], self.data_dir, self.download, self.settings.get("limit"))
+        return load_data(self.settings["dataset"], self.data_dir, self.download, self.settings.get("limit"))
 
 
 @functools.lru_cache(maxsize=4)
-def _load_data(name: str, data_dir: str | None, download: bool, limit: int | None):
+def load_data(name: str, data_dir: str | None, download: bool, limit: int | None):
+    """Load a dataset once per process; the split seed is fixed so every trial sees the same split."""
     from studies.data import load_dataset
 
     return load_dataset(name, data_dir=data_dir, download=download, limit=limit, seed=0)

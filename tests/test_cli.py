@@ -1,0 +1,144 @@
+"""The command line: one line and a non-zero exit on bad input, SIGTERM mid-trial, resume, user study files."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, str(ROOT / "run_study.py")]
+
+
+def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("ACON_STORAGE", None)
+    return subprocess.run([*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("what", ["studies", "generators", "placements", "activations", "datasets"])
+def test_list_prints_every_registered_name_sorted(what, tmp_path):
+    from studies.catalog import registry_for
+
+    proc = cli("list", what, cwd=tmp_path)
+    assert proc.returncode == 0
+    names = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert names == registry_for(what).names() and len(names) >= 3
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["run", "no_such_study"], "unknown study 'no_such_study'"),
+    (["run", "design_space", "--model", "resnet5"], "unknown model 'resnet5'"),
+    (["run", "design_space", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["run", "design_space", "--epochs", "0"], "epochs must be an integer in 1..10000"),
+    (["run", "design_space", "--preset", "huge"], "unknown preset 'huge'"),
+    (["run", "design_space", "--dataset", "cifar10", "--data-dir", "nowhere"], "--download"),
+    (["overhead", "--model", "tiny_cnn", "--r", "x"], "--r takes integers"),
+    (["report", "no_such_study"], "no_such_study"),
+])
+def test_bad_input_prints_one_line_and_exits_non_zero_leaving_no_study(args, expected, tmp_path):
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    line = error_line(proc)
+    assert line.startswith("error: ") and expected in line
+    if (tmp_path / "optuna.db").exists():
+        assert optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/optuna.db") == []
+
+
+def test_unreachable_tracking_server_is_one_line_and_creates_no_study(tmp_path):
+    proc = cli("run", "design_space", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "cannot reach MLflow tracking store http://127.0.0.1:9" in error_line(proc)
+    assert optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/optuna.db") == []
+
+
+@pytest.mark.parametrize("command", ["list", "run", "worker", "report", "overhead"])
+def test_every_subcommand_has_help(command, tmp_path):
+    proc = cli(command, "--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "usage:" in proc.stdout
+
+
+USER_STUDY = """
+from studies import Study
+STUDY = Study(
+    name="my_study",
+    doc="A user's own study in their own file.",
+    designs=({"activation": "relu", "placement": "all"}, {"activation": "acon_c", "placement": "all"}),
+    fixed={"model": "tiny_cnn", "dataset": "digits", "limit": 240, "epochs": EPOCHS, "seeds": 1, "batch_size": 16},
+)
+"""
+
+
+def write_study(tmp_path: Path, epochs: int) -> Path:
+    path = tmp_path / "my_study.py"
+    path.write_text(textwrap.dedent(USER_STUDY).replace("EPOCHS", str(epochs)))
+    return path
+
+
+def running_trial_with_an_epoch(db: Path) -> bool:
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(db, timeout=1) as con:
+            row = con.execute("select count(*) from trials t join trial_intermediate_values v on t.trial_id = v.trial_id "
+                              "where t.state = 'RUNNING'").fetchone()
+    except sqlite3.OperationalError:  # tables not created yet
+        return False
+    return row[0] > 0
+
+
+def test_sigterm_mid_trial_records_it_and_the_same_command_resumes_to_completion(tmp_path):
+    study_file = write_study(tmp_path, epochs=12)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([*CLI, "run", str(study_file), "--no-progress"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not running_trial_with_an_epoch(tmp_path / "optuna.db"):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "rerun the same command to resume" in err
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    first = optuna.load_study(study_name="my_study-quick", storage=storage)
+    assert [t.state.name for t in first.trials] == ["FAIL", "WAITING"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["my_study"])
+    assert sorted(runs["status"]) == ["KILLED", "KILLED"]  # the trial's run and the parent
+
+    done = cli("run", str(study_file), "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="my_study-quick", storage=storage)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL"]
+    cells = sorted(t.user_attrs["activation"] for t in study.trials if t.state.name == "COMPLETE")
+    assert cells == ["acon_c", "relu"]
+    runs = mlflow.search_runs(experiment_names=["my_study"])
+    assert sorted(runs["status"]) == ["FINISHED", "FINISHED", "FINISHED", "KILLED"]
+    assert len(runs[runs["tags.acon.role"] == "parent"]) == 1
+
+
+def test_a_users_study_file_runs_end_to_end_and_reports(tmp_path):
+    study_file = write_study(tmp_path, epochs=1)
+    proc = cli("run", str(study_file), "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "complete 2" in proc.stdout and "acon_c/all" in proc.stdout
+    rep = cli("report", "my_study", "--format", "markdown,csv", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    assert (tmp_path / "out").is_dir() and any((tmp_path / "out").glob("*.csv"))
