@@ -67,7 +67,9 @@ def _baseline(baseline, runs: StudyRuns) -> dict[str, str]:
     """The baseline spec; the default (activation=relu) is dropped quietly when no trial is a ReLU one."""
     if baseline == DEFAULT_BASELINE and not (runs.trials.get("activation", pd.Series(dtype=str)) == "relu").any():
         return {}
-    return parse_baseline(baseline, list(runs.trials.columns))
+    # Valid baseline axes: the design axes and the descriptive params, not the metrics.
+    choices = [c for c in (*runs.axes, "variant", "model", "dataset") if c in runs.trials]
+    return parse_baseline(baseline, choices)
 
 
 def _header(runs: StudyRuns, column: str, accuracy: bool) -> str:
