@@ -211,6 +211,9 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     table = overhead_table(split(args.model), split(args.generator), rs, split(args.placement),
                            input_size=args.input_size, activation=args.activation, latency=args.latency)
     print(format_table(table, args.format))
+    print(table.attrs.get("convention", ""))
+    for line in table.attrs.get("skipped", []):
+        print(f"skipped {line}")
     return 0
 
 

@@ -94,11 +94,22 @@ class Study:
 
 
 def design_cell(design: dict[str, Any]) -> dict[str, Any]:
-    """A design with every axis present: missing axes are '-' (not applicable)."""
-    unknown = set(design) - set(DESIGN_AXES) - {"options"}
+    """A design with every axis present; axes that do not apply to it are '-'.
+
+    The generator applies to meta-ACON only, and r only to generators that take it, so
+    ``layer`` with r=8 and ``layer`` with r=16 are one cell, not two.
+    """
+    from ablation.generators import takes_option
+
+    unknown = set(design) - set(DESIGN_AXES)
     if unknown:
         raise ValueError(f"unknown design axis {sorted(unknown)}; valid axes: {', '.join(DESIGN_AXES)}")
-    return {axis: design.get(axis, NOT_APPLICABLE) for axis in DESIGN_AXES}
+    cell = {axis: design.get(axis, NOT_APPLICABLE) for axis in DESIGN_AXES}
+    if cell["activation"] != "meta_acon":
+        cell["generator"] = cell["r"] = NOT_APPLICABLE
+    elif cell["generator"] != NOT_APPLICABLE and not takes_option(cell["generator"], "r"):
+        cell["r"] = NOT_APPLICABLE
+    return cell
 
 
 def variant_label(cell: dict[str, Any]) -> str:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 from mlflow import MlflowClient
@@ -41,7 +43,7 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, artifact_location=artifact_location(self.uri, name))
         except MlflowException:  # another worker created it first
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -111,6 +113,14 @@ class Tracker:
             return True
         except MlflowException:
             return False
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """For a SQLite store, artifacts go next to the database file, not under the current directory."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None  # servers and other stores choose their own artifact root
+    db = Path(tracking_uri[len("sqlite:///"):]).resolve()
+    return (db.parent / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)).as_uri()
 
 
 def _connect(uri: str) -> MlflowClient:
