@@ -7,6 +7,9 @@ to check that a dataset is not saturated (the activations must be able to differ
 
     python benchmarks/train_throughput.py --device cuda --images 20000
     python benchmarks/train_throughput.py headroom --threads 2
+
+Seen on one H100 (torch 2.11, bf16 autocast, batch 128, 10k images): ReLU 11.8k images/s, meta-ACON 2.56k
+(0.22x), reference 2.99k (0.25x). On 2 CPU threads of that machine: meta-ACON 0.62x ReLU, reference 0.47x.
 """
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ from torch.utils.data import Dataset
 
 from acon.registry import Registry
 
-DEFAULT_DATASET = "digits"
+# mnist5k, not digits: after 5 epochs a ~26k-param CNN is at ~98% on digits for ReLU, SiLU and meta-ACON
+# alike (saturated), but at ~84-86% on mnist5k, and a trial takes ~5-7 s on 2 CPU threads.
+DEFAULT_DATASET = "mnist5k"
 
 DATASETS = Registry(
     "dataset",
