@@ -2,7 +2,9 @@
 backward, fall back with a warning, and survive fx tracing, torch.compile and autocast."""
 from __future__ import annotations
 
-import warnings
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -207,3 +209,9 @@ def test_module_under_torch_compile_matches_eager_and_keeps_one_graph_across_bat
         torch.testing.assert_close(y, F.acon_c_reference(x, mod.p1, mod.p2, mod.beta), rtol=1e-5, atol=1e-5)
         y.sum().backward()
     assert counter.frame_count == 1
+
+
+def test_acon_fused_env_var_zero_turns_the_fused_path_off():
+    code = "from acon import _fused; print(_fused.fused_enabled())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ACON_FUSED": "0"}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
