@@ -19,13 +19,10 @@ from studies.augment import augment_batch, default_padding
 from studies.batches import DeviceData
 from studies.data import DataSplits
 from studies.evaluate import evaluate
-from studies.schedules import SCHEDULES, make_scheduler
+from studies.schedules import make_scheduler
+from studies.train_config import DEVICES, NO_DECAY_NAMES, TrainConfig, check_choice
 
-OPTIMIZERS = ("adamw", "sgd")
-DEVICES = ("auto", "cpu", "cuda")
-NONFINITE_ACTIONS = ("raise", "stop")
-# ACON's per-channel parameters have shape (1, C, 1, 1), so ndim alone would decay them.
-NO_DECAY_NAMES = ("p1", "p2", "beta", "p")
+__all__ = ["EpochMetrics", "NonFiniteLossError", "TrainConfig", "TrainResult", "param_groups", "resolve_device", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -34,51 +31,6 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, reason: str, result: "TrainResult | None" = None):
         super().__init__(reason)
         self.reason, self.result = reason, result
-
-
-@dataclass
-class TrainConfig:
-    """Everything one training run needs besides the model and the data; validated on creation."""
-
-    epochs: int = 5
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    augment: bool = False
-    device: str = "auto"
-    amp: bool = True  # only used on CUDA: bf16 autocast where supported, else fp16 with a GradScaler
-    channels_last: bool = False
-    seed: int = 0
-    threads: int | None = None
-    workers: int = 0  # DataLoader workers for folder datasets
-    eval_batch_size: int = 1024
-    nonfinite: str = "raise"  # "stop": return the partial result with stopped_reason set
-
-    def __post_init__(self) -> None:
-        _check_int("epochs", self.epochs, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("eval_batch_size", self.eval_batch_size, 1)
-        _check_int("workers", self.workers, 0)
-        _check_int("seed", self.seed, 0)
-        if self.threads is not None:
-            _check_int("threads", self.threads, 1)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("device", self.device, DEVICES)
-        _check_choice("nonfinite", self.nonfinite, NONFINITE_ACTIONS)
-        _check_range("lr", self.lr, 0.0, math.inf, low_open=True)
-        _check_range("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _check_range("weight_decay", self.weight_decay, 0.0, math.inf)
-        _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
-        _check_range("warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs), high_open=True)
-        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
-            raise ValueError("nesterov=True needs momentum > 0; set nesterov=False or momentum in (0, 1)")
 
 
 @dataclass
@@ -106,7 +58,7 @@ class TrainResult:
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> cuda if available else cpu; ``cuda`` without CUDA -> ValueError."""
-    _check_choice("device", device, DEVICES)
+    check_choice("device", device, DEVICES)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -287,21 +239,3 @@ def _threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _check_int(name: str, value, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(sorted(choices))}")
-
-
-def _check_range(name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
