@@ -138,7 +138,7 @@ def _run_backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) ->
     kernels = _BACKENDS.get(x.device.type) or backend(x.device.type)
     run = _math_backward if kernels is None else kernels.backward
     gx, planes, gbeta = run(g.contiguous(), x.contiguous(), p1.contiguous(), p2.contiguous(), beta.contiguous())
-    return gx, planes.to(_planes_dtype(x)), gbeta
+    return gx, planes.to(_planes_dtype(x)).contiguous(), gbeta
 
 
 @torch.library.custom_op("acon::acon_c_fused", mutates_args=())
