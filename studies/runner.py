@@ -140,6 +140,8 @@ def _open(spec: Study, settings: dict[str, Any], options: RunOptions, *, join: b
     if join:  # a worker must not create an empty SQLite or journal file where it expected a study
         require_existing(url)
     storage = open_storage(url)
+    if join and not _study_exists(storage, name):  # before the tracker, which would create the experiment
+        raise LookupError(f"no study named {name!r} in this storage; start it with `run_study.py run` first")
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
         storage.heartbeat_stale_trial_callback = lambda st, t: _requeue_dead(holder["s"], t)
     # the tracking store is checked before the Optuna study is created: a bad URI leaves nothing behind
@@ -159,9 +161,6 @@ def _open(spec: Study, settings: dict[str, Any], options: RunOptions, *, join: b
 
 
 def _create_or_load(spec: Study, name: str, storage: Any, settings: dict[str, Any], *, join: bool) -> optuna.Study:
-    exists = name in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if join and not exists:
-        raise LookupError(f"no study named {name!r} in this storage; start it with `run_study.py run` first")
     study = optuna.create_study(storage=storage, study_name=name, direction=spec.direction, load_if_exists=True,
                                 sampler=_sampler(spec, settings), pruner=_pruner(spec))
     recorded = study.user_attrs.get("settings")
@@ -172,6 +171,10 @@ def _create_or_load(spec: Study, name: str, storage: Any, settings: dict[str, An
     elif not join:
         _check_same_settings(name, recorded, json.loads(json.dumps(wanted, default=str)))
     return study
+
+
+def _study_exists(storage: Any, name: str) -> bool:
+    return name in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
 
 
 def _check_same_settings(name: str, recorded: dict[str, Any], wanted: dict[str, Any]) -> None:
@@ -280,8 +283,8 @@ def _wait_for_running(study: optuna.Study) -> bool:
 
 
 def _heartbeat_interval(study: optuna.Study) -> int | None:
-    storage = study._storage
-    return storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
+    storage = study._storage  # RDBStorage wrapped in a cache, hence no isinstance check
+    return storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
 
 
 def _remaining(session: _Session) -> int:

@@ -1,0 +1,279 @@
+"""Several worker processes on this machine, one study: the launcher queues, the workers run.
+
+Optuna's own distributed mode does the scheduling: each worker is a ``run_study.py worker``
+process that pops WAITING trials from a storage safe for several writers (a journal file or
+an RDB), exactly like a worker on another machine. The launcher only queues the grid, splits
+the cores, forwards Ctrl-C/SIGTERM, and gives a dead worker's trial back to the queue.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from studies.runner import DONE, RunOptions, StudyRun, cell_key, prepare_study, state_counts
+from studies.spec import Study, load_study
+from studies.storage import is_journal, mask_url, resolve_storage, resolve_tracking_uri
+
+#: Override keys a worker process takes as flags (``RunOptions.overrides`` -> ``run_study.py worker``).
+OVERRIDE_FLAGS = {"seeds": "--seeds", "model": "--model", "dataset": "--dataset", "epochs": "--epochs",
+                  "n_trials": "--trials"}
+#: Seconds the launcher waits for interrupted workers to record their trials before killing them.
+STOP_TIMEOUT = 60.0
+POLL_SECONDS = 0.5
+
+
+class _Stop(BaseException):
+    """SIGTERM reached the launcher; handled like Ctrl-C."""
+
+
+@dataclass
+class _Worker:
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def id(self) -> str:
+        """The ``host:pid`` the worker records on its trials (``studies.runner.worker_id``)."""
+        return f"{socket.gethostname()}:{self.proc.pid}"
+
+
+def run_workers(study: Study | str, options: RunOptions | None = None, *, workers: int = 2) -> StudyRun:
+    """Queue ``study`` here, run it with ``workers`` worker processes on this machine, wait for them."""
+    options = options or RunOptions()
+    name = _study_ref(study)
+    check_workers(workers, resolve_storage(options.storage))
+    threads = options.threads or threads_per_worker(workers)
+    worker_command(name, options, threads)  # refuse overrides a worker cannot take before anything is written
+    spec = load_study(name)
+    _preload_data(spec, options)
+    prepared = prepare_study(name, options)
+    before = sum(state_counts(prepared.study).get(s.name, 0) for s in DONE)
+    with tempfile.TemporaryDirectory(prefix="acon-workers-") as logs:
+        launcher = _Launcher(name, options, threads, Path(logs), prepared)
+        launcher.run(workers)
+    done = sum(state_counts(prepared.study).get(s.name, 0) for s in DONE)
+    return StudyRun(prepared.study, prepared.parent_run_id, done - before, state_counts(prepared.study),
+                    missing_cells(prepared.study, spec, options))
+
+
+def check_workers(workers: int, storage_url: str) -> None:
+    """Refuse a worker count below 1 and SQLite with several writers (it locks, then fails)."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    if workers > 1 and storage_url.startswith("sqlite"):
+        raise ValueError(f"SQLite storage {mask_url(storage_url)} cannot take {workers} writers; use "
+                         f"--storage journal:///PATH/optuna.journal (this machine) or "
+                         f"--storage postgresql+psycopg://USER:PASS@HOST/DB (several machines)")
+
+
+def threads_per_worker(workers: int) -> int:
+    """This machine's cores split evenly between ``workers`` processes (at least one each)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
+def worker_command(study: str, options: RunOptions, threads: int) -> list[str]:
+    """The ``run_study.py worker`` command line that joins ``study`` with the same stores and settings."""
+    unknown = sorted(k for k, v in options.overrides.items() if v is not None and k not in OVERRIDE_FLAGS)
+    if unknown:
+        raise ValueError(f"worker processes take only these overrides: {', '.join(sorted(OVERRIDE_FLAGS))}; "
+                         f"got {', '.join(unknown)} (put them in the study's `fixed` settings instead)")
+    cmd = [sys.executable, "-m", "run_study", "worker", study, "--storage", resolve_storage(options.storage),
+           "--tracking-uri", resolve_tracking_uri(options.tracking_uri), "--preset", options.preset,
+           "--device", options.device, "--threads", str(threads), "--no-progress"]
+    for key, flag in OVERRIDE_FLAGS.items():
+        if options.overrides.get(key) is not None:
+            cmd += [flag, str(options.overrides[key])]
+    for flag, value in (("--experiment", options.experiment), ("--study-name", options.study_name),
+                        ("--data-dir", options.data_dir)):
+        if value:
+            cmd += [flag, value]
+    return cmd
+
+
+def missing_cells(study: optuna.Study, spec: Study, options: RunOptions) -> int:
+    """Grid cells of ``spec`` with no COMPLETE or PRUNED trial in ``study``; 0 for search studies."""
+    if not spec.is_grid:
+        return 0
+    done = {t.user_attrs.get("cell_key") for t in study.get_trials(deepcopy=False, states=DONE)}
+    return sum(cell_key(c) not in done for c in spec.cells(spec.settings(options.preset, options.overrides)))
+
+
+def fail_trials_of(study: optuna.Study, worker_ids: set[str], tracking_uri: str, reason: str) -> list[int]:
+    """Fail the RUNNING trials of dead workers and their MLflow child runs; return their numbers."""
+    from mlflow import MlflowClient
+
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("worker") not in worker_ids:
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished (or a heartbeat check failed it) in between
+        failed.append(t.number)
+        if t.user_attrs.get("mlflow_run_id"):
+            _fail_run(MlflowClient(tracking_uri), t.user_attrs["mlflow_run_id"], reason)
+    return failed
+
+
+def _fail_run(client: Any, run_id: str, reason: str) -> None:
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, "acon.state", "FAIL")
+        client.set_tag(run_id, "acon.fail_reason", reason)
+        client.set_terminated(run_id, status="FAILED")
+
+
+class _Launcher:
+    """Starts, watches and stops the worker processes of one study run."""
+
+    def __init__(self, study: str, options: RunOptions, threads: int, logs: Path, prepared: StudyRun):
+        self.study, self.options, self.threads, self.logs, self.prepared = study, options, threads, logs, prepared
+        self.cmd = worker_command(study, options, threads)
+        self.live: list[_Worker] = []
+        self.errors: list[str] = []
+        self.restarts = 0
+
+    def run(self, workers: int) -> None:
+        """Start ``workers`` processes and wait for all; on Ctrl-C/SIGTERM stop them and re-raise."""
+        old = signal.signal(signal.SIGTERM, _raise_stop) if _main_thread() else None
+        try:
+            for _ in range(workers):
+                self._start()
+            with self._progress() as bar:
+                self._wait(bar, max_restarts=workers)
+        except (KeyboardInterrupt, _Stop):
+            self._stop_all()
+            self._close_parent("KILLED")
+            raise KeyboardInterrupt from None
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+        self._finish()
+
+    def _start(self) -> None:
+        log = self.logs / f"worker-{len(self.live) + self.restarts}-{time.monotonic_ns()}.log"
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        # a session of its own: a terminal's Ctrl-C reaches the launcher only, which sends one SIGTERM each
+        proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env,
+                                start_new_session=True)
+        self.live.append(_Worker(proc, log))
+
+    def _wait(self, bar: Any, *, max_restarts: int) -> None:
+        while self.live:
+            time.sleep(POLL_SECONDS)
+            for worker in [w for w in self.live if w.proc.poll() is not None]:
+                self.live.remove(worker)
+                self._reap(worker, restart=self.restarts < max_restarts)
+            done = self._done()
+            if done != bar.n:
+                bar.update(done - bar.n)
+
+    def _reap(self, worker: _Worker, *, restart: bool) -> None:
+        """A worker exited: if it died, give its trial back to the queue and start another worker."""
+        rc = worker.proc.returncode
+        if rc == 0:
+            return
+        how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
+        failed = fail_trials_of(self.prepared.study, {worker.id}, resolve_tracking_uri(self.options.tracking_uri),
+                                f"worker {worker.id} died ({how})")
+        if rc > 0:
+            self.errors.append(f"worker {worker.id} failed ({how}): {_last_line(worker.log)}")
+            return
+        prepare_study(self.study, self.options)  # requeue the dead worker's cells
+        if restart and (failed or self._waiting()):
+            self.restarts += 1
+            self._start()
+
+    def _stop_all(self) -> None:
+        """One SIGTERM each (trials are recorded as interrupted), SIGKILL after ``STOP_TIMEOUT``."""
+        for worker in self.live:
+            if worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        try:
+            for worker in self.live:
+                worker.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except (subprocess.TimeoutExpired, KeyboardInterrupt, _Stop):
+            for worker in self.live:
+                if worker.proc.poll() is None:
+                    worker.proc.kill()
+                    worker.proc.wait()
+        fail_trials_of(self.prepared.study, {w.id for w in self.live}, resolve_tracking_uri(self.options.tracking_uri),
+                       "interrupted: the launcher stopped its workers")
+
+    def _finish(self) -> None:
+        """All workers exited: the parent run is FINISHED if nothing is left, else KILLED (or an error)."""
+        complete = not self._waiting() and not self._running()
+        self._close_parent("FINISHED" if complete else "KILLED")
+        if self.errors and not complete:
+            raise RuntimeError(self.errors[0])
+
+    def _close_parent(self, status: str) -> None:
+        from mlflow import MlflowClient
+
+        MlflowClient(resolve_tracking_uri(self.options.tracking_uri)).set_terminated(self.prepared.parent_run_id,
+                                                                                      status=status)
+
+    def _progress(self):
+        from tqdm.auto import tqdm
+
+        total = sum(self.prepared.counts.get(s, 0) for s in ("WAITING", "COMPLETE", "PRUNED"))
+        return tqdm(total=total, initial=self._done(), unit="trial", dynamic_ncols=True,
+                    desc=f"{self.prepared.study.study_name} x{len(self.live)}", disable=not self.options.progress)
+
+    def _done(self) -> int:
+        return len(self.prepared.study.get_trials(deepcopy=False, states=DONE))
+
+    def _waiting(self) -> bool:
+        return bool(self.prepared.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    def _running(self) -> bool:
+        return bool(self.prepared.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def _study_ref(study: Study | str) -> str:
+    """The name or file that worker processes load; a Study object has neither."""
+    if not isinstance(study, str):
+        raise ValueError("run_workers needs a built-in study name or a .py file defining STUDY: "
+                         "worker processes load the study by that name")
+    return str(Path(study).resolve()) if study.endswith(".py") or Path(study).is_file() else study
+
+
+def _preload_data(spec: Study, options: RunOptions) -> None:
+    """Load (and download, once) the dataset here, so a bad name fails before any worker starts."""
+    from studies.data import load_dataset
+
+    settings = spec.settings(options.preset, options.overrides)
+    load_dataset(settings["dataset"], data_dir=options.data_dir, download=options.download,
+                 limit=settings.get("limit"), seed=0)
+
+
+def _last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].removeprefix("error: ") if lines else "no message"
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,208 @@
+"""Helpers for the scale-out tests: tiny study files, the CLI in a subprocess, real services.
+
+PostgreSQL comes from ``$ACON_TEST_POSTGRES_URL`` (exported by ``.ci/services.sh``); each test
+gets a fresh database of its own and drops it after. The MLflow server is a real
+``mlflow server`` process on a free port of 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_ENV = "ACON_TEST_POSTGRES_URL"
+TINY = {"model": "tiny_cnn", "dataset": "digits", "limit": 240, "epochs": 2, "seeds": 2, "batch_size": 64}
+RELU = {"activation": "relu", "placement": "all"}
+ACON_C = {"activation": "acon_c", "placement": "all"}
+HANG = {"activation": "test_hang", "placement": "all"}
+
+_STUDY_FILE = '''
+import os, time
+import torch
+from torch import nn
+from acon import ACTIVATIONS
+from studies.spec import Study
+
+
+class Hang(nn.Module):
+    """ReLU, except that the first process to create $ACON_TEST_HANG_FILE writes its pid there and hangs."""
+
+    def forward(self, x):
+        marker = os.environ.get("ACON_TEST_HANG_FILE")
+        if marker:
+            try:
+                os.close(os.open(marker + ".lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # one process only
+            except FileExistsError:
+                return torch.relu(x)
+            with open(marker + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.rename(marker + ".tmp", marker)  # readers see the pid whole or not at all
+            while True:
+                time.sleep(1)
+        return torch.relu(x)
+
+
+ACTIVATIONS.register("test_hang", lambda channels, **_: Hang(), override=True)
+STUDY = Study(name={name!r}, doc="a tiny scale-out test study", designs={designs!r}, fixed={fixed!r})
+'''
+
+
+def write_study(directory: Path, name: str, designs: tuple[dict, ...] = (RELU, ACON_C), **fixed: Any) -> str:
+    """Write a study file that worker processes can load; return its path."""
+    path = Path(directory) / f"{name}.py"
+    path.write_text(_STUDY_FILE.format(name=name, designs=tuple(designs), fixed={**TINY, **fixed}))
+    return str(path)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for a CLI subprocess: the repository importable, no inherited stores."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ACON_STORAGE", "MLFLOW_TRACKING_URI")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return {**env, **extra}
+
+
+def cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    """Run ``run_study.py ARGS`` in a subprocess and wait for it."""
+    return subprocess.run([sys.executable, "-m", "run_study", *args], capture_output=True, text=True,
+                          timeout=timeout, env=cli_env(**env), cwd=ROOT)
+
+
+def cli_all(*commands: tuple[str, ...], timeout: float = 120) -> list[subprocess.CompletedProcess]:
+    """Run several ``run_study.py`` commands at once (their start-ups overlap); results in order."""
+    procs = [subprocess.Popen([sys.executable, "-m", "run_study", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=ROOT) for args in commands]
+    results = []
+    for args, proc in zip(commands, procs):
+        out, err = proc.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    return results
+
+
+def cli_start(*args: str, log: Path, **env: str) -> subprocess.Popen:
+    """Start ``run_study.py ARGS`` in the background, stderr to ``log``."""
+    return subprocess.Popen([sys.executable, "-m", "run_study", *args], stdout=subprocess.DEVNULL,
+                            stderr=open(log, "w"), env=cli_env(**env), cwd=ROOT)
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+def postgres_url() -> str:
+    """The test server's URL, or skip the test with the reason."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(f"${POSTGRES_ENV} is not set: source .ci/services.sh to start PostgreSQL (CI does)")
+    return url
+
+
+def _admin(url: str):
+    import psycopg
+
+    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True, connect_timeout=10)
+
+
+@contextmanager
+def fresh_database(url: str) -> Iterator[str]:
+    """A new, empty database on the server of ``url`` (dropped after); yields its SQLAlchemy URL."""
+    name = f"acon_t_{uuid.uuid4().hex[:12]}"
+    with _admin(url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with _admin(url) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def table_names(url: str) -> set[str]:
+    """The tables of the public schema of the database at ``url``."""
+    with _admin(url) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {r[0] for r in rows}
+
+
+# -- MLflow server ------------------------------------------------------------------------------
+
+@contextmanager
+def mlflow_server(directory: Path, backend: str | None = None) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend in ``directory`` by default); yields its URL."""
+    port = free_port()
+    backend = backend or f"sqlite:///{directory}/mlflow-server.db"
+    log = open(Path(directory) / "mlflow-server.log", "w")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", backend, "--artifacts-destination", str(Path(directory) / "artifacts"),
+           "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=cli_env(), start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: proc.poll() is not None or _healthy(url), 90, "mlflow server", poll=0.3)
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited: {(Path(directory) / 'mlflow-server.log').read_text()[-2000:]}")
+        yield url
+    finally:
+        _stop_group(proc)
+        log.close()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def rest(url: str, endpoint: str, payload: dict | None = None, **query: str) -> dict:
+    """Call the MLflow REST API: POST ``payload`` as JSON, else GET with ``query``."""
+    full = f"{url}/api/2.0/mlflow/{endpoint}"
+    if payload is None:
+        full += "?" + urllib.parse.urlencode(query) if query else ""
+        request = urllib.request.Request(full)
+    else:
+        request = urllib.request.Request(full, data=json.dumps(payload).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.loads(r.read())
+
