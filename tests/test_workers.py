@@ -1,0 +1,163 @@
+"""Worker processes on this machine: the launcher's checks, Ctrl-C, duplicate cells, bad input via the CLI.
+
+Stores are real files (a journal for Optuna, SQLite for MLflow); the CLI runs in subprocesses.
+PostgreSQL and the MLflow server have their own test files.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from studies.runner import RunOptions, prepare_study, run_study
+from studies.spec import Study
+from studies.storage import open_storage
+from studies.workers import check_workers, run_workers, threads_per_worker, worker_command
+from _services import HANG, RELU, cli_all, free_port, wait_for, write_study
+
+
+def _options(tmp_path, **kw) -> RunOptions:
+    return RunOptions(storage=f"journal:///{tmp_path}/optuna.journal", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                      progress=False, device="cpu", **kw)
+
+
+def _trials(tmp_path, name: str):
+    return optuna.load_study(study_name=name, storage=open_storage(f"journal:///{tmp_path}/optuna.journal")).trials
+
+
+def _runs(tmp_path, experiment: str):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=100)
+    return ([r for r in runs if r.data.tags["acon.role"] == "trial"],
+            [r for r in runs if r.data.tags["acon.role"] == "parent"])
+
+
+def test_sqlite_with_several_workers_is_refused_before_anything_is_written(tmp_path):
+    study_file = write_study(tmp_path, "refused")
+    options = RunOptions(storage=f"sqlite:///{tmp_path}/optuna.db", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(ValueError, match=r"cannot take 2 writers; use --storage journal:///.* or --storage postgres"):
+        run_workers(study_file, options, workers=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["refused.py"]
+    check_workers(1, "sqlite:///one-writer.db")  # one worker process is one writer
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_worker_count_must_be_a_positive_integer(workers):
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        check_workers(workers, "journal:///x.journal")
+
+
+def test_workers_need_a_study_they_can_load_and_overrides_they_can_take(tmp_path):
+    study = Study(name="inline", doc="not loadable by name", designs=(RELU,))
+    with pytest.raises(ValueError, match="a .py file defining STUDY"):
+        run_workers(study, _options(tmp_path), workers=2)
+    with pytest.raises(ValueError, match=r"only these overrides: dataset, epochs, model, n_trials, seeds; got limit"):
+        worker_command("x.py", _options(tmp_path, overrides={"limit": 10}), threads=1)
+
+
+def test_worker_command_joins_the_same_stores_with_the_cores_split():
+    cores = len(os.sched_getaffinity(0))
+    assert threads_per_worker(1) == cores and threads_per_worker(2) == max(1, cores // 2)
+    assert threads_per_worker(10 * cores) == 1
+    options = RunOptions(storage="journal:///s/o.journal", tracking_uri="http://h:5000", preset="default",
+                         overrides={"epochs": 3, "seeds": None}, study_name="custom", device="cuda")
+    cmd = worker_command("variants", options, threads=4)
+    assert cmd[1:5] == ["-m", "run_study", "worker", "variants"]
+    flags = cmd[5:]
+    flags.remove("--no-progress")  # workers' bars would interleave; the launcher shows one
+    assert dict(zip(flags[::2], flags[1::2])) == {"--storage": "journal:///s/o.journal", "--tracking-uri": "http://h:5000", "--preset": "default",
+                     "--device": "cuda", "--threads": "4", "--epochs": "3", "--study-name": "custom"}
+
+
+def test_a_duplicated_cell_runs_once_and_is_left_out_of_counts_and_mlflow(tmp_path):
+    study_file = write_study(tmp_path, "dup", designs=(RELU,))
+    prepared = prepare_study(study_file, _options(tmp_path))
+    first = prepared.study.trials[0]
+    # what two workers enqueueing the same failed cell at once would leave behind
+    prepared.study.enqueue_trial({}, user_attrs=dict(first.user_attrs))
+    result = run_study(study_file, _options(tmp_path), join=True)
+    assert result.counts == {"COMPLETE": 2} and result.ran == 2 and result.missing == 0
+    trials = _trials(tmp_path, "dup-quick")
+    dropped = [t for t in trials if t.user_attrs.get("spurious")]
+    assert [(t.number, t.state.name, t.user_attrs["duplicate_of"]) for t in dropped] == [(2, "FAIL", 0)]
+    assert "mlflow_run_id" not in dropped[0].user_attrs
+    children, _ = _runs(tmp_path, "dup")
+    assert len(children) == 2
+
+
+def test_of_two_running_duplicates_the_later_started_one_steps_back(tmp_path):
+    from studies.runner import _duplicate_of
+
+    study_file = write_study(tmp_path, "race", designs=(RELU,), seeds=1)
+    study = prepare_study(study_file, _options(tmp_path)).study
+    study.enqueue_trial({}, user_attrs=dict(study.trials[0].user_attrs))
+    early, late = study.ask(), study.ask()  # both RUNNING, same cell, as two workers would hold them
+    assert early.user_attrs["cell_key"] == late.user_attrs["cell_key"]
+    assert _duplicate_of(study, late) == early.number
+    assert _duplicate_of(study, early) is None
+
+
+def test_ctrl_c_in_the_launcher_stops_its_workers_and_a_rerun_completes_without_duplicates(tmp_path, monkeypatch):
+    marker = tmp_path / "hang.pid"
+    monkeypatch.setenv("ACON_TEST_HANG_FILE", str(marker))
+    study_file = write_study(tmp_path, "ctrlc", designs=(HANG, RELU))
+
+    def press_ctrl_c() -> None:
+        wait_for(lambda: marker.exists() and marker.read_text(), 120, "a worker hanging in a trial")
+        os.kill(os.getpid(), signal.SIGINT)  # what a terminal's Ctrl-C sends to the launcher
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_workers(study_file, _options(tmp_path), workers=2)
+    presser.join()
+    hung_pid = int(marker.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(hung_pid, 0)  # the worker is gone
+
+    trials = _trials(tmp_path, "ctrlc-quick")
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    hung = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{hung_pid}") and t.state.name == "FAIL"]
+    assert len(hung) == 1 and "interrupted" in hung[0].user_attrs["fail_reason"]
+    children, parents = _runs(tmp_path, "ctrlc")
+    assert "RUNNING" not in {r.info.status for r in children}
+    assert [p.info.status for p in parents] == ["KILLED"]
+
+    rerun = run_study(study_file, _options(tmp_path))  # one process; the marker exists, nothing hangs now
+    assert rerun.missing == 0 and rerun.counts["COMPLETE"] == 4
+    done = [t.user_attrs["cell_key"] for t in rerun.study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == len(set(done)) == 4
+    children, parents = _runs(tmp_path, "ctrlc")
+    assert len(children) == len(rerun.study.trials) and [p.info.status for p in parents] == ["FINISHED"]
+
+
+def test_bad_stores_and_names_fail_in_one_line_and_leave_nothing_behind(tmp_path):
+    study_file = write_study(tmp_path, "badin")
+    journal = tmp_path / "existing.journal"
+    prepare_study(study_file, RunOptions(storage=f"journal:///{journal}", tracking_uri=f"sqlite:///{tmp_path}/prep.db"))
+    before = journal.read_bytes()
+    closed = free_port()
+    cases = [
+        (("worker", study_file, "--storage", f"postgresql+psycopg://acon:secret@127.0.0.1:{closed}/db",
+          "--tracking-uri", f"sqlite:///{tmp_path}/m1.db"), "cannot open Optuna storage", "m1.db"),
+        (("worker", study_file, "--storage", f"journal:///{tmp_path}/missing.journal",
+          "--tracking-uri", f"sqlite:///{tmp_path}/m2.db"), "no Optuna storage at", "m2.db"),
+        (("worker", study_file, "--storage", f"journal:///{journal}", "--study-name", "nope",
+          "--tracking-uri", f"sqlite:///{tmp_path}/m3.db"), "no study named 'nope'", "m3.db"),
+        (("run", study_file, "--workers", "2", "--storage", f"sqlite:///{tmp_path}/o4.db",
+          "--tracking-uri", f"sqlite:///{tmp_path}/m4.db"), "cannot take 2 writers", "m4.db"),
+        (("worker", study_file, "--storage", f"journal:///{journal}",
+          "--tracking-uri", f"http://127.0.0.1:{closed}"), "cannot reach MLflow tracking store", None),
+    ]
+    results = cli_all(*(args for args, _, _ in cases))
+    for (args, words, _), result in zip(cases, results):
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, (args, result.stderr[-3000:])
+        assert lines[0].startswith("error: ") and words in lines[0], lines
+        assert "secret" not in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["badin.py", "existing.journal", "prep.db"]
+    assert journal.read_bytes() == before
