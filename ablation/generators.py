@@ -95,8 +95,11 @@ def _channel_cost(channels: int, shape: tuple[int, ...], *, r: int = 16, width_r
     batch, hidden = shape[0], hidden_width(channels, r, width_rule)
     params = 2 * channels * hidden + (hidden + channels) * (int(bias) + 2 * int(bn))
     bn_ops = batch * (hidden + channels) if bn else 0
-    mean = math.prod(shape) if len(shape) > 2 else 0  # (N, C) inputs are already pooled
-    return _cost(params=params, macs=2 * batch * channels * hidden, sigmoid=batch * channels, mul=bn_ops, add=bn_ops, mean=mean)
+    pooled = len(shape) > 2  # (N, C) inputs are already pooled
+    mean = math.prod(shape) if pooled else 0
+    scale = batch * channels if pooled else 0  # the pool is a sum times 1/(H W): N C muls
+    return _cost(params=params, macs=2 * batch * channels * hidden, sigmoid=batch * channels, mul=bn_ops + scale,
+                 add=bn_ops, mean=mean)
 
 
 def _layer_cost(channels: int, shape: tuple[int, ...], *, reduce: str = "sum", **_: Any) -> dict:
