@@ -32,14 +32,24 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("what", ["studies", "generators", "placements", "activations", "datasets"])
-def test_list_prints_every_registered_name_sorted(what, tmp_path):
-    from studies.catalog import registry_for
+BUILT_IN = {
+    "studies": {"design_space", "reduction_ratio", "placement", "variants", "hpo"},
+    "generators": {"layer", "channel", "pixel", "learned", "fixed"},
+    "placements": {"all", "none", "bottleneck_3x3", "last_stage", "first", "last", "stage", "glob"},
+    "activations": {"relu", "leaky_relu", "prelu", "silu", "swish", "mish", "gelu", "identity",
+                    "acon_a", "acon_b", "acon_c", "meta_acon"},
+    "datasets": {"mnist5k", "digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "imagefolder"},
+}
 
+
+@pytest.mark.parametrize("what", sorted(BUILT_IN))
+def test_list_prints_every_built_in_name_sorted_with_help(what, tmp_path):
     proc = cli("list", what, cwd=tmp_path)
     assert proc.returncode == 0
-    names = [line.split()[0] for line in proc.stdout.splitlines()]
-    assert names == registry_for(what).names() and len(names) >= 3
+    rows = [line.split(maxsplit=1) for line in proc.stdout.splitlines()]
+    names = [r[0] for r in rows]
+    assert names == sorted(set(names)) and set(names) == BUILT_IN[what]
+    assert all(len(r) == 2 and r[1].strip() for r in rows)  # every name has a one-line help
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -80,7 +90,7 @@ STUDY = Study(
     name="my_study",
     doc="A user's own study in their own file.",
     designs=({"activation": "relu", "placement": "all"}, {"activation": "acon_c", "placement": "all"}),
-    fixed={"model": "tiny_cnn", "dataset": "digits", "limit": 240, "epochs": EPOCHS, "seeds": 1, "batch_size": 16},
+    fixed={"model": "tiny_cnn", "dataset": "digits", "limit": 240, "epochs": EPOCHS, "seeds": 1, "batch_size": 32},
 )
 """
 
@@ -104,7 +114,7 @@ def running_trial_with_an_epoch(db: Path) -> bool:
 
 
 def test_sigterm_mid_trial_records_it_and_the_same_command_resumes_to_completion(tmp_path):
-    study_file = write_study(tmp_path, epochs=12)
+    study_file = write_study(tmp_path, epochs=8)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([*CLI, "run", str(study_file), "--no-progress"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
