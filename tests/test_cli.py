@@ -128,10 +128,16 @@ def test_sigterm_mid_trial_records_it_and_the_same_command_resumes_to_completion
 
     storage = f"sqlite:///{tmp_path}/optuna.db"
     first = optuna.load_study(study_name="my_study-quick", storage=storage)
-    assert [t.state.name for t in first.trials] == ["FAIL", "WAITING"]
+    states = [t.state.name for t in first.trials]
+    # on a loaded machine the first trial may finish before the signal lands: then the second is cut
+    assert states in (["FAIL", "WAITING"], ["COMPLETE", "FAIL"]), states
+    cut = next(t for t in first.trials if t.state.name == "FAIL")
+    assert "interrupted" in cut.user_attrs["fail_reason"]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["my_study"])
-    assert sorted(runs["status"]) == ["KILLED", "KILLED"]  # the trial's run and the parent
+    status = dict(zip(runs["run_id"], runs["status"]))
+    assert status[cut.user_attrs["mlflow_run_id"]] == "KILLED"
+    assert list(runs[runs["tags.acon.role"] == "parent"]["status"]) == ["KILLED"]
 
     done = cli("run", str(study_file), "--no-progress", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
