@@ -29,8 +29,6 @@ from studies.trial import TrialContext, execute_trial, load_data
 RESULT_SETTINGS = ("model", "dataset", "small_input", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
                    "schedule", "warmup_epochs", "label_smoothing", "augment", "limit")
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
-# We record heartbeats ourselves around ask/tell trials (studies.trial._heartbeat).
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
@@ -223,9 +221,9 @@ def _next_trial(session: _Session) -> optuna.Trial | None:
     while True:
         optuna.storages.fail_stale_trials(study)
         if not session.spec.is_grid:
-            return _claim(study, study.ask()) if _remaining(session) > 0 else None
+            return _claim(study) if _remaining(session) > 0 else None
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            trial = _claim(study, study.ask())
+            trial = _claim(study)
             if "cell_key" not in trial.user_attrs:  # another worker took the last cell in between
                 _drop(study, trial, None)
                 continue
@@ -242,8 +240,11 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _claim(study: optuna.Study, trial: optuna.Trial) -> optuna.Trial:
-    """Mark a trial as ours: a first heartbeat at once (so a kill right now is still noticed) and our id."""
+def _claim(study: optuna.Study) -> optuna.Trial:
+    """Take the next trial and mark it ours: a first heartbeat at once (so a kill now is noticed) and our id."""
+    with warnings.catch_warnings():  # we record heartbeats ourselves (studies.trial), not through optimize()
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        trial = study.ask()
     if _heartbeat_interval(study):
         study._storage.record_heartbeat(trial._trial_id)
     trial.set_user_attr("worker", worker_id())
