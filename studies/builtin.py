@@ -14,7 +14,7 @@ from studies.spec import STUDIES, Study
 META = {"activation": "meta_acon", "generator": "channel", "placement": "all"}
 BASELINES = ({"activation": "relu", "placement": "all"}, {"activation": "silu", "placement": "all"})
 CIFAR = {"dataset": "cifar10", "model": "resnet20", "small_input": True, "augment": True, "batch_size": 128}
-DEFAULT = {"seeds": 3, "epochs": 10}
+DEFAULT = {"seeds": 5, "epochs": 10}
 PAPER = {**CIFAR, "seeds": 5, "epochs": 30}
 
 
