@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
+
+from studies.interrupt import Interrupted
 
 LISTABLE = ("studies", "generators", "placements", "models", "datasets", "activations")
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
@@ -22,16 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries()
     try:
         return args.func(args) or 0
-    except KeyboardInterrupt:
-        print("interrupted: the running trial was recorded as failed; rerun the same command to resume", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        print(f"interrupted ({exc or 'SIGINT'}): the running trial was recorded as failed; rerun the same command "
+              "to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BaseException as exc:  # noqa: BLE001 - the CLI promises one line, never a traceback
-        if isinstance(exc, SystemExit):
-            raise
-        if type(exc).__name__ == "Interrupted":
-            print(f"interrupted ({exc}): the running trial was recorded as failed; rerun the same command to resume",
-                  file=sys.stderr)
-            return EXIT_INTERRUPTED
+    except Exception as exc:  # the CLI promises one line, never a traceback
         print(f"error: {one_line(exc)}", file=sys.stderr)
         if os.environ.get("ACON_DEBUG"):
             raise
@@ -127,7 +125,11 @@ def _add_report(sub: Any) -> None:
     p.add_argument("--metric", help="metric (default: the study's)")
     p.add_argument("--format", default="terminal", help="terminal, markdown, csv, latex, html (comma-separated)")
     p.add_argument("--out", help="directory to write the tables (and plots) to")
-    p.add_argument("--plots", action="store_true", help="also draw EDF and learning-curve plots")
+    p.add_argument("--plots", action="store_true",
+                   help="also draw EDF and learning-curve plots (and parameter importance for search studies)")
+    p.add_argument("--storage", help="Optuna storage, for the importance plot (default $ACON_STORAGE or optuna.db)")
+    p.add_argument("--study-name", help="Optuna study name (default: STUDY-PRESET)")
+    p.add_argument("--preset", default="quick", help="preset the study ran with (default quick)")
     p.set_defaults(func=cmd_report)
 
 
@@ -196,10 +198,30 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     group_by = [a.strip() for a in args.group_by.split(",")] if args.group_by else None
+    searched = _searched_study(args) if args.plots else None
     print(build_report(args.study, tracking_uri=args.tracking_uri, experiment=args.experiment, group_by=group_by,
                        baseline=args.baseline, metric=args.metric, formats=formats, out_dir=args.out,
-                       plots=args.plots))
+                       plots=args.plots, optuna_study=searched))
     return 0
+
+
+def _searched_study(args: argparse.Namespace):
+    """The Optuna study behind a search (hpo) study, for its importance plot; None for grids or if absent."""
+    import optuna
+
+    from studies.storage import open_storage, resolve_storage, storage_file
+
+    url = resolve_storage(args.storage)
+    path = storage_file(url)
+    if path is not None and not Path(path).exists():
+        return None
+    try:
+        study = optuna.load_study(study_name=args.study_name or f"{args.study}-{args.preset}",
+                                  storage=open_storage(url, heartbeat=False))
+    except KeyError:  # no such study in this storage
+        return None
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.params]
+    return study if len(finished) >= 2 else None
 
 
 def cmd_overhead(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study, variant_label
 from studies.storage import StorageError, open_storage, require_existing, resolve_storage, resolve_tracking_uri
 from studies.tracking import PARENT_ATTR, Tracker
+from studies.interrupt import Interrupted, check, graceful_signals  # noqa: F401 (Interrupted re-exported)
 from studies.trial import TrialContext, execute_trial, load_data
 
 #: Settings that change results: a study resumed with different values is refused.
@@ -30,10 +31,6 @@ RESULT_SETTINGS = ("model", "dataset", "small_input", "epochs", "batch_size", "o
                    "schedule", "warmup_epochs", "label_smoothing", "augment", "limit")
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT arrived during a study; the current trial is recorded as failed."""
 
 
 @dataclass
@@ -77,7 +74,7 @@ def run_study(study: Study | str, options: RunOptions | None = None, *, join: bo
     check_names(spec, settings)
     load_data(settings["dataset"], options.data_dir, options.download, settings.get("limit"))  # fail before any trial
     session = _open(spec, settings, options, join=join)
-    with _signals_raise_interrupted():
+    with graceful_signals():
         try:
             ran = _run_loop(session, options)
         except BaseException:
@@ -211,6 +208,7 @@ def _run_loop(session: _Session, options: RunOptions) -> int:
                 break
             execute_trial(session.ctx, trial)
             ran += 1
+            check()
             bar.update(1)
     return ran
 
@@ -345,23 +343,6 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
         if not t.user_attrs.get("spurious"):
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
     return counts
-
-
-@contextmanager
-def _signals_raise_interrupted() -> Iterator[None]:
-    """SIGTERM raises ``Interrupted`` like Ctrl-C raises KeyboardInterrupt (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 Callback = Callable[..., None]

@@ -10,12 +10,13 @@ import functools
 import threading
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import optuna
 from optuna.trial import TrialState
 
+from studies.interrupt import Interrupted, check
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, variant_label
 from studies.tracking import Tracker
 
@@ -37,6 +38,7 @@ class TrialContext:
     threads: int | None = None
     progress: bool = True
     bar: Any = None
+    overheads: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
 
     @contextmanager
     def progress_bar(self, total: int) -> Iterator[Any]:
@@ -47,6 +49,12 @@ class TrialContext:
                   dynamic_ncols=True) as bar:
             self.bar = bar
             yield bar
+
+    def overhead(self, label: str, model, sites: list, settings: dict[str, Any], data) -> dict[str, float]:
+        """Params/FLOPs against the ReLU model, counted once per design (seeds share it)."""
+        if label not in self.overheads:
+            self.overheads[label] = complexity(model, build_baseline(settings, data), data, len(sites))
+        return self.overheads[label]
 
     def data(self):
         """The dataset splits, loaded once per process (the split seed is fixed, shared by all trials)."""
@@ -75,13 +83,10 @@ def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
         ctx.study.tell(trial, state=TrialState.PRUNED)
         ctx.tracker.end_trial(run_id, "PRUNED")
         return TrialState.PRUNED
-    except (KeyboardInterrupt, SystemExit) as exc:
-        _fail(ctx, trial, run_id, f"interrupted ({type(exc).__name__})", state="INTERRUPTED")
+    except (KeyboardInterrupt, SystemExit, Interrupted) as exc:
+        _fail(ctx, trial, run_id, f"interrupted ({exc or type(exc).__name__})", state="INTERRUPTED")
         raise
-    except BaseException as exc:  # noqa: BLE001 - a failed trial is recorded, the study goes on
-        if type(exc).__name__ == "Interrupted":
-            _fail(ctx, trial, run_id, f"interrupted ({exc})", state="INTERRUPTED")
-            raise
+    except Exception as exc:  # a failed trial is recorded, the study goes on
         _fail(ctx, trial, run_id, _reason(exc))
         return TrialState.FAIL
     ctx.study.tell(trial, value)
@@ -97,7 +102,7 @@ def _design(ctx: TrialContext, trial: optuna.Trial) -> tuple[dict[str, Any], dic
     else:
         cell = {**_design_cell(ctx.spec.designs[0]), "seed": trial.number % int(settings["seeds"])}
         settings.update(ctx.spec.search_space(trial))
-        for k, v in cell.items():
+        for k, v in {**cell, "variant": variant_label(cell)}.items():
             trial.set_user_attr(k, v)
     return cell, settings
 
@@ -113,8 +118,8 @@ def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any],
     from studies.train import train
 
     data = ctx.data()
-    model, baseline, sites = build_pair(cell, settings, data)
-    ctx.tracker.log_metrics(run_id, complexity(model, baseline, data, len(sites)))
+    model, sites = build_variant(cell, settings, data)
+    ctx.tracker.log_metrics(run_id, ctx.overhead(label, model, sites, settings, data))
     cfg = train_config(settings, seed=int(cell["seed"]), device=ctx.device, threads=ctx.threads)
     metric = ctx.spec.metric
 
@@ -128,30 +133,36 @@ def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any],
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
 
-    result = train(model, data, cfg, on_epoch=on_epoch)
+    result = train(model, data, cfg, on_epoch=on_epoch, progress=check)  # check: stop at a step on Ctrl-C
     final = {f"final_{k}" if k in ("val_acc", "val_loss", "val_top5") else k: v for k, v in result.final.items()}
     final["best_val_acc"] = max(h.val_acc for h in result.history)
     ctx.tracker.log_metrics(run_id, final)
     return float(result.final[metric])
 
 
-def build_pair(cell: dict[str, Any], settings: dict[str, Any], data) -> tuple[Any, Any, list]:
-    """The cell's model and its ReLU baseline (same architecture, no site changed)."""
-    from ablation import build_model
+def build_variant(cell: dict[str, Any], settings: dict[str, Any], data) -> tuple[Any, list]:
+    """The cell's model (initialised from the cell's seed) and the sites it changed."""
+    import torch
 
-    common = dict(num_classes=data.num_classes, in_channels=data.in_channels, small_input=settings["small_input"],
-                  input_size=data.image_size)
     kwargs = {"activation": cell["activation"], "placement": _axis(cell, "placement", "all")}
     if _axis(cell, "generator", None) is not None:
         kwargs["generator"] = cell["generator"]
     if _axis(cell, "r", None) is not None:
         kwargs["r"] = int(cell["r"])
-    import torch
-
     torch.manual_seed(int(cell["seed"]))
-    model, sites = build_model(settings["model"], **kwargs, **common)
-    baseline, _ = build_model(settings["model"], activation="relu", placement="none", **common)
-    return model, baseline, sites
+    return _build(settings, data, **kwargs)
+
+
+def build_baseline(settings: dict[str, Any], data) -> Any:
+    """The ReLU model of the same architecture, no site changed."""
+    return _build(settings, data, activation="relu", placement="none")[0]
+
+
+def _build(settings: dict[str, Any], data, **kwargs: Any) -> tuple[Any, list]:
+    from ablation import build_model
+
+    return build_model(settings["model"], num_classes=data.num_classes, in_channels=data.in_channels,
+                       small_input=settings["small_input"], input_size=data.image_size, **kwargs)
 
 
 def complexity(model, baseline, data, n_sites: int) -> dict[str, float]:

@@ -41,3 +41,18 @@ def ieee_fp32():
         before, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
         yield
         torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.fixture(autouse=True)
+def isolated_store_env():
+    """Keep store choices from leaking between tests: ``mlflow.set_tracking_uri`` exports
+    MLFLOW_TRACKING_URI, which later subprocesses (CLI tests, workers) would inherit."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "ACON_STORAGE")}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -18,11 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(ROOT / "run_study.py")]
 
 
-def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def clean_env() -> dict[str, str]:
+    """This environment without store overrides (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("ACON_STORAGE", None)
-    return subprocess.run([*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return env
+
+
+def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
@@ -95,9 +100,31 @@ STUDY = Study(
 """
 
 
-def write_study(tmp_path: Path, epochs: int) -> Path:
+# A user file may register its own activation; this one sleeps so a trial is slow on any machine.
+SLOW_STUDY = """
+import time
+import torch
+from acon import ACTIVATIONS
+from studies import Study
+
+class SlowReLU(torch.nn.Module):
+    def forward(self, x):
+        time.sleep(0.02)
+        return torch.relu(x)
+
+ACTIVATIONS.register("slow_relu", lambda channels, **_: SlowReLU(), override=True)
+STUDY = Study(
+    name="my_study",
+    doc="Two slow designs, so that a signal lands in the middle of a trial.",
+    designs=({"activation": "slow_relu", "placement": "all"}, {"activation": "relu", "placement": "all"}),
+    fixed={"model": "tiny_cnn", "dataset": "digits", "limit": 240, "epochs": 3, "seeds": 1, "batch_size": 32},
+)
+"""
+
+
+def write_study(tmp_path: Path, epochs: int, text: str = USER_STUDY) -> Path:
     path = tmp_path / "my_study.py"
-    path.write_text(textwrap.dedent(USER_STUDY).replace("EPOCHS", str(epochs)))
+    path.write_text(textwrap.dedent(text).replace("EPOCHS", str(epochs)))
     return path
 
 
@@ -114,9 +141,8 @@ def running_trial_with_an_epoch(db: Path) -> bool:
 
 
 def test_sigterm_mid_trial_records_it_and_the_same_command_resumes_to_completion(tmp_path):
-    study_file = write_study(tmp_path, epochs=8)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([*CLI, "run", str(study_file), "--no-progress"], cwd=tmp_path, env=env,
+    study_file = write_study(tmp_path, epochs=3, text=SLOW_STUDY)
+    proc = subprocess.Popen([*CLI, "run", str(study_file), "--no-progress"], cwd=tmp_path, env=clean_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not running_trial_with_an_epoch(tmp_path / "optuna.db"):
@@ -124,7 +150,7 @@ def test_sigterm_mid_trial_records_it_and_the_same_command_resumes_to_completion
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "rerun the same command to resume" in err
+    assert proc.returncode == 130 and "rerun the same command to resume" in err, err
 
     storage = f"sqlite:///{tmp_path}/optuna.db"
     first = optuna.load_study(study_name="my_study-quick", storage=storage)
@@ -144,7 +170,7 @@ def test_sigterm_mid_trial_records_it_and_the_same_command_resumes_to_completion
     study = optuna.load_study(study_name="my_study-quick", storage=storage)
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL"]
     cells = sorted(t.user_attrs["activation"] for t in study.trials if t.state.name == "COMPLETE")
-    assert cells == ["acon_c", "relu"]
+    assert cells == ["relu", "slow_relu"]
     runs = mlflow.search_runs(experiment_names=["my_study"])
     assert sorted(runs["status"]) == ["FINISHED", "FINISHED", "FINISHED", "KILLED"]
     assert len(runs[runs["tags.acon.role"] == "parent"]) == 1

@@ -139,6 +139,7 @@ def test_hpo_study_samples_the_search_space_and_prunes(tmp_path):
     finished = [t for t in result.study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 5
     assert all(1e-3 <= t.params["lr"] <= 0.3 for t in finished)
+    assert {t.user_attrs["variant"] for t in finished} == {"relu/all"}
     children, _ = child_runs(tmp_path, "tinyhpo")
     assert len(children) == 5
     assert set(children["params.lr"]) == {str(t.params["lr"]) for t in finished}
