@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import threading
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from studies.interrupt import check, graceful_signals
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study, variant_label
-from studies.storage import StorageError, open_storage, require_existing, resolve_storage, resolve_tracking_uri
+from studies.storage import open_storage, require_existing, resolve_storage, resolve_tracking_uri
 from studies.tracking import PARENT_ATTR, Tracker
-from studies.interrupt import Interrupted, check, graceful_signals  # noqa: F401 (Interrupted re-exported)
 from studies.trial import TrialContext, execute_trial, load_data
 
 #: Settings that change results: a study resumed with different values is refused.
@@ -83,7 +80,7 @@ def run_study(study: Study | str, options: RunOptions | None = None, *, join: bo
     if not join or _all_done(session):
         session.tracker.close_parent("FINISHED" if _all_done(session) else "KILLED")
     return StudyRun(session.optuna_study, session.tracker.parent_id, ran, state_counts(session.optuna_study),
-                    missing_cells(session))
+                    missing_cells(session.optuna_study, session.spec, session.settings))
 
 
 def check_names(spec: Study, settings: dict[str, Any]) -> None:
@@ -116,7 +113,7 @@ def prepare_study(study: Study | str, options: RunOptions | None = None) -> Stud
     if spec.is_grid:
         enqueue_missing(session)
     return StudyRun(session.optuna_study, session.tracker.parent_id, 0, state_counts(session.optuna_study),
-                    missing_cells(session))
+                    missing_cells(session.optuna_study, session.spec, session.settings))
 
 
 @dataclass
@@ -278,6 +275,7 @@ def _wait_for_running(study: optuna.Study) -> bool:
     if not interval or not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         return False
     time.sleep(interval)
+    check()  # Ctrl-C while waiting for other workers stops here
     return True
 
 
@@ -306,12 +304,12 @@ def enqueue_missing(session: _Session) -> int:
     return len(missing)
 
 
-def missing_cells(session: _Session) -> int:
-    """Grid cells with no COMPLETE or PRUNED trial; 0 for search studies."""
-    if not session.spec.is_grid:
+def missing_cells(study: optuna.Study, spec: Study, settings: dict[str, Any]) -> int:
+    """Grid cells of ``spec`` with no COMPLETE or PRUNED trial in ``study``; 0 for search studies."""
+    if not spec.is_grid:
         return 0
-    done = {t.user_attrs.get("cell_key") for t in session.optuna_study.get_trials(deepcopy=False, states=DONE)}
-    return sum(cell_key(c) not in done for c in session.spec.cells(session.settings))
+    done = {t.user_attrs.get("cell_key") for t in study.get_trials(deepcopy=False, states=DONE)}
+    return sum(cell_key(c) not in done for c in spec.cells(settings))
 
 
 def _requeue_dead(session: _Session, trial: optuna.trial.FrozenTrial) -> None:
@@ -344,5 +342,3 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
     return counts
 
-
-Callback = Callable[..., None]

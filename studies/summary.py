@@ -31,7 +31,6 @@ def summary_frame(study) -> pd.DataFrame:
 def summary_text(result) -> str:
     """A short text: where the study lives, counts by state, and the per-variant table."""
     study = result.study
-    metric = study.user_attrs.get("metric", "value")
     table = summary_frame(study)
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(result.counts.items()))
     text = table.to_markdown(index=False, floatfmt=".4f") if len(table) else "(no trials)"

@@ -14,21 +14,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from studies.runner import DONE, RunOptions, StudyRun, cell_key, prepare_study, state_counts
+from studies.runner import DONE, RunOptions, StudyRun, missing_cells, prepare_study, state_counts
 from studies.spec import Study, load_study
-from studies.storage import is_journal, mask_url, resolve_storage, resolve_tracking_uri
+from studies.storage import mask_url, resolve_storage, resolve_tracking_uri
 
 #: Override keys a worker process takes as flags (``RunOptions.overrides`` -> ``run_study.py worker``).
 OVERRIDE_FLAGS = {"seeds": "--seeds", "model": "--model", "dataset": "--dataset", "epochs": "--epochs",
                   "n_trials": "--trials"}
-#: Seconds the launcher waits for interrupted workers to record their trials before killing them.
+#: Seconds an interrupted worker gets to reach its next training step; then a second SIGTERM stops it at once.
+GRACE = 10.0
+#: Seconds the launcher then waits for workers to record their trials before killing them.
 STOP_TIMEOUT = 60.0
 POLL_SECONDS = 0.5
 
@@ -64,7 +66,7 @@ def run_workers(study: Study | str, options: RunOptions | None = None, *, worker
         launcher.run(workers)
     done = sum(state_counts(prepared.study).get(s.name, 0) for s in DONE)
     return StudyRun(prepared.study, prepared.parent_run_id, done - before, state_counts(prepared.study),
-                    missing_cells(prepared.study, spec, options))
+                    missing_cells(prepared.study, spec, spec.settings(options.preset, options.overrides)))
 
 
 def check_workers(workers: int, storage_url: str) -> None:
@@ -103,14 +105,6 @@ def worker_command(study: str, options: RunOptions, threads: int) -> list[str]:
         if value:
             cmd += [flag, value]
     return cmd
-
-
-def missing_cells(study: optuna.Study, spec: Study, options: RunOptions) -> int:
-    """Grid cells of ``spec`` with no COMPLETE or PRUNED trial in ``study``; 0 for search studies."""
-    if not spec.is_grid:
-        return 0
-    done = {t.user_attrs.get("cell_key") for t in study.get_trials(deepcopy=False, states=DONE)}
-    return sum(cell_key(c) not in done for c in spec.cells(spec.settings(options.preset, options.overrides)))
 
 
 def fail_trials_of(study: optuna.Study, worker_ids: set[str], tracking_uri: str, reason: str) -> list[int]:
@@ -201,21 +195,35 @@ class _Launcher:
             self._start()
 
     def _stop_all(self) -> None:
-        """One SIGTERM each (trials are recorded as interrupted), SIGKILL after ``STOP_TIMEOUT``."""
+        """SIGTERM each (the trial stops at its next step), again after ``GRACE`` s (at once), SIGKILL at the end."""
+        try:
+            for timeout in (GRACE, STOP_TIMEOUT):
+                self._signal_live(signal.SIGTERM)
+                if self._wait_live(timeout):
+                    break
+        except (KeyboardInterrupt, _Stop):  # asked again: do not wait any longer
+            pass
         for worker in self.live:
             if worker.proc.poll() is None:
-                worker.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
+                worker.proc.kill()
+                worker.proc.wait()
+        fail_trials_of(self.prepared.study, {w.id for w in self.live}, resolve_tracking_uri(self.options.tracking_uri),
+                       "interrupted: the launcher stopped its workers")
+
+    def _signal_live(self, sig: int) -> None:
+        for worker in self.live:
+            if worker.proc.poll() is None:
+                worker.proc.send_signal(sig)
+
+    def _wait_live(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every live worker to exit; True if they all did."""
+        deadline = time.monotonic() + timeout
         try:
             for worker in self.live:
                 worker.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except (subprocess.TimeoutExpired, KeyboardInterrupt, _Stop):
-            for worker in self.live:
-                if worker.proc.poll() is None:
-                    worker.proc.kill()
-                    worker.proc.wait()
-        fail_trials_of(self.prepared.study, {w.id for w in self.live}, resolve_tracking_uri(self.options.tracking_uri),
-                       "interrupted: the launcher stopped its workers")
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def _finish(self) -> None:
         """All workers exited: the parent run is FINISHED if nothing is left, else KILLED (or an error)."""
