@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from studies.interrupt import Interrupted, check
-from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, variant_label
+from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, design_cell, variant_label
 from studies.tracking import Tracker
 
 #: Settings that are not training-config fields nor logged as params.
@@ -100,17 +100,11 @@ def _design(ctx: TrialContext, trial: optuna.Trial) -> tuple[dict[str, Any], dic
     if ctx.spec.is_grid:
         cell = {k: trial.user_attrs[k] for k in DESIGN_AXES + ("seed",)}
     else:
-        cell = {**_design_cell(ctx.spec.designs[0]), "seed": trial.number % int(settings["seeds"])}
+        cell = {**design_cell(ctx.spec.designs[0]), "seed": trial.number % int(settings["seeds"])}
         settings.update(ctx.spec.search_space(trial))
         for k, v in {**cell, "variant": variant_label(cell)}.items():
             trial.set_user_attr(k, v)
     return cell, settings
-
-
-def _design_cell(design: dict[str, Any]) -> dict[str, Any]:
-    from studies.spec import design_cell
-
-    return design_cell(design)
 
 
 def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any], settings: dict[str, Any],
