@@ -84,24 +84,25 @@ def _add_store_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run (or resume) a study: a built-in name or a path to your study file")
-    p.add_argument("study", help="study name (see `list studies`) or a .py file defining STUDY")
-    _add_store_flags(p)
-    _add_training_flags(p)
-    p.add_argument("--trials", type=int, help="number of trials for search studies (hpo)")
+    _add_study_flags(p, "study name (see `list studies`) or a .py file defining STUDY")
     p.add_argument("--max-trials", type=int, help="stop this process after N trials (the rest stay queued)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
 
 def _add_worker(sub: Any) -> None:
     p = sub.add_parser("worker", help="join an existing study from this machine (shared storage and tracking)")
-    p.add_argument("study", help="study name or .py file, as given to `run`")
+    _add_study_flags(p, "study name or .py file, as given to `run` (pass the same flags too)")
+    p.set_defaults(func=cmd_worker)
+
+
+def _add_study_flags(p: argparse.ArgumentParser, study_help: str) -> None:
+    """What `run` and `worker` share: the study, its stores, its training settings."""
+    p.add_argument("study", help=study_help)
     _add_store_flags(p)
     _add_training_flags(p)
-    p.add_argument("--trials", type=int, help="trial budget of a search study (hpo), as given to `run`")
+    p.add_argument("--trials", type=int, help="trial budget of a search study (hpo)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_worker)
 
 
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
