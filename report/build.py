@@ -85,7 +85,8 @@ def _footer(runs: StudyRuns, spec: dict, table) -> str:
     """How to read the table, and what could not be compared."""
     lines = ["", "n: completed trials; 95% CI: t-interval of the mean; Δ: mean per-seed difference to the baseline "
              "(pairs = seeds present in both); p (t): paired t-test (exact sign test when every pair differs by the "
-             "same amount); p (W): Wilcoxon signed-rank, from 6 pairs; verdict 'noise' when p (t) >= 0.05."]
+             "same amount); p (Holm): p (t) adjusted for the number of rows tested against the baseline; p (W): "
+             "Wilcoxon signed-rank, from 6 pairs; verdict 'noise' when p (Holm) >= 0.05."]
     if spec and not table["is_baseline"].any() and not (table["n_pairs"] > 0).any():
         lines.append(f"baseline {spec} has no completed trials: no differences computed.")
     elif not spec:

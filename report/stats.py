@@ -69,8 +69,20 @@ def ablation_stats(trials: pd.DataFrame, group_by: list[str], column: str, *, ba
     table = pd.DataFrame(rows)
     table = table.sort_values(group_by, key=_natural_key, kind="stable").reset_index(drop=True)
     table["best"] = _best(table["mean"], direction)
-    table["verdict"] = [_verdict(d, p, b, direction) for d, p, b in zip(table["delta"], table["p_t"], table["is_baseline"])]
+    # several rows are tested against one baseline: the verdict uses Holm-adjusted p-values
+    table["p_holm"] = holm(table["p_t"])
+    table["verdict"] = [_verdict(d, p, b, direction) for d, p, b in zip(table["delta"], table["p_holm"], table["is_baseline"])]
     return table
+
+
+def holm(pvalues: pd.Series) -> pd.Series:
+    """Holm-Bonferroni adjusted p-values (family-wise error control); NaN entries are not tests."""
+    tested = pvalues.dropna().sort_values(kind="stable")
+    m = len(tested)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * tested.to_numpy(float)))
+    out = pd.Series(np.nan, index=pvalues.index)
+    out[tested.index] = adjusted
+    return out
 
 
 def _matches(frame: pd.DataFrame, spec: dict[str, str]) -> pd.Series:
@@ -146,7 +158,7 @@ def _best(means: pd.Series, direction: str) -> pd.Series:
 
 
 def _verdict(delta: float, p: float, is_baseline: bool, direction: str) -> str:
-    """"baseline", "better"/"worse" when the paired t-test says p < 0.05, else "noise" ("n/a" untested)."""
+    """"baseline", "better"/"worse" when the (Holm-adjusted) paired t-test says p < 0.05, else "noise"."""
     if is_baseline:
         return "baseline"
     if math.isnan(p):

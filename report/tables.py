@@ -67,6 +67,7 @@ def display_frame(table: pd.DataFrame, group_by: list[str], *, accuracy: bool, b
     out[f"Δ vs {baseline_label}"] = [_signed(d) for d in table["delta"]]
     out["pairs"] = table["n_pairs"].astype(str)
     out["p (t)"] = [_p(p) for p in table["p_t"]]
+    out["p (Holm)"] = [_p(p) for p in table["p_holm"]]
     out["p (W)"] = [_p(p) for p in table["p_wilcoxon"]]
     out["verdict"] = table["verdict"]
     out["best"] = ["*" if b else "" for b in table["best"]]

@@ -91,3 +91,31 @@ def test_equal_differences_fall_back_to_the_sign_test():
                           "final_val_acc": [0.50, 0.60, 0.49, 0.59]})
     row = ablation_stats(frame, ["activation"], "final_val_acc", baseline={"activation": "relu"}).set_index("activation")
     assert row.loc["x", "p_t"] == pytest.approx(0.5) and row.loc["x", "verdict"] == "noise"
+
+
+def test_holm_adjustment_matches_hand_computation_and_skips_untested_rows():
+    from report.stats import holm
+
+    p = pd.Series([0.01, np.nan, 0.04, 0.03, 0.005], index=list("abcde"))
+    # sorted tested p: e .005, a .01, d .03, c .04 (m = 4) -> 4*.005, 3*.01, 2*.03, 1*.04, then running max
+    expected = {"e": 0.02, "a": 0.03, "d": 0.06, "c": 0.06}
+    adjusted = holm(p)
+    assert math.isnan(adjusted["b"])
+    for key, value in expected.items():
+        assert adjusted[key] == pytest.approx(value)
+
+
+def test_verdict_uses_holm_so_a_lone_p_below_005_among_many_tests_is_noise():
+    rows = []
+    gains = {"relu": [0, 0, 0], "a": [0.010, 0.013, 0.007], "b": [0.0, 0.001, -0.001], "c": [0.002, -0.001, 0.0]}
+    for name, deltas in gains.items():
+        for seed, d in enumerate(deltas):
+            rows.append({"activation": name, "seed": seed, "state": "COMPLETE", "final_val_acc": BASE[seed] + d})
+    table = ablation_stats(pd.DataFrame(rows), ["activation"], "final_val_acc", baseline={"activation": "relu"},
+                           scale=100.0).set_index("activation")
+    raw, adjusted = table.loc["a", "p_t"], table.loc["a", "p_holm"]
+    # paired diffs 1.0, 1.3, 0.7 points: t = 5.77 with 2 df, p = 0.029; three rows tested -> Holm 0.086
+    assert raw == pytest.approx(sps.ttest_1samp([1.0, 1.3, 0.7], 0).pvalue, rel=1e-6) and raw < 0.05
+    assert adjusted == pytest.approx(3 * raw) and adjusted >= 0.05
+    assert table.loc["a", "verdict"] == "noise"
+    assert (table["p_holm"].dropna() >= table["p_t"].dropna()).all()
