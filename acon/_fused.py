@@ -93,21 +93,24 @@ def _backend_ready(device_type: str) -> bool:
 # The custom ops: x contiguous (N, C, ...), p1/p2 (C,), beta (N*C,) per plane or x's shape.
 
 
+def _broadcastable(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The op's flat arguments as (p1 - p2, p2, beta) views that broadcast against ``x``."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    b = beta if beta.dim() > 1 else beta.view(x.shape[:2] + (1,) * (x.dim() - 2))
+    return (p1 - p2).view(shape), p2.view(shape), b
+
+
 def _math_forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
     """Closed-form forward in torch ops, for a device without a kernel."""
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    d, q = (p1 - p2).view(shape), p2.view(shape)
-    b = beta if beta.dim() > 1 else beta.view(x.shape[:2] + (1,) * (x.dim() - 2))
+    d, q, b = _broadcastable(x, p1, p2, beta)
     dx = d * x
     return dx * torch.sigmoid(b * dx) + q * x
 
 
 def _math_backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Closed-form backward in torch ops, with the kernels' outputs."""
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    d, q = (p1 - p2).view(shape), p2.view(shape)
+    d, q, b = _broadcastable(x, p1, p2, beta)
     full = beta.dim() > 1
-    b = beta if full else beta.view(x.shape[:2] + (1,) * (x.dim() - 2))
     dx = d * x
     u = b * dx
     s = torch.sigmoid(u)
