@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from studies.interrupt import Interrupted
+from studies.storage import first_line
 
 LISTABLE = ("studies", "generators", "placements", "models", "datasets", "activations")
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
@@ -30,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # the CLI promises one line, never a traceback
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         if os.environ.get("ACON_DEBUG"):
             raise
         return EXIT_ERROR
@@ -47,13 +48,6 @@ def quiet_libraries() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (KeyError's quotes removed)."""
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import optuna
 
 from acon.registry import Registry
+from studies.train_config import check_choice
 
 #: The design axes every cell names; an axis that does not apply to a cell is "-".
 DESIGN_AXES = ("activation", "generator", "r", "placement")
@@ -60,9 +61,9 @@ class Study:
     search_space: Callable[[optuna.Trial], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("sampler", self.sampler, SAMPLERS)
-        _check_choice("pruner", self.pruner, PRUNERS)
-        _check_choice("direction", self.direction, ("maximize", "minimize"))
+        check_choice("sampler", self.sampler, SAMPLERS)
+        check_choice("pruner", self.pruner, PRUNERS)
+        check_choice("direction", self.direction, ("maximize", "minimize"))
         if self.sampler == "grid" and not self.designs:
             raise ValueError(f"study {self.name!r}: a grid study needs at least one design cell")
         if self.sampler != "grid" and self.search_space is None:
@@ -143,11 +144,6 @@ def _load_study_file(path: Path) -> Study:
     if not isinstance(study, Study):
         raise ValueError(f"study file {path} must define STUDY = studies.Study(...)")
     return study
-
-
-def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(sorted(choices))}")
 
 
 def _check_settings(s: dict[str, Any]) -> None:

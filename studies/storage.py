@@ -55,7 +55,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseSto
             return optuna.storages.JournalStorage(backend)
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
     except Exception as exc:  # SQLAlchemy / driver errors vary by backend
-        raise StorageError(f"cannot open Optuna storage {mask_url(url)}: {_first_line(exc)}") from exc
+        raise StorageError(f"cannot open Optuna storage {mask_url(url)}: {first_line(exc)}") from exc
 
 
 def heartbeat_settings() -> dict[str, int]:
@@ -112,6 +112,8 @@ def _engine_kwargs(url: str) -> dict:
     return {}
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (a KeyError's quotes removed)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from studies.storage import StorageError, mask_url
+from studies.storage import StorageError, first_line, mask_url
 
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -131,7 +131,7 @@ def _connect(uri: str) -> MlflowClient:
             client.search_experiments(max_results=1)
         return client
     except Exception as exc:
-        raise StorageError(f"cannot reach MLflow tracking store {mask_url(uri)}: {_short(exc)}") from exc
+        raise StorageError(f"cannot reach MLflow tracking store {mask_url(uri)}: {first_line(exc)[:300]}") from exc
 
 
 @contextmanager
@@ -150,7 +150,3 @@ def _fast_http() -> Iterator[None]:
 def _param_str(value: Any) -> str:
     return "-" if value is None else str(value)
 
-
-def _short(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:300]
