@@ -21,7 +21,7 @@ from studies.interrupt import check, graceful_signals
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study, variant_label
 from studies.storage import open_storage, require_existing, resolve_storage, resolve_tracking_uri
 from studies.tracking import PARENT_ATTR, Tracker
-from studies.trial import TrialContext, execute_trial, load_data
+from studies.trial import TrialContext, execute_trial, heartbeat_interval, load_data
 
 #: Settings that change results: a study resumed with different values is refused.
 RESULT_SETTINGS = ("model", "dataset", "small_input", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
@@ -240,7 +240,7 @@ def _claim(study: optuna.Study) -> optuna.Trial:
     with warnings.catch_warnings():  # we record heartbeats ourselves (studies.trial), not through optimize()
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         trial = study.ask()
-    if _heartbeat_interval(study):
+    if heartbeat_interval(study):
         study._storage.record_heartbeat(trial._trial_id)
     trial.set_user_attr("worker", worker_id())
     return trial
@@ -271,17 +271,12 @@ def _drop(study: optuna.Study, trial: optuna.Trial, duplicate_of: int | None) ->
 
 def _wait_for_running(study: optuna.Study) -> bool:
     """With heartbeats, wait one interval while others run: a dead one's cell comes back to the queue."""
-    interval = _heartbeat_interval(study)
+    interval = heartbeat_interval(study)
     if not interval or not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         return False
     time.sleep(interval)
     check()  # Ctrl-C while waiting for other workers stops here
     return True
-
-
-def _heartbeat_interval(study: optuna.Study) -> int | None:
-    storage = study._storage  # RDBStorage wrapped in a cache, hence no isinstance check
-    return storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
 
 
 def _remaining(session: _Session) -> int:

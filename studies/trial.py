@@ -192,11 +192,16 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n{tail}"
 
 
+def heartbeat_interval(study: optuna.Study) -> int | None:
+    """Seconds between heartbeats of the study's storage; None where it has none (journal, in-memory)."""
+    storage = study._storage  # RDBStorage wrapped in a cache, hence no isinstance check
+    return storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+
+
 @contextmanager
 def _heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     """Record heartbeats while the trial runs (RDB storages), as ``study.optimize`` would."""
-    storage = study._storage
-    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+    storage, interval = study._storage, heartbeat_interval(study)
     if not interval:
         yield
         return
