@@ -5,8 +5,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from acon.activations import create_activation
-from ablation.generators import takes_option
+from acon.activations import activation_options, create_activation
 from ablation.models import create_model, default_input_size
 from ablation.sites import Site
 from ablation.surgery import apply_placement
@@ -28,11 +27,11 @@ def build_model(
 ) -> tuple[nn.Module, list[Site]]:
     """Build model ``name`` with ``activation`` at the sites ``placement`` selects; return (model, sites).
 
-    ``activation="relu", placement="none"`` is the baseline (sites == []). ``options`` (width_rule,
-    bn, bias, beta ...) go to ``acon.create_activation(activation, width, generator=, r=, ...)``;
-    ``r`` is passed only to generators that take it. ``input_size`` (default: 32 if small_input,
-    else the model's native size) is used only for shape propagation; ``kinds`` names the call
-    kinds that count as sites (see ``ablation.sites.SITE_KINDS``).
+    ``activation="relu", placement="none"`` is the baseline (sites == []). ``generator`` and ``r`` are
+    design axes, passed only where the activation (and its generator) takes them; ``options`` (width_rule,
+    bn, bias, beta ...) go to ``acon.create_activation(activation, width, ...)``, which refuses unknown
+    ones. ``input_size`` (default: 32 if small_input, else the model's native size) is used only for
+    shape propagation; ``kinds`` names the call kinds that count as sites (see ``ablation.sites.SITE_KINDS``).
     """
     model = create_model(name, num_classes=num_classes, in_channels=in_channels, small_input=small_input)
     size = input_size or default_input_size(name, small_input)
@@ -42,11 +41,9 @@ def build_model(
 
 def _activation_factory(activation: Any, generator: Any, r: int | None, options: dict[str, Any]):
     """``make(site) -> nn.Module``; a bad option for one site names that site."""
-    kwargs = dict(options)
-    if activation == "meta_acon":
-        kwargs["generator"] = generator
-        if r is not None and takes_option(generator, "r"):
-            kwargs["r"] = r
+    accepted = activation_options(activation, generator) or ()  # None (takes anything): no axis is forced on it
+    axes = {"generator": generator, "r": r}
+    kwargs = {**{k: v for k, v in axes.items() if v is not None and k in accepted}, **options}
 
     def make(site: Site) -> nn.Module:
         try:

@@ -87,8 +87,8 @@ def test_unknown_policy_and_empty_selection():
 
 
 def test_reduction_ratio_errors_name_the_site():
-    with pytest.raises(ValueError, match=r"site block1.2 \(width 16\): reduction ratio r=32 is out of range for 16 channels"):
-        ablation.build_model("tiny_cnn", r=32, in_channels=1)
+    with pytest.raises(ValueError, match=r"site block1.2 \(width 16\): reduction ratio r must be an integer >= 1, got 2.5"):
+        ablation.build_model("tiny_cnn", r=2.5, in_channels=1)
     with pytest.raises(ValueError, match=r"site block1.2 \(width 16\): reduction ratio r=0"):
         ablation.build_model("tiny_cnn", r=0, in_channels=1)
 
