@@ -83,9 +83,17 @@ def _accepted(name: Any, generator: Any) -> tuple[str, frozenset[str] | None]:
     if own is None or "generator" not in own:
         return f"activation {entry.name!r}", own
     if generator is None:
-        generator = inspect.signature(entry.obj).parameters["generator"].default
+        generator = _default(entry.obj, "generator")
+        if generator is None:  # no default to read: the factory itself decides
+            return f"activation {entry.name!r}", None
     gen = generator_entry(generator)
     return f"activation {entry.name!r} with generator {gen.name!r}", None if gen.options is None else own | gen.options
+
+
+def _default(factory: Any, param: str) -> Any:
+    """The default value of ``factory``'s parameter ``param``, or None."""
+    found = inspect.signature(factory).parameters.get(param)
+    return None if found is None or found.default is found.empty else found.default
 
 
 def get_activation(name: Any) -> Any:
