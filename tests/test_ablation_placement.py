@@ -17,7 +17,11 @@ def _tiny_bottleneck_resnet(*, num_classes=10, in_channels=3, small_input=False)
     return torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [1, 1, 1, 1], num_classes=num_classes)
 
 
-ablation.register_model("test_bottleneck_resnet", _tiny_bottleneck_resnet, input_size=32, override=True)
+@pytest.fixture(scope="module", autouse=True)
+def _bottleneck_model():
+    """Registers the tiny Bottleneck ResNet for this module's tests only."""
+    with ablation.MODELS.temporary("test_bottleneck_resnet", _tiny_bottleneck_resnet, input_size=32):
+        yield
 
 
 def _paths(sites):
@@ -94,8 +98,9 @@ def test_reduction_ratio_errors_name_the_site():
 
 
 def test_user_policy_registered_by_name():
-    ablation.register_policy("test_even", lambda sites, arg: [s for s in sites if s.index % 2 == 0], override=True)
-    _, sites = ablation.build_model("resnet20", placement="test_even", r=4)
+    with ablation.PLACEMENTS.temporary("test_even", lambda sites, arg: [s for s in sites if s.index % 2 == 0]):
+        _, sites = ablation.build_model("resnet20", placement="test_even", r=4)
+    assert "test_even" not in ablation.PLACEMENTS
     assert [s.index for s in sites] == list(range(0, 19, 2))
 
 

@@ -239,3 +239,33 @@ def test_get_activation_resolves_a_name_and_passes_a_factory_through():
     assert isinstance(create_activation(factory, 3), torch.nn.Hardswish)
     assert get_activation("silu") is ACTIVATIONS.get("silu")
     assert torch.equal(create_activation("swish", 2)(torch.ones(1, 2)), F.silu(torch.ones(1, 2)))
+
+
+def test_model_entries_carry_input_size_and_native_small():
+    import ablation
+
+    assert dict(ablation.MODELS.entry("tiny_cnn").meta) == {"input_size": 8, "native_small": True}
+    assert dict(ablation.MODELS.entry("resnet20").meta) == {"input_size": 32, "native_small": True}
+    assert dict(ablation.MODELS.entry("inception_v3").meta) == {"input_size": 299, "native_small": False}
+    assert [ablation.default_input_size(n, small) for n, small in
+            [("tiny_cnn", True), ("resnet20", False), ("resnet18", True), ("resnet18", False)]] == [8, 32, 32, 224]
+
+
+def test_a_user_model_registers_its_metadata_through_register_model():
+    import ablation
+
+    with ablation.MODELS.temporary("test_net", len, input_size=64, native_small=True):
+        assert ablation.default_input_size("test_net", small_input=True) == 64
+    with pytest.raises(TypeError, match="valid: input_size, native_small"):
+        ablation.register_model("test_net", len, input=64)
+    assert "test_net" not in ablation.MODELS
+
+
+def test_placement_entries_say_which_take_an_argument():
+    import ablation
+
+    args = {name: ablation.PLACEMENTS.entry(name).meta["arg"] for name in ablation.PLACEMENTS}
+    assert args == {"all": None, "none": None, "bottleneck_3x3": None, "last_stage": None,
+                    "first": "K", "last": "K", "stage": "I", "glob": "PATTERN"}
+    with pytest.raises(ValueError, match="placement stage:I needs its I, e.g. 'stage:2'"):
+        ablation.parse_placement("stage")
