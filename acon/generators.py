@@ -23,16 +23,18 @@ GENERATORS = Registry(
     meta={"options": None, "complexity": None},
 )
 
-#: Options every ``MetaAcon`` wrapper takes besides those of its beta module.
-_META_ACON_OPTIONS = frozenset({"channel_dim", "p1", "p2"})
+#: Options of ``MetaAcon`` itself (channel_dim, p1, p2 ...), read from its signature; the rest go to the beta module.
+_META_ACON_OPTIONS = keyword_options(MetaAcon) - {"generator"}
+#: ``AconC``'s options; ``learned`` and ``fixed`` set its beta.
+_ACON_C_OPTIONS = keyword_options(AconC) - {"beta", "learn_beta"}
 
 
 def _meta_acon_with(beta: Callable[..., nn.Module]) -> tuple[Callable[..., nn.Module], frozenset[str] | None]:
     """The builder of ``MetaAcon(channels, beta(channels, **options))`` and the options it accepts."""
 
-    def build(channels: int, *, channel_dim: int = 1, p1: float | Init | None = None, p2: float | Init | None = None,
-              **options: Any) -> nn.Module:
-        return MetaAcon(channels, beta(channels, **options), channel_dim=channel_dim, p1=p1, p2=p2)
+    def build(channels: int, **options: Any) -> nn.Module:
+        own = {k: options.pop(k) for k in list(options) if k in _META_ACON_OPTIONS}
+        return MetaAcon(channels, beta(channels, **options), **own)
 
     build.__doc__ = beta.__doc__
     own = keyword_options(beta)
@@ -135,22 +137,21 @@ def _fixed_cost(channels: int, shape: tuple[int, ...], **_: Any) -> dict:
 
 # ---- the built-in generators ------------------------------------------------------------------
 
-def _learned(channels: int, *, channel_dim: int = 1, p1: float | Init | None = None, p2: float | Init | None = None,
-             init: float | Init = 1.0) -> AconC:
+def _learned(channels: int, *, init: float | Init = 1.0, **options: Any) -> AconC:
     """ACON-C: a learned per-channel beta starting at ``init``, not input-dependent."""
-    return AconC(channels, channel_dim=channel_dim, p1=p1, p2=p2, beta=init)
+    return AconC(channels, beta=init, **options)
 
 
-def _fixed(channels: int, *, channel_dim: int = 1, p1: float | Init | None = None, p2: float | Init | None = None,
-           beta: float | Init = 1.0) -> AconC:
+def _fixed(channels: int, *, beta: float | Init = 1.0, **options: Any) -> AconC:
     """ACON-C with a constant ``beta`` kept as a buffer, never trained."""
-    return AconC(channels, channel_dim=channel_dim, p1=p1, p2=p2, beta=beta, learn_beta=False)
+    return AconC(channels, beta=beta, learn_beta=False, **options)
 
 
 GENERATORS.register("channel", MetaAconC, complexity=_channel_cost,
                     help="one beta per sample and channel: the official MetaAconC (r, width_rule, bn, bias)")
 register_generator("layer", LayerBeta, complexity=_layer_cost, help="one beta per sample and layer: sigmoid(sum of x)")
 register_generator("pixel", PixelBeta, complexity=_pixel_cost, help="one beta per element: sigmoid(x)")
-GENERATORS.register("learned", _learned, complexity=_learned_cost,
+GENERATORS.register("learned", _learned, options=_ACON_C_OPTIONS | {"init"}, complexity=_learned_cost,
                     help="a learned per-channel beta, not input-dependent: ACON-C (init=)")
-GENERATORS.register("fixed", _fixed, complexity=_fixed_cost, help="a constant beta you give (beta=), kept as a buffer")
+GENERATORS.register("fixed", _fixed, options=_ACON_C_OPTIONS | {"beta"}, complexity=_fixed_cost,
+                    help="a constant beta you give (beta=), kept as a buffer")

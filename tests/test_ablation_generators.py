@@ -39,10 +39,13 @@ def test_generators_registry_is_the_acon_registry():
     assert ablation.get_generator("pixel") is GENERATORS.get("pixel")
 
 
-@pytest.mark.parametrize("name, cls", [("channel", MetaAconC), ("learned", AconC), ("fixed", AconC)])
-def test_published_layouts_are_registered_as_they_are_built(name, cls):
-    assert GENERATORS.get(name) is cls or type(GENERATORS.get(name)(8)) is cls
-    assert type(create_activation("meta_acon", 8, generator=name)) is cls
+@pytest.mark.parametrize("name, cls", [("channel", MetaAconC), ("learned", AconC), ("fixed", AconC),
+                                       ("layer", MetaAcon), ("pixel", MetaAcon)])
+def test_an_entry_builds_exactly_what_meta_acon_builds(name, cls):
+    direct, via_factory = GENERATORS.get(name)(8), create_activation("meta_acon", 8, generator=name)
+    assert type(direct) is type(via_factory) is cls
+    assert list(direct.state_dict()) == list(via_factory.state_dict())
+    assert GENERATORS.get("channel") is MetaAconC  # the official layout is registered as itself
 
 
 @pytest.mark.parametrize("name, takes, refuses", [
