@@ -21,7 +21,7 @@ ACTIVATIONS = Registry(
 )
 
 #: Options a design-space sweep passes to every activation; factories without them ignore them.
-DESIGN_OPTIONS = ("generator", "r", "width_rule", "bn", "bias", "channel_dim")
+DESIGN_OPTIONS = ("generator", "r", "width_rule", "bn", "bias", "channel_dim", "gate")
 
 
 def _baseline(module_cls: type[nn.Module], **fixed: Any):
@@ -69,8 +69,8 @@ def _acon_b(channels: int, *, channel_dim: int = 1, **_: Any) -> nn.Module:
 
 
 @ACTIVATIONS.register("acon_c", help="ACON-C: smooth max of p1 x and p2 x, learned p1, p2, beta")
-def _acon_c(channels: int, *, channel_dim: int = 1, **_: Any) -> nn.Module:
-    return AconC(channels, channel_dim=channel_dim)
+def _acon_c(channels: int, *, channel_dim: int = 1, gate: str = "sigmoid", **_: Any) -> nn.Module:
+    return AconC(channels, channel_dim=channel_dim, gate=gate)
 
 
 @ACTIVATIONS.register("meta_acon", help="meta-ACON: ACON-C with beta = G(x); generator=layer|channel|pixel|...")
@@ -86,12 +86,13 @@ def create_meta_acon(channels: int, *, generator: Any = "channel", channel_dim: 
     """
     if generator == "channel":
         return MetaAconC(channels, channel_dim=channel_dim, **_accepted(MetaAconC, options))
+    gate = options.get("gate", "sigmoid")
     if generator == "learned":
-        return AconC(channels, channel_dim=channel_dim, beta=options.get("beta"))
+        return AconC(channels, channel_dim=channel_dim, beta=options.get("beta"), gate=gate)
     if generator == "fixed":
-        return AconC(channels, channel_dim=channel_dim, beta=options.get("beta", 1.0), learn_beta=False)
+        return AconC(channels, channel_dim=channel_dim, beta=options.get("beta", 1.0), learn_beta=False, gate=gate)
     factory = BETA_GENERATORS.get(generator)
-    return MetaAcon(channels, factory(channels, **_accepted(factory, options)), channel_dim=channel_dim)
+    return MetaAcon(channels, factory(channels, **_accepted(factory, options)), channel_dim=channel_dim, gate=gate)
 
 
 def _accepted(factory: Any, options: dict[str, Any]) -> dict[str, Any]:
