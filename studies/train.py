@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from studies.augment import augment_batch, default_padding
-from studies.batches import DeviceData
+from studies.batches import DeviceData, steps_per_epoch
 from studies.data import DataSplits
 from studies.evaluate import evaluate
 from studies.schedules import make_scheduler
@@ -109,7 +109,7 @@ class _Run:
         self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.fmt)
         self.dd = DeviceData(data, self.device, workers=cfg.workers)
-        self.steps = _steps_per_epoch(len(data.train), cfg.batch_size)
+        self.steps = steps_per_epoch(len(data.train), cfg.batch_size)
         self.opt = make_optimizer(self.model, cfg)
         warmup = round(cfg.warmup_epochs * self.steps)
         self.sched = make_scheduler(self.opt, cfg.schedule, cfg.epochs * self.steps, warmup)
@@ -198,11 +198,6 @@ class _Run:
         if self.cfg.nonfinite == "raise":
             raise NonFiniteLossError(reason, result)
         return result
-
-
-def _steps_per_epoch(n: int, batch_size: int) -> int:
-    steps = math.ceil(n / batch_size)
-    return steps - 1 if n % batch_size == 1 and n > 1 else steps  # a lone last sample is dropped
 
 
 def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
