@@ -251,3 +251,23 @@ def test_split_of_129_with_batch_128_trains_meta_acon_and_ends_the_schedule_on_i
     assert schedulers[0].last_epoch == 2 and schedulers[0].get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
     assert all(lr >= 0 for lr in schedulers[0].get_last_lr())
     assert all(math.isfinite(m.train_loss) for m in result.history)
+
+
+def test_compiled_meta_acon_model_trains_an_epoch_like_the_eager_one(digits):
+    # aot_eager traces forward and backward as inductor does (custom op included) without codegen: fast on CPU
+    from torch._dynamo.utils import counters
+
+    data = dataclasses.replace(digits, train=TensorSplit(digits.train.x[:128], digits.train.y[:128]))
+    _, eager = _fit(data, "meta_acon", epochs=1)
+    frames = counters["frames"]["ok"]
+    _, compiled = _fit(data, "meta_acon", epochs=1, compile="aot_eager")
+    assert counters["frames"]["ok"] > frames  # dynamo really compiled the model
+    a, b = eager.history[0], compiled.history[0]
+    assert math.isfinite(a.train_loss)
+    assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4) and b.val_loss == pytest.approx(a.val_loss, rel=1e-4)
+
+
+def test_compile_setting_accepts_booleans_and_modes_only():
+    assert TrainConfig(compile=True).compile is True and TrainConfig(compile="reduce-overhead").compile == "reduce-overhead"
+    with pytest.raises(ValueError, match="unknown compile 'fast'; valid choices: aot_eager, default, max-autotune"):
+        TrainConfig(compile="fast")
