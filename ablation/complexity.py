@@ -58,11 +58,12 @@ _FREE = {
 }
 
 
-def _acon_c_fused_ops(x, p1, p2, beta, *_) -> dict[str, int]:
+def _acon_c_fused_ops(x, p1, p2, beta, hard=False, *_) -> dict[str, int]:
     """The fused ACON-C kernel does the reference formula's arithmetic in one pass; count that arithmetic:
-    ``dpx = (p1 - p2) x; dpx * sigmoid(beta dpx) + p2 x`` is 4 muls, 1 sigmoid, 1 add per element, 1 sub per channel."""
+    ``dpx = (p1 - p2) x; dpx * sigmoid(beta dpx) + p2 x`` is 4 muls, 1 sigmoid, 1 add per element, 1 sub per channel
+    (with ``hard``, the hard sigmoid in place of the sigmoid, counted as the reference's ``hardsigmoid``: other)."""
     n = x.numel()
-    return {"sigmoid": n, "mul": 4 * n, "add": n + torch.broadcast_shapes(p1.shape, p2.shape).numel()}
+    return {"other" if hard else "sigmoid": n, "mul": 4 * n, "add": n + torch.broadcast_shapes(p1.shape, p2.shape).numel()}
 
 
 def _batch_norm_ops(x, *_) -> dict[str, int]:
