@@ -2,8 +2,8 @@
 
 Forward saves only x and the per-channel / per-plane parameters (beta per element only for
 pixel-wise meta-ACON); backward recomputes the gate (sigmoid, or hard sigmoid with ``hard``)
-and returns dx and the p1/p2/beta reductions in one pass. Being a custom op with a fake kernel and registered autograd, it
-works under ``torch.compile`` with dynamic shapes. CPU: ``_fused_cpu`` (JIT-built C++);
+and returns dx and the p1/p2/beta reductions in one pass. Being a custom op with a fake kernel
+and registered autograd, it works under ``torch.compile`` with dynamic shapes. CPU: ``_fused_cpu`` (JIT-built C++);
 CUDA: ``_fused_triton``. ``ACON_FUSED=0`` or ``use_fused(False)`` selects the reference.
 ``kernel_calls()`` counts which implementation ran, so tests can prove a kernel did.
 """
