@@ -1,13 +1,15 @@
 """Fused ACON-C: one-pass forward and backward kernels behind a ``torch.library`` custom op.
 
 Forward saves only x and the per-channel / per-plane parameters (beta per element only for
-pixel-wise meta-ACON); backward recomputes the sigmoid and returns dx and the p1/p2/beta
-reductions in one pass. Being a custom op with a fake kernel and registered autograd, it
-works under ``torch.compile`` with dynamic shapes. CPU: ``_fused_cpu`` (JIT-built C++);
+pixel-wise meta-ACON); backward recomputes the gate (sigmoid, or hard sigmoid with ``hard``)
+and returns dx and the p1/p2/beta reductions in one pass. Being a custom op with a fake kernel
+and registered autograd, it works under ``torch.compile`` with dynamic shapes. CPU: ``_fused_cpu`` (JIT-built C++);
 CUDA: ``_fused_triton``. ``ACON_FUSED=0`` or ``use_fused(False)`` selects the reference.
+``kernel_calls()`` counts which implementation ran, so tests can prove a kernel did.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
 import os
@@ -19,6 +21,8 @@ from torch import Tensor
 
 _STATE = {"enabled": os.environ.get("ACON_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")}
 _BACKENDS: dict[str, object | None] = {}
+#: "<device or 'closed-form'>.<forward|backward>" -> calls in this process (see ``kernel_calls``).
+_CALLS: collections.Counter = collections.Counter()
 _DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
 
@@ -43,6 +47,11 @@ def use_fused(enabled: bool) -> Iterator[None]:
         set_fused(before)
 
 
+def kernel_calls() -> dict[str, int]:
+    """How often each implementation ran: keys ``cpu.forward``, ``cuda.backward``, ``closed-form.forward`` ..."""
+    return dict(_CALLS)
+
+
 def _load_backend(device_type: str) -> object | None:
     """The kernel module for a device type, or None (warned once) where it cannot run."""
     if device_type == "cpu":
@@ -64,15 +73,15 @@ class _CpuBackend:
     def __init__(self, lib):
         self.lib = lib
 
-    def forward(self, x, p1, p2, beta):
+    def forward(self, x, p1, p2, beta, hard):
         from acon import _fused_cpu
 
-        return _fused_cpu.forward(self.lib, x, p1, p2, beta)
+        return _fused_cpu.forward(self.lib, x, p1, p2, beta, hard)
 
-    def backward(self, g, x, p1, p2, beta):
+    def backward(self, g, x, p1, p2, beta, hard):
         from acon import _fused_cpu
 
-        return _fused_cpu.backward(self.lib, g, x, p1, p2, beta)
+        return _fused_cpu.backward(self.lib, g, x, p1, p2, beta, hard)
 
 
 def backend(device_type: str) -> object | None:
@@ -100,21 +109,24 @@ def _broadcastable(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Ten
     return (p1 - p2).view(shape), p2.view(shape), b
 
 
-def _math_forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+def _math_forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool) -> Tensor:
     """Closed-form forward in torch ops, for a device without a kernel."""
     d, q, b = _broadcastable(x, p1, p2, beta)
     dx = d * x
-    return dx * torch.sigmoid(b * dx) + q * x
+    return dx * (torch.nn.functional.hardsigmoid if hard else torch.sigmoid)(b * dx) + q * x
 
 
-def _math_backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _math_backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Closed-form backward in torch ops, with the kernels' outputs."""
     d, q, b = _broadcastable(x, p1, p2, beta)
     full = beta.dim() > 1
     dx = d * x
     u = b * dx
-    s = torch.sigmoid(u)
-    sp = s * (1 - s)
+    if hard:  # the hard sigmoid's slope is 1/6 strictly inside (-3, 3), as in torch's hardsigmoid_backward
+        s, sp = torch.nn.functional.hardsigmoid(u), ((u > -3) & (u < 3)).to(u.dtype) / 6
+    else:
+        s = torch.sigmoid(u)
+        sp = s * (1 - s)
     t = s + u * sp
     gbeta = g * sp * dx * dx
     dims = tuple(range(2, x.dim()))
@@ -130,54 +142,61 @@ def _planes_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.device.type == "cpu" or x.dtype == torch.float64 else torch.float32
 
 
-def _run_forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+def _kernels(x: Tensor, step: str):
+    """The device's kernel backend (None: closed form), with the call counted for ``kernel_calls``."""
     kernels = _BACKENDS.get(x.device.type) or backend(x.device.type)
+    _CALLS[f"{'closed-form' if kernels is None else x.device.type}.{step}"] += 1
+    return kernels
+
+
+def _run_forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool = False) -> Tensor:
+    kernels = _kernels(x, "forward")
     if kernels is None:
-        return _math_forward(x, p1, p2, beta)
-    return kernels.forward(x.contiguous(), p1.contiguous(), p2.contiguous(), beta.contiguous())
+        return _math_forward(x, p1, p2, beta, hard)
+    return kernels.forward(x.contiguous(), p1.contiguous(), p2.contiguous(), beta.contiguous(), hard)
 
 
-def _run_backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    kernels = _BACKENDS.get(x.device.type) or backend(x.device.type)
+def _run_backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    kernels = _kernels(x, "backward")
     run = _math_backward if kernels is None else kernels.backward
-    gx, planes, gbeta = run(g.contiguous(), x.contiguous(), p1.contiguous(), p2.contiguous(), beta.contiguous())
+    gx, planes, gbeta = run(g.contiguous(), x.contiguous(), p1.contiguous(), p2.contiguous(), beta.contiguous(), hard)
     return gx, planes.to(_planes_dtype(x)).contiguous(), gbeta
 
 
 @torch.library.custom_op("acon::acon_c_fused", mutates_args=())
-def _acon_c_op(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
-    return _run_forward(x, p1, p2, beta)
+def _acon_c_op(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool) -> Tensor:
+    return _run_forward(x, p1, p2, beta, hard)
 
 
 @_acon_c_op.register_fake
-def _(x, p1, p2, beta):
+def _(x, p1, p2, beta, hard):
     return torch.empty_like(x)
 
 
 @torch.library.custom_op("acon::acon_c_fused_backward", mutates_args=())
-def _acon_c_backward_op(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return _run_backward(g, x, p1, p2, beta)
+def _acon_c_backward_op(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return _run_backward(g, x, p1, p2, beta, hard)
 
 
 @_acon_c_backward_op.register_fake
-def _(g, x, p1, p2, beta):
+def _(g, x, p1, p2, beta, hard):
     planes = x.new_empty(3, x.shape[0] * p1.shape[0], dtype=_planes_dtype(x))
     return torch.empty_like(x), planes, torch.empty_like(x) if beta.dim() > 1 else x.new_empty(0)
 
 
 def _setup_context(ctx, inputs, output):
-    x, p1, p2, beta = inputs
+    x, p1, p2, beta, ctx.hard = inputs
     ctx.save_for_backward(x, p1, p2, beta)
 
 
 def _backward(ctx, grad, run_backward=_acon_c_backward_op):
     x, p1, p2, beta = ctx.saved_tensors
-    gx, planes, gbeta = run_backward(grad.contiguous(), x, p1, p2, beta)
+    gx, planes, gbeta = run_backward(grad.contiguous(), x, p1, p2, beta, ctx.hard)
     planes = planes.to(x.dtype).view(3, x.shape[0], p1.shape[0])
     dp1 = planes[0].sum(0)
     dp2 = planes[1].sum(0) - dp1
     dbeta = gbeta if beta.dim() > 1 else planes[2].reshape(-1)
-    return gx, dp1, dp2, dbeta
+    return gx, dp1, dp2, dbeta, None
 
 
 _acon_c_op.register_autograd(_backward, setup_context=_setup_context)
@@ -188,9 +207,9 @@ class _AconCFunction(torch.autograd.Function):
     (and without importing torch._dynamo, which the op's first call does: about 2 s)."""
 
     @staticmethod
-    def forward(ctx, x, p1, p2, beta):
-        ctx.save_for_backward(x, p1, p2, beta)
-        return _run_forward(x, p1, p2, beta)
+    def forward(ctx, x, p1, p2, beta, hard):
+        _setup_context(ctx, (x, p1, p2, beta, hard), None)
+        return _run_forward(x, p1, p2, beta, hard)
 
     @staticmethod
     def backward(ctx, grad):
@@ -239,8 +258,10 @@ def _dtype(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> torch.dty
     return dt if dt.is_floating_point else torch.float32
 
 
-def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> Tensor:
-    """Fused ACON-C for a call that ``can_fuse`` accepted; same value and gradients as the reference."""
+def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float, hard: bool = False) -> Tensor:
+    """Fused ACON-C for a call that ``can_fuse`` accepted; same value and gradients as the reference.
+
+    ``hard`` replaces the sigmoid gate by the hard sigmoid ``clamp(u / 6 + 1/2, 0, 1)``."""
     dt = _dtype(x, p1, p2, beta)
     n, c = x.shape[0], x.shape[1]
     ones = (1,) * (x.dim() - 2)
@@ -255,5 +276,5 @@ def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> Tensor:
         b = beta.to(dt).expand(x.shape).contiguous()
     # torch.compile sees the custom op (fake kernel, registered autograd); eager runs the Function
     if torch.compiler.is_compiling():
-        return _acon_c_op(xc, p1c, p2c, b)
-    return _AconCFunction.apply(xc, p1c, p2c, b)
+        return _acon_c_op(xc, p1c, p2c, b, bool(hard))
+    return _AconCFunction.apply(xc, p1c, p2c, b, bool(hard))

@@ -1,19 +1,40 @@
 """The CUDA kernel of the fused ACON-C, in Triton: one pass forward, one pass backward.
 
 Tiles are (planes x positions) so both long planes (N, C, H, W) and one-element planes
-(N, C) fill the GPU. Half and bfloat16 inputs are computed in float32, float64 in float64.
-The backward writes per-tile partial sums; torch adds them, so results are deterministic.
+(N, C) fill the GPU. Tile size and warps are autotuned per plane length and dtype. Half and
+bfloat16 inputs are computed and accumulated in float32, float64 in float64. The backward
+writes per-tile partial sums; torch adds them, so results are deterministic.
 """
 from __future__ import annotations
+
+import itertools
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-TILE = 2048
-NUM_WARPS = 4
+#: Elements per tile and warps tried by the autotuner; the tile's width follows the plane length.
+TILES = (1024, 2048, 4096)
+WARPS = (2, 4, 8)
+_WIDTHS = tuple(2**k for k in range(13))  # 1 .. 4096 positions per tile row
+
+
+def _width(hw: int, tile: int) -> int:
+    """Positions per tile row: the plane length rounded up to a power of two, at most the tile."""
+    return min(triton.next_power_of_2(hw), tile)
+
+
+def _configs() -> list[triton.Config]:
+    return [triton.Config({"BP": max(1, tile // bhw), "BHW": bhw}, num_warps=w)
+            for tile, bhw, w in itertools.product(TILES, _WIDTHS, WARPS) if bhw <= tile]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep, for each tile size, the one row width that fits this plane length."""
+    hw = named_args["HW"]
+    return [c for c in configs if any(c.kwargs["BHW"] == _width(hw, t) and c.kwargs["BP"] == max(1, t // c.kwargs["BHW"])
+                                      for t in TILES)]
 
 
 @triton.jit
@@ -30,9 +51,26 @@ def _tile(pid_p, pid_h, P, C, HW, p1, p2, BP: tl.constexpr, BHW: tl.constexpr, C
     return rows, rmask, mask, d[:, None], q[:, None], offs
 
 
+@triton.jit
+def _gate(u, HARD: tl.constexpr):
+    """(s, s'): the sigmoid, or the hard sigmoid clamp(u / 6 + 1/2, 0, 1) with slope 1/6 inside (-3, 3)."""
+    if HARD:
+        s = tl.minimum(tl.maximum(u * (1.0 / 6.0) + 0.5, 0.0), 1.0)
+        sp = tl.where((u > -3.0) & (u < 3.0), 1.0 / 6.0, 0.0)
+    else:
+        s = 1 / (1 + tl.exp(-u))
+        sp = s * (1 - s)
+    return s, sp
+
+
+_TUNE = dict(configs=_configs(), key=["HW", "FULL", "HARD"], prune_configs_by={"early_config_prune": _prune})
+
+
 # Sizes are not specialized: a new batch size (a study's last batch) must not trigger a new JIT.
+@triton.autotune(**_TUNE)
 @triton.jit(do_not_specialize=["P", "C", "HW"])
-def _forward_kernel(x, p1, p2, beta, y, P, C, HW, FULL: tl.constexpr, BP: tl.constexpr, BHW: tl.constexpr, CT: tl.constexpr):
+def _forward_kernel(x, p1, p2, beta, y, P, C, HW, FULL: tl.constexpr, HARD: tl.constexpr, CT: tl.constexpr,
+                    BP: tl.constexpr, BHW: tl.constexpr):
     rows, rmask, mask, d, q, offs = _tile(tl.program_id(0), tl.program_id(1), P, C, HW, p1, p2, BP, BHW, CT)
     xv = tl.load(x + offs, mask=mask, other=0).to(CT)
     if FULL:
@@ -40,13 +78,15 @@ def _forward_kernel(x, p1, p2, beta, y, P, C, HW, FULL: tl.constexpr, BP: tl.con
     else:
         b = tl.load(beta + rows, mask=rmask, other=0).to(CT)[:, None]
     dx = d * xv
-    out = dx / (1 + tl.exp(-(b * dx))) + q * xv
-    tl.store(y + offs, out.to(y.dtype.element_ty), mask=mask)
+    s, _ = _gate(b * dx, HARD)
+    tl.store(y + offs, (dx * s + q * xv).to(y.dtype.element_ty), mask=mask)
 
 
+# partial is zeroed between tuning runs: a wider tile writes fewer rows than a narrower one.
+@triton.autotune(**_TUNE, reset_to_zero=["partial"])
 @triton.jit(do_not_specialize=["P", "C", "HW"])
 def _backward_kernel(g, x, p1, p2, beta, gx, gbeta, partial, P, C, HW,
-                     FULL: tl.constexpr, BP: tl.constexpr, BHW: tl.constexpr, CT: tl.constexpr):
+                     FULL: tl.constexpr, HARD: tl.constexpr, CT: tl.constexpr, BP: tl.constexpr, BHW: tl.constexpr):
     pid_h = tl.program_id(1)
     rows, rmask, mask, d, q, offs = _tile(tl.program_id(0), pid_h, P, C, HW, p1, p2, BP, BHW, CT)
     xv = tl.load(x + offs, mask=mask, other=0).to(CT)
@@ -57,8 +97,7 @@ def _backward_kernel(g, x, p1, p2, beta, gx, gbeta, partial, P, C, HW,
         b = tl.load(beta + rows, mask=rmask, other=0).to(CT)[:, None]
     dx = d * xv
     u = b * dx
-    s = 1 / (1 + tl.exp(-u))
-    sp = s * (1 - s)
+    s, sp = _gate(u, HARD)
     t = s + u * sp
     tl.store(gx + offs, (gv * (d * t + q)).to(gx.dtype.element_ty), mask=mask)
     base = partial + pid_h.to(tl.int64) * 3 * P + rows
@@ -70,34 +109,35 @@ def _backward_kernel(g, x, p1, p2, beta, gx, gbeta, partial, P, C, HW,
         tl.store(base + 2 * P, tl.sum(gv * sp * dx * dx, axis=1), mask=rmask)
 
 
-def _config(x: Tensor, p1: Tensor) -> tuple[int, int, int, int, int, tl.dtype]:
-    """(P, C, HW, BP, BHW, compute dtype); block sizes are powers of two covering TILE elements."""
+def _sizes(x: Tensor, p1: Tensor) -> tuple[int, int, int, tl.dtype]:
+    """(P, C, HW, compute dtype): float32 for half and bfloat16 inputs, float64 for float64."""
     C = p1.numel()
     P = x.shape[0] * C
-    HW = x.numel() // P
-    bhw = min(triton.next_power_of_2(HW), TILE)
     ct = tl.float64 if x.dtype == torch.float64 else tl.float32
-    return P, C, HW, max(1, TILE // bhw), bhw, ct
+    return P, C, x.numel() // P, ct
 
 
-def forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+def _grid(P: int, HW: int):
+    return lambda meta: (triton.cdiv(P, meta["BP"]), triton.cdiv(HW, meta["BHW"]))
+
+
+def forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool = False) -> Tensor:
     """y = ACON-C(x); ``beta`` is per plane (1-D, N*C) or per element (x's shape)."""
     y = torch.empty_like(x)
-    P, C, HW, bp, bhw, ct = _config(x, p1)
-    grid = (triton.cdiv(P, bp), triton.cdiv(HW, bhw))
-    _forward_kernel[grid](x, p1, p2, beta, y, P, C, HW, FULL=beta.dim() > 1, BP=bp, BHW=bhw, CT=ct, num_warps=NUM_WARPS)
+    P, C, HW, ct = _sizes(x, p1)
+    _forward_kernel[_grid(P, HW)](x, p1, p2, beta, y, P, C, HW, FULL=beta.dim() > 1, HARD=bool(hard), CT=ct)
     return y
 
 
-def backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, per-plane sums (3, N*C), per-element dbeta or an empty tensor), like the CPU kernel."""
-    P, C, HW, bp, bhw, ct = _config(x, p1)
+    P, C, HW, ct = _sizes(x, p1)
     full = beta.dim() > 1
-    grid = (triton.cdiv(P, bp), triton.cdiv(HW, bhw))
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    partial = torch.zeros(grid[1], 3, P, device=x.device, dtype=acc)
+    # one row of partial sums per column of tiles; sized for the narrowest tile the tuner may pick
+    partial = torch.zeros(triton.cdiv(HW, min(_width(HW, t) for t in TILES)), 3, P, device=x.device, dtype=acc)
     gx = torch.empty_like(x)
     gbeta = torch.empty_like(x) if full else x.new_empty(0)
-    _backward_kernel[grid](g, x, p1, p2, beta, gx, gbeta if full else gx, partial, P, C, HW,
-                           FULL=full, BP=bp, BHW=bhw, CT=ct, num_warps=NUM_WARPS)
+    _backward_kernel[_grid(P, HW)](g, x, p1, p2, beta, gx, gbeta if full else gx, partial, P, C, HW,
+                                   FULL=full, HARD=bool(hard), CT=ct)
     return gx, partial.sum(0), gbeta

@@ -2,8 +2,9 @@
 
 All tensors are channels-first and broadcast against ``x``. ``acon_c`` is the general
 smooth maximum ``(p1 - p2) x * sigmoid(beta (p1 - p2) x) + p2 x``; ACON-A and ACON-B are
-its special cases. The reference versions are plain PyTorch; the default entry points
-may dispatch to a fused implementation that must match the reference to 1e-5.
+its special cases. ``gate="hard_sigmoid"`` replaces the sigmoid by ``clamp(u / 6 + 1/2, 0, 1)``
+(torch's ``hardsigmoid``), cheaper to compute. The reference versions are plain PyTorch; the
+default entry points may dispatch to a fused implementation that must match the reference to 1e-5.
 """
 from __future__ import annotations
 
@@ -13,18 +14,32 @@ from torch import Tensor
 
 from acon import _fused
 
+#: The gate of the smooth maximum: the paper's sigmoid, or the cheaper hard sigmoid.
+GATES = ("hard_sigmoid", "sigmoid")
 
-def acon_c_reference(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> Tensor:
+
+def check_gate(gate: str) -> str:
+    """Refuse an unknown gate name, listing the valid ones."""
+    if gate not in GATES:
+        raise ValueError(f"unknown gate {gate!r}; valid choices: {', '.join(GATES)}")
+    return gate
+
+
+def _gate(gate: str):
+    return torch.nn.functional.hardsigmoid if check_gate(gate) == "hard_sigmoid" else torch.sigmoid
+
+
+def acon_c_reference(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float, gate: str = "sigmoid") -> Tensor:
     """ACON-C in plain PyTorch, written as in the official release."""
     dpx = (p1 - p2) * x
-    return dpx * torch.sigmoid(beta * dpx) + p2 * x
+    return dpx * _gate(gate)(beta * dpx) + p2 * x
 
 
-def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> Tensor:
-    """ACON-C: ``(p1 - p2) x * sigmoid(beta (p1 - p2) x) + p2 x`` (fused kernel where available)."""
+def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float, gate: str = "sigmoid") -> Tensor:
+    """ACON-C: ``(p1 - p2) x * gate(beta (p1 - p2) x) + p2 x`` (fused kernel where available)."""
     if _fused.can_fuse(x, p1, p2, beta):
-        return _fused.acon_c(x, p1, p2, beta)
-    return acon_c_reference(x, p1, p2, beta)
+        return _fused.acon_c(x, p1, p2, beta, hard=check_gate(gate) == "hard_sigmoid")
+    return acon_c_reference(x, p1, p2, beta, gate)
 
 
 def acon_b_reference(x: Tensor, p: Tensor, beta: Tensor | float) -> Tensor:
@@ -51,9 +66,9 @@ def acon_a(x: Tensor, beta: Tensor | float) -> Tensor:
     return acon_a_reference(x, beta)
 
 
-def meta_acon(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+def meta_acon(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, gate: str = "sigmoid") -> Tensor:
     """meta-ACON: ACON-C with a generated ``beta`` (per sample, channel or element)."""
-    return acon_c(x, p1, p2, beta)
+    return acon_c(x, p1, p2, beta, gate)
 
 
 # Symbolic traces record these calls as single nodes instead of branching on Proxy shapes;

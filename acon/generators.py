@@ -76,12 +76,14 @@ def generator_complexity(name: str, channels: int, input_shape: Sequence[int], *
     - The ACON-C formula ``(p1-p2) x * sigmoid(beta (p1-p2) x) + p2 x`` costs, per element of x,
       4 mul, 1 add, 1 sigmoid, plus C adds for ``p1 - p2`` (once per call, not per sample).
       These count the formula as written, whichever kernel (fused or reference) runs it.
+      ``gate="hard_sigmoid"`` replaces the sigmoid by ``u / 6 + 1/2`` (1 mul, 1 add) and a clamp
+      to [0, 1], a compare-and-select counted in none of these kinds.
     """
     shape = _check_shape(channels, input_shape)
     formula = GENERATORS.entry(name).meta["complexity"]
     if formula is None:
         raise ValueError(f"generator {name!r} has no analytic complexity; register it with complexity=...")
-    return _plus(formula(channels, shape, **options), _acon_c_cost(channels, shape))
+    return _plus(formula(channels, shape, **options), _acon_c_cost(channels, shape, options.get("gate", "sigmoid")))
 
 
 def _check_shape(channels: int, input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -100,10 +102,11 @@ def _plus(a: dict, b: dict) -> dict:
     return {"params": a["params"] + b["params"], "macs": a["macs"] + b["macs"], "elementwise": ew}
 
 
-def _acon_c_cost(channels: int, shape: tuple[int, ...]) -> dict:
+def _acon_c_cost(channels: int, shape: tuple[int, ...], gate: str = "sigmoid") -> dict:
     """The ACON-C formula shared by every generator; p1 and p2 are 2C parameters."""
-    n = math.prod(shape)
-    return _cost(params=2 * channels, sigmoid=n, mul=4 * n, add=n + channels)
+    n, hard = math.prod(shape), gate == "hard_sigmoid"
+    return _cost(params=2 * channels, sigmoid=0 if hard else n, mul=(5 if hard else 4) * n,
+                 add=(2 if hard else 1) * n + channels)
 
 
 def _channel_cost(channels: int, shape: tuple[int, ...], *, r: int = 16, width_rule: str = "official", bn: bool = True,

@@ -80,7 +80,8 @@ class AconB(_ChannelActivation):
 class AconC(_ChannelActivation):
     """ACON-C: ``(p1 - p2) x * sigmoid(beta (p1 - p2) x) + p2 x``; state_dict keys ``p1, p2, beta``.
 
-    ``learn_beta=False`` keeps beta as a fixed buffer (the ``fixed`` beta generator).
+    ``learn_beta=False`` keeps beta as a fixed buffer (the ``fixed`` beta generator);
+    ``gate="hard_sigmoid"`` swaps the sigmoid for the cheaper hard sigmoid.
     """
 
     def __init__(
@@ -92,8 +93,10 @@ class AconC(_ChannelActivation):
         p2: float | Init | None = None,
         beta: float | Init | None = None,
         learn_beta: bool = True,
+        gate: str = "sigmoid",
     ):
         super().__init__(channels, channel_dim)
+        self.gate = F.check_gate(gate)
         self.p1 = _param(channels, p1, torch.randn)
         self.p2 = _param(channels, p2, torch.randn)
         b = _param(channels, beta, torch.ones)
@@ -105,7 +108,7 @@ class AconC(_ChannelActivation):
     def forward(self, x: Tensor) -> Tensor:
         xc = _layout.channels_first(x, self.channel_dim, self.channels)
         p1, p2 = _layout.per_channel(self.p1, xc), _layout.per_channel(self.p2, xc)
-        y = F.acon_c(xc, p1, p2, _layout.per_channel(self.beta, xc))
+        y = F.acon_c(xc, p1, p2, _layout.per_channel(self.beta, xc), self.gate)
         return _layout.restore_channels(y, self.channel_dim)
 
 
@@ -115,8 +118,10 @@ class MetaAcon(_ChannelActivation):
     Keys: ``p1, p2, generator.*``. For the official channel-wise layout use ``MetaAconC``.
     """
 
-    def __init__(self, channels: int, generator: nn.Module, *, channel_dim: int = 1, p1: float | Init | None = None, p2: float | Init | None = None):
+    def __init__(self, channels: int, generator: nn.Module, *, channel_dim: int = 1, p1: float | Init | None = None, p2: float | Init | None = None,
+                 gate: str = "sigmoid"):
         super().__init__(channels, channel_dim)
+        self.gate = F.check_gate(gate)
         self.generator = generator
         self.p1 = _param(channels, p1, torch.randn)
         self.p2 = _param(channels, p2, torch.randn)
@@ -124,7 +129,7 @@ class MetaAcon(_ChannelActivation):
     def forward(self, x: Tensor) -> Tensor:
         xc = _layout.channels_first(x, self.channel_dim, self.channels)
         p1, p2 = _layout.per_channel(self.p1, xc), _layout.per_channel(self.p2, xc)
-        y = F.meta_acon(xc, p1, p2, self.generator(xc))
+        y = F.meta_acon(xc, p1, p2, self.generator(xc), self.gate)
         return _layout.restore_channels(y, self.channel_dim)
 
 
@@ -147,8 +152,10 @@ class MetaAconC(ChannelBeta):
         bias: bool = True,
         p1: float | Init | None = None,
         p2: float | Init | None = None,
+        gate: str = "sigmoid",
     ):
         super().__init__(channels, r, width_rule=width_rule, bn=bn, bias=bias)
+        self.gate = F.check_gate(gate)
         self.channels, self.channel_dim, self.r = channels, channel_dim, r
         self.p1 = _param(channels, p1, torch.randn)
         self.p2 = _param(channels, p2, torch.randn)
@@ -156,8 +163,8 @@ class MetaAconC(ChannelBeta):
     def forward(self, x: Tensor) -> Tensor:
         xc = _layout.channels_first(x, self.channel_dim, self.channels)
         p1, p2 = _layout.per_channel(self.p1, xc), _layout.per_channel(self.p2, xc)
-        y = F.meta_acon(xc, p1, p2, self.beta(xc))
+        y = F.meta_acon(xc, p1, p2, self.beta(xc), self.gate)
         return _layout.restore_channels(y, self.channel_dim)
 
     def extra_repr(self) -> str:
-        return f"{self.channels}, r={self.r}"
+        return f"{self.channels}, r={self.r}" + ("" if self.gate == "sigmoid" else f", gate={self.gate}")

@@ -1,9 +1,11 @@
 """Speed and backward memory of the ACON family, fused kernels against the plain reference.
 
 For ACON-A/B/C and meta-ACON (layer, channel, pixel) prints forward and forward+backward
-medians as ratios to SiLU and to the reference, and the bytes per input element autograd
-keeps for backward. Usage: ``python benchmarks/activations.py [--shape 64,64,32,32]
-[--device cpu] [--dtype float32] [--threads 2] [--rounds 3]``.
+medians as ratios to SiLU and to the reference, the spread of the forward+backward ratio to
+SiLU across rounds (min / max of the per-round ratios), and the bytes per input element
+autograd keeps for backward. Usage: ``python benchmarks/activations.py [--shape 64,64,32,32]
+[--device cpu] [--dtype float32] [--threads 2] [--rounds 3] [--variants acon_c,meta_acon_channel]
+[--gate hard_sigmoid] [--compare-compile] [--smoke]``.
 """
 from __future__ import annotations
 
@@ -20,15 +22,16 @@ from torch.utils.benchmark import Timer
 
 from acon import _fused, _fused_cpu
 from acon.beta import LayerBeta, PixelBeta
+from acon.functional import GATES
 from acon.modules import AconA, AconB, AconC, MetaAcon, MetaAconC
 
 VARIANTS = {
-    "acon_a": lambda c: AconA(c),
-    "acon_b": lambda c: AconB(c),
-    "acon_c": lambda c: AconC(c),
-    "meta_acon_layer": lambda c: MetaAcon(c, LayerBeta(c)),
-    "meta_acon_channel": lambda c: MetaAconC(c),
-    "meta_acon_pixel": lambda c: MetaAcon(c, PixelBeta(c)),
+    "acon_a": lambda c, gate: AconA(c),
+    "acon_b": lambda c, gate: AconB(c),
+    "acon_c": lambda c, gate: AconC(c, gate=gate),
+    "meta_acon_layer": lambda c, gate: MetaAcon(c, LayerBeta(c), gate=gate),
+    "meta_acon_channel": lambda c, gate: MetaAconC(c, r=min(16, c), gate=gate),
+    "meta_acon_pixel": lambda c, gate: MetaAcon(c, PixelBeta(c), gate=gate),
 }
 BASELINES = {"silu": lambda c: nn.SiLU(), "relu": lambda c: nn.ReLU()}
 
@@ -42,7 +45,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (torch.set_num_threads)")
     p.add_argument("--rounds", type=int, default=3, help="measure every variant this many times, interleaved")
     p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per Timer measurement")
-    return p.parse_args(argv)
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    p.add_argument("--gate", default="sigmoid", choices=GATES, help="ACON-C / meta-ACON gate")
+    p.add_argument("--compare-compile", action="store_true",
+                   help="add torch.compile of the plain formula (the reference module, fused kernels off)")
+    p.add_argument("--smoke", action="store_true", help="tiny shape, 2 short rounds: checks that every part runs")
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; valid choices: {', '.join(sorted(VARIANTS))}")
+    if args.smoke:
+        args.shape, args.rounds, args.min_run_time = "2,8,4,4", 2, 0.01
+    return args
 
 
 def _sync(device: torch.device) -> None:
@@ -95,9 +109,11 @@ def _rows(args, x: torch.Tensor) -> list[tuple[str, str, nn.Module]]:
     """(variant, implementation, module) for every measured line, modules on x's device and dtype."""
     c = x.shape[1]
     rows = [(name, "torch", make(c)) for name, make in BASELINES.items()]
-    for name, make in VARIANTS.items():
-        mod = make(c)
+    for name in args.variants.split(","):
+        mod = VARIANTS[name](c, args.gate).to(device=x.device, dtype=x.dtype)
         rows += [(name, "reference", mod), (name, "fused", mod)]
+        if args.compare_compile:  # compiled under use_fused(False): the plain formula, fused by inductor
+            rows.append((name, "compiled ref", torch.compile(mod)))
     return [(n, impl, m.to(device=x.device, dtype=x.dtype)) for n, impl, m in rows]
 
 
@@ -124,9 +140,12 @@ def _table(times, memory) -> pd.DataFrame:
     out = []
     for (name, impl), (f, fb) in med.items():
         ref = med.get((name, "reference"), (f, fb))
+        # the ratio to SiLU measured in each round (SiLU runs in the same round): its spread across rounds
+        per_round = [t[1] / s[1] for t, s in zip(times[(name, impl)], times[("silu", "torch")])]
         out.append({
             "variant": name, "impl": impl, "fwd ms": f * 1e3, "fwd+bwd ms": fb * 1e3,
             "fwd / SiLU": f / silu[0], "fwd+bwd / SiLU": fb / silu[1],
+            "min": min(per_round), "max": max(per_round),
             "fwd / ref": f / ref[0], "fwd+bwd / ref": fb / ref[1],
             "saved B/elem": memory[(name, impl)],
         })
@@ -138,7 +157,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     table, costs = run(args)
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
-    print(f"shape {args.shape}, {args.dtype}, {dev}, torch {torch.__version__}, median of {args.rounds} rounds")
+    print(f"shape {args.shape}, {args.dtype}, gate {args.gate}, {dev}, torch {torch.__version__}, median of {args.rounds} rounds; "
+          "min / max: the per-round fwd+bwd / SiLU ratio")
     print(table.to_markdown(index=False, floatfmt=".2f"))
     for k, v in costs.items():
         print(f"one-time: {k} = {v:.2f}")

@@ -6,7 +6,12 @@ ratios, measured in one run, round-robin so that load from other processes hits 
 to check that a dataset is not saturated (the activations must be able to differ).
 
     python benchmarks/train_throughput.py --device cuda --images 20000
+    python benchmarks/train_throughput.py --device cuda --model resnet50 --image-size 224 --batch 64 --placement bottleneck_3x3
+    python benchmarks/train_throughput.py --model tiny_cnn --in-channels 1 --image-size 28 --batch 64 --compare-compile
     python benchmarks/train_throughput.py headroom --threads 2
+
+``--compare-compile`` adds each variant trained with ``TrainConfig(compile=...)`` and prints the compile cost
+(first epoch minus a steady epoch) against the time saved per steady epoch.
 
 Seen on one H100 (torch 2.11, bf16 autocast, batch 128, 10k images): ReLU 11.8k images/s, meta-ACON 2.56k
 (0.22x), reference 2.99k (0.25x). On 2 CPU threads of that machine: meta-ACON 0.62x ReLU, reference 0.47x.
@@ -14,6 +19,7 @@ Seen on one H100 (torch 2.11, bf16 autocast, batch 128, 10k images): ReLU 11.8k 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -40,6 +46,8 @@ class ReferenceMetaAconC(nn.Module):
         self.p2 = nn.Parameter(torch.randn(1, width, 1, 1))
 
     def forward(self, x):
+        if x.dim() == 2:  # a site after global pooling (tiny_cnn's head): (N, C) as (N, C, 1, 1)
+            return self.forward(x[:, :, None, None])[:, :, 0, 0]
         beta = torch.sigmoid(self.bn2(self.fc2(self.bn1(self.fc1(x.mean(dim=2, keepdim=True).mean(dim=3, keepdim=True))))))
         dpx = (self.p1 - self.p2) * x
         return dpx * torch.sigmoid(beta * dpx) + self.p2 * x
@@ -56,60 +64,77 @@ def with_reference_modules(model: nn.Module) -> nn.Module:
     return model
 
 
-def variants(name: str, seed: int) -> dict[str, nn.Module]:
+def variants(name: str, seed: int, *, placement: str = "all", in_channels: int = 3, image_size: int = 32, r: int = 16) -> dict[str, nn.Module]:
     """The three models to compare, built from the same seed."""
-    common = dict(num_classes=10, in_channels=3, small_input=True)
+    common = dict(num_classes=10, in_channels=in_channels, small_input=image_size < 64, input_size=image_size)
+    meta_acon = dict(activation="meta_acon", generator="channel", r=r, placement=placement, **common)
     torch.manual_seed(seed)
     relu, _ = build_model(name, activation="relu", placement="none", **common)
     torch.manual_seed(seed)
-    meta, sites = build_model(name, activation="meta_acon", generator="channel", r=16, placement="all", **common)
+    meta, sites = build_model(name, **meta_acon)
     torch.manual_seed(seed)
-    ref = with_reference_modules(build_model(name, activation="meta_acon", generator="channel", r=16, placement="all", **common)[0])
+    ref = with_reference_modules(build_model(name, **meta_acon)[0])
     if not any(isinstance(m, ReferenceMetaAconC) for m in ref.modules()):
         raise RuntimeError(f"{name}: no acon.MetaAconC module found to replace; is the placement wrapping them?")
-    _check_same_function(meta, ref)
+    _check_same_function(meta, ref, (2, in_channels, image_size, image_size))
     print(f"{name}: {len(sites)} meta-ACON sites; reference matches acon.MetaAconC")
     return {"relu": relu, "meta_acon": meta, "reference": ref}
 
 
 @torch.no_grad()
-def _check_same_function(model: nn.Module, reference: nn.Module) -> None:
+def _check_same_function(model: nn.Module, reference: nn.Module, shape) -> None:
     """The reference must compute what our module computes, or the timing compares different things."""
-    x = torch.randn(4, 3, 32, 32)
+    x = torch.randn(shape)
     got, want = model.eval()(x), reference.eval()(x)
     if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
         raise RuntimeError(f"reference differs from acon.MetaAconC by {(got - want).abs().max().item():.3g}")
 
 
-def synthetic_cifar(n: int, seed: int = 0) -> DataSplits:
-    """Random 32x32 RGB images and labels shaped like CIFAR-10 (throughput does not depend on content)."""
+def synthetic_cifar(n: int, seed: int = 0, *, channels: int = 3, size: int = 32) -> DataSplits:
+    """Random square images and 10 labels shaped like CIFAR-10 by default (throughput does not depend on content)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    x = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
     val = TensorSplit(x[:256], y[:256])
-    return DataSplits(TensorSplit(x, y), val, None, 10, 3, 32, "synthetic32", (127.5,) * 3, (73.9,) * 3)
+    return DataSplits(TensorSplit(x, y), val, None, 10, channels, size, f"synthetic{size}", (127.5,) * channels, (73.9,) * channels)
 
 
 def throughput(args) -> None:
-    """Round-robin timing of the three variants; prints images/s and ratios."""
-    data = synthetic_cifar(args.images)
-    models = variants(args.model, args.seed)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05, device=args.device, amp=args.amp,
+    """Round-robin timing of the variants; prints images/s, ratios and (with --compare-compile) compile costs."""
+    data = synthetic_cifar(args.images, channels=args.in_channels, size=args.image_size)
+    models = variants(args.model, args.seed, placement=args.placement, in_channels=args.in_channels, image_size=args.image_size, r=args.r)
+    amp = args.amp and args.dtype != "float32"
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05, device=args.device, amp=amp,
                       channels_last=args.channels_last, augment=args.augment, threads=args.threads, seed=args.seed)
-    speeds: dict[str, list[float]] = {k: [] for k in models}
+    runs = [(name, model, False) for name, model in models.items()]
+    if args.compare_compile:
+        runs += [(f"{name}+compile", models[name], args.compile_mode) for name in ("relu", "meta_acon")]
+    speeds: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    compile_s: dict[str, list[float]] = {name: [] for name, _, mode in runs if mode}
     for _ in range(args.rounds):
-        for name, model in models.items():
-            history = train(model, data, cfg).history[1:]  # epoch 1 pays for allocation and autotuning
-            speeds[name].append(sum(m.images_per_s * m.epoch_time_s for m in history) / sum(m.epoch_time_s for m in history))
+        for name, model, mode in runs:
+            history = train(model, data, dataclasses.replace(cfg, compile=mode)).history
+            steady = history[1:]  # epoch 1 pays for allocation, autotuning and compilation
+            speeds[name].append(sum(m.images_per_s * m.epoch_time_s for m in steady) / sum(m.epoch_time_s for m in steady))
+            if mode:
+                compile_s[name].append(history[0].epoch_time_s - statistics.median(m.epoch_time_s for m in steady))
     device = resolve_device(args.device)
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads or torch.get_num_threads()} threads"
-    print(f"device: {label}; batch {args.batch_size}, amp {args.amp and device.type == 'cuda'}, channels_last {args.channels_last}")
+    print(f"device: {label}; model {args.model} {args.image_size}x{args.image_size}, placement {args.placement}, "
+          f"batch {args.batch_size}, amp {amp and device.type == 'cuda'}, channels_last {args.channels_last}")
     med = {k: statistics.median(v) for k, v in speeds.items()}
     for name, v in speeds.items():
-        print(f"  {name:10s} {med[name]:10.0f} images/s   (rounds: {', '.join(f'{s:.0f}' for s in v)})")
-    print(f"  meta_acon / relu      = {med['meta_acon'] / med['relu']:.3f}")
-    print(f"  reference / relu      = {med['reference'] / med['relu']:.3f}")
-    print(f"  meta_acon / reference = {med['meta_acon'] / med['reference']:.3f}")
+        print(f"  {name:18s} {med[name]:10.0f} images/s   (rounds: {', '.join(f'{s:.0f}' for s in v)})")
+    for a, b in (("meta_acon", "relu"), ("reference", "relu"), ("meta_acon", "reference"), ("meta_acon+compile", "relu+compile"),
+                 ("meta_acon+compile", "relu")):
+        if a in med and b in med:
+            print(f"  {a} / {b} = {med[a] / med[b]:.3f}  (images/s ratio; step time is its inverse)")
+    for name, secs in compile_s.items():
+        base = name.removesuffix("+compile")
+        saved = args.images / med[base] - args.images / med[name]  # seconds saved per steady epoch
+        print(f"  {name}: compile cost {statistics.median(secs):.1f} s, saves {saved:.2f} s per epoch of {args.images} "
+              f"images: pays after {statistics.median(secs) / saved:.1f} epochs" if saved > 0 else
+              f"  {name}: compile cost {statistics.median(secs):.1f} s, and a steady epoch is {-saved:.2f} s slower: never pays")
 
 
 def headroom(args) -> None:
@@ -141,7 +166,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=2048, help="synthetic training images per epoch")
     p.add_argument("--epochs", type=int, default=3, help="epochs per measurement; the first is warm-up and not counted")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", "--batch", type=int, default=128)
+    p.add_argument("--placement", default="all", help="meta-ACON placement (resnet50: bottleneck_3x3, as the paper)")
+    p.add_argument("--image-size", type=int, default=32, help="synthetic image size; under 64 builds the CIFAR stem")
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--r", type=int, default=16, help="meta-ACON reduction ratio")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="CUDA: bf16 autocast or full fp32")
+    p.add_argument("--compare-compile", action="store_true", help="also train relu and meta_acon with torch.compile")
+    p.add_argument("--compile-mode", default="on", help="TrainConfig.compile value for --compare-compile")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny_cnn at 16x16, 64 images, 1 round, batch 16 (compile: aot_eager): checks that every part runs")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--augment", action="store_true")
@@ -150,6 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=3, help="headroom: seeds per activation")
     p.add_argument("--datasets", nargs="+", default=["digits", "mnist5k"], help="headroom: datasets to compare")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.images, args.epochs, args.rounds, args.batch_size, args.seeds = 64, 2, 1, 16, 1
+        args.model, args.image_size, args.r, args.placement = "tiny_cnn", 16, 4, "all"
+        args.compile_mode = "aot_eager" if args.compare_compile else args.compile_mode
+        args.datasets = ["digits"]
     if args.mode == "throughput" and args.epochs < 2:
         p.error("--epochs must be >= 2: the first epoch is warm-up and is not counted")
     (headroom if args.mode == "headroom" else throughput)(args)

@@ -1,6 +1,7 @@
 """Batches for the trainer: in-memory splits are sliced on the device, folder splits go through a DataLoader.
 
-Either way a batch comes out normalised float32 (N, C, H, W) on the device, with int64 labels.
+Either way a batch comes out normalised float32 (N, C, H, W) on the device, with int64 labels, and
+both cut an epoch with ``batch_slices``, which also gives the trainer its step count.
 """
 from __future__ import annotations
 
@@ -11,6 +12,18 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from studies.data import DataSplits, Split, TensorSplit
+
+
+def batch_slices(n: int, batch_size: int, *, train: bool) -> list[slice]:
+    """The batches of an n-sample epoch as slices of its (shuffled) order. In training a lone last
+    sample is dropped: BatchNorm cannot train on a batch of one, and the schedule counts these steps."""
+    stop = n - 1 if train and n > 1 and n % batch_size == 1 else n
+    return [slice(i, min(i + batch_size, stop)) for i in range(0, stop, batch_size)]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps in one training epoch of n samples: exactly the batches ``DeviceData.batches`` yields."""
+    return len(batch_slices(n, batch_size, train=True))
 
 
 class DeviceData:
@@ -33,14 +46,14 @@ class DeviceData:
             yield (x.float() - self.mean) / self.std, y.to(self.device, non_blocking=True)
 
     def _loader(self, s: Split, batch_size: int, generator: torch.Generator | None):
-        # DataLoader's shuffle needs a CPU generator: derive one from the device generator's stream.
-        cpu_gen = None
+        # The shuffle needs a CPU generator: derive one from the device generator's stream.
+        order = list(range(len(s)))
         if generator is not None:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-            cpu_gen = torch.Generator().manual_seed(seed)
-        return DataLoader(s, batch_size=batch_size, shuffle=generator is not None, generator=cpu_gen,
-                          num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                          drop_last=False, persistent_workers=False)
+            order = torch.randperm(len(s), generator=torch.Generator().manual_seed(seed)).tolist()
+        batches = [order[b] for b in batch_slices(len(s), batch_size, train=generator is not None)]
+        return DataLoader(s, batch_sampler=batches, num_workers=self.workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
 
 
 def _stat(values: tuple[float, ...], channels: int, default: float) -> Tensor:
@@ -59,11 +72,6 @@ def _tensor_batches(s: TensorSplit, batch_size: int, generator: torch.Generator 
     """Index-sliced batches of a seeded permutation (or in order without a generator)."""
     n = len(s)
     order = torch.randperm(n, generator=generator, device=s.y.device) if generator is not None else None
-    for start in range(0, n, batch_size):
-        if generator is not None and n - start == 1 and n > 1:
-            break  # a batch of one breaks BatchNorm in training mode
-        if order is None:
-            yield s.x[start:start + batch_size], s.y[start:start + batch_size]
-        else:
-            idx = order[start:start + batch_size]
-            yield s.x[idx], s.y[idx]
+    for b in batch_slices(n, batch_size, train=generator is not None):
+        idx = b if order is None else order[b]
+        yield s.x[idx], s.y[idx]

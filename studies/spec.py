@@ -18,7 +18,7 @@ from acon.registry import Registry
 from studies.train_config import check_choice
 
 #: The design axes every cell names; an axis that does not apply to a cell is "-".
-DESIGN_AXES = ("activation", "generator", "r", "placement")
+DESIGN_AXES = ("activation", "generator", "r", "placement", "gate")
 NOT_APPLICABLE = "-"
 SAMPLERS = ("grid", "tpe", "random")
 PRUNERS = ("none", "median", "hyperband")
@@ -101,11 +101,14 @@ def design_cell(design: dict[str, Any]) -> dict[str, Any]:
     ``layer`` with r=8 and ``layer`` with r=16 are one cell, not two.
     """
     from ablation.generators import takes_option
+    from acon.functional import check_gate
 
     unknown = set(design) - set(DESIGN_AXES)
     if unknown:
         raise ValueError(f"unknown design axis {sorted(unknown)}; valid axes: {', '.join(DESIGN_AXES)}")
     cell = {axis: design.get(axis, NOT_APPLICABLE) for axis in DESIGN_AXES}
+    if cell["gate"] != NOT_APPLICABLE:  # the ACON-C gate (acon.functional.GATES); meta-ACON and ACON-C only
+        cell["gate"] = check_gate(cell["gate"]) if cell["activation"] in ("acon_c", "meta_acon") else NOT_APPLICABLE
     if cell["activation"] != "meta_acon":
         cell["generator"] = cell["r"] = NOT_APPLICABLE
     elif cell["generator"] != NOT_APPLICABLE and not takes_option(cell["generator"], "r"):
@@ -122,6 +125,8 @@ def variant_label(cell: dict[str, Any]) -> str:
         parts.append(f"r{cell['r']}")
     if cell.get("placement", NOT_APPLICABLE) != NOT_APPLICABLE:
         parts.append(str(cell["placement"]))
+    if cell.get("gate", NOT_APPLICABLE) != NOT_APPLICABLE:
+        parts.append(str(cell["gate"]))
     return "/".join(parts)
 
 

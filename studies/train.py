@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from studies.augment import augment_batch, default_padding
-from studies.batches import DeviceData
+from studies.batches import DeviceData, steps_per_epoch
 from studies.data import DataSplits
 from studies.evaluate import evaluate
 from studies.schedules import make_scheduler
-from studies.train_config import DEVICES, NO_DECAY_NAMES, TrainConfig, check_choice
+from studies.train_config import COMPILE_MODES, DEVICES, NO_DECAY_NAMES, TrainConfig, check_choice
 
 __all__ = ["EpochMetrics", "NonFiniteLossError", "TrainConfig", "TrainResult", "param_groups", "resolve_device", "train"]
 
@@ -108,8 +108,9 @@ class _Run:
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.fmt)
+        self.net = compiled(self.model, cfg.compile)
         self.dd = DeviceData(data, self.device, workers=cfg.workers)
-        self.steps = _steps_per_epoch(len(data.train), cfg.batch_size)
+        self.steps = steps_per_epoch(len(data.train), cfg.batch_size)
         self.opt = make_optimizer(self.model, cfg)
         warmup = round(cfg.warmup_epochs * self.steps)
         self.sched = make_scheduler(self.opt, cfg.schedule, cfg.epochs * self.steps, warmup)
@@ -158,7 +159,7 @@ class _Run:
             x = augment_batch(x, self.gen, pad=self.pad, hflip=self.data.hflip)
         x = x.contiguous(memory_format=self.fmt)
         with self._autocast():
-            loss = self.loss_fn(self.model(x), y)
+            loss = self.loss_fn(self.net(x), y)
         value = loss.item()  # one sync per step: we must not step on a NaN loss
         if not math.isfinite(value):
             return value
@@ -200,9 +201,15 @@ class _Run:
         return result
 
 
-def _steps_per_epoch(n: int, batch_size: int) -> int:
-    steps = math.ceil(n / batch_size)
-    return steps - 1 if n % batch_size == 1 and n > 1 else steps  # a lone last sample is dropped
+def compiled(model: nn.Module, setting: bool | str) -> nn.Module:
+    """``model`` wrapped by ``torch.compile`` as ``setting`` asks (see ``COMPILE_MODES``), or ``model`` itself.
+
+    Only the training step runs compiled; evaluation stays eager (a second graph for eval mode would
+    double the compile time for a small share of the work). Dynamo and inductor keep their caches
+    (in memory and on disk) for the whole process, so later trials of a study compile faster.
+    """
+    options = COMPILE_MODES[("on" if setting else "off") if isinstance(setting, bool) else setting]
+    return model if options is None else torch.compile(model, **options)
 
 
 def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:

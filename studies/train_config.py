@@ -12,6 +12,13 @@ from studies.schedules import SCHEDULES
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 NONFINITE_ACTIONS = ("raise", "stop")
+#: ``compile`` values -> torch.compile keyword arguments (None: eager). "on" is inductor's default mode;
+#: "aot_eager" traces forward and backward without generating code (a quick check of the graph).
+COMPILE_MODES = {
+    "off": None, "on": {}, "default": {"mode": "default"}, "reduce-overhead": {"mode": "reduce-overhead"},
+    "max-autotune": {"mode": "max-autotune"}, "max-autotune-no-cudagraphs": {"mode": "max-autotune-no-cudagraphs"},
+    "aot_eager": {"backend": "aot_eager"},
+}
 # ACON's per-channel parameters have shape (1, C, 1, 1), so ndim alone would decay them.
 NO_DECAY_NAMES = ("p1", "p2", "beta", "p")
 
@@ -39,6 +46,9 @@ class TrainConfig:
     workers: int = 0  # DataLoader workers for folder datasets
     eval_batch_size: int = 1024
     nonfinite: str = "raise"  # "stop": return the partial result with stopped_reason set
+    # torch.compile the model for training: False/"off", True/"on" or a mode (COMPILE_MODES). Off by
+    # default on CPU and CUDA: on the quick study's model compiling costs more than it saves (benchmarks/README.md).
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, 1)
@@ -52,6 +62,8 @@ class TrainConfig:
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("device", self.device, DEVICES)
         check_choice("nonfinite", self.nonfinite, NONFINITE_ACTIONS)
+        if not isinstance(self.compile, bool):
+            check_choice("compile", self.compile, COMPILE_MODES)
         check_range("lr", self.lr, 0.0, math.inf, low_open=True)
         check_range("momentum", self.momentum, 0.0, 1.0, high_open=True)
         check_range("weight_decay", self.weight_decay, 0.0, math.inf)

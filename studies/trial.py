@@ -98,7 +98,7 @@ def _design(ctx: TrialContext, trial: optuna.Trial) -> tuple[dict[str, Any], dic
     """The trial's design cell and settings: enqueued user attrs (grid) or the search space (TPE)."""
     settings = dict(ctx.settings)
     if ctx.spec.is_grid:
-        cell = {k: trial.user_attrs[k] for k in DESIGN_AXES + ("seed",)}
+        cell = {k: trial.user_attrs.get(k, NOT_APPLICABLE) for k in DESIGN_AXES + ("seed",)}
     else:
         cell = {**design_cell(ctx.spec.designs[0]), "seed": trial.number % int(settings["seeds"])}
         settings.update(ctx.spec.search_space(trial))
@@ -143,6 +143,8 @@ def build_variant(cell: dict[str, Any], settings: dict[str, Any], data) -> tuple
         kwargs["generator"] = cell["generator"]
     if _axis(cell, "r", None) is not None:
         kwargs["r"] = int(cell["r"])
+    if _axis(cell, "gate", None) is not None:
+        kwargs["gate"] = cell["gate"]
     torch.manual_seed(int(cell["seed"]))
     return _build(settings, data, **kwargs)
 

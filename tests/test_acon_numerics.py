@@ -1,5 +1,7 @@
 """ACON numerics: outputs and gradients against a plain-PyTorch reference, gradcheck, limits,
 reduced precision, torch.compile and torch.fx."""
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -8,6 +10,7 @@ from torch.nn import functional as F
 
 from acon import AconA, AconB, AconC, LayerBeta, MetaAcon, MetaAconC, PixelBeta
 from acon._fused import use_fused
+from _kernels import kernel_runs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -92,13 +95,14 @@ def test_module_output_and_every_gradient_match_the_reference_formula(name, layo
     x_ref = x.detach().clone().requires_grad_()
     upstream = torch.randn(shape).to(device)
 
-    with use_fused(fused):
+    names = [k for k, _ in module.named_parameters()]
+    # the fused case must run the kernel, forward and backward (skipped where none can be built)
+    with use_fused(fused), kernel_runs(device) if fused else contextlib.nullcontext():
         y = module(x)
-        y_ref = from_nchw(REFERENCES[name](to_nchw(x_ref), params))
+        grads = torch.autograd.grad((y * upstream).sum(), [x] + [dict(module.named_parameters())[k] for k in names])
+    y_ref = from_nchw(REFERENCES[name](to_nchw(x_ref), params))
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
 
-    names = [k for k, _ in module.named_parameters()]
-    grads = torch.autograd.grad((y * upstream).sum(), [x] + [dict(module.named_parameters())[k] for k in names])
     grads_ref = torch.autograd.grad((y_ref * upstream).sum(), [x_ref] + [params[k] for k in names])
     for label, g, g_ref in zip(["input"] + names, grads, grads_ref):
         # a conv bias right before train-mode BN has a zero gradient by construction (BN removes the mean)
@@ -238,13 +242,14 @@ def test_module_cast_to_half_precision_keeps_dtype_and_stays_finite(name, dtype,
 
 def test_modules_under_torch_compile_match_eager_forward_and_backward():
     # aot_eager: runs dynamo capture and AOT autograd like inductor; inductor took ~16 s on 2 CPU cores
-    net = nn.Sequential(AconC(C), MetaAconC(C, r=2), MetaAcon(C, LayerBeta(C)), AconB(C))
+    net = nn.Sequential(AconC(C), MetaAconC(C, r=2), MetaAcon(C, LayerBeta(C)), AconB(C), AconC(C, gate="hard_sigmoid"))
     x = torch.randn(3, C, 4, 4)
     y = net(x)
     grads = torch.autograd.grad(y.square().sum(), list(net.parameters()))
     compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
-    y_c = compiled(x)
-    grads_c = torch.autograd.grad(y_c.square().sum(), list(net.parameters()))
+    with kernel_runs("cpu"):  # the compiled graph calls the custom op, which runs the kernel
+        y_c = compiled(x)
+        grads_c = torch.autograd.grad(y_c.square().sum(), list(net.parameters()))
     torch.testing.assert_close(y_c, y, rtol=1e-6, atol=1e-6)
     for g_c, g in zip(grads_c, grads):
         torch.testing.assert_close(g_c, g, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,7 @@
 """Dataset loaders on tiny files written in each real on-disk format; nothing is downloaded."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import pickle
 import struct
@@ -213,3 +214,31 @@ def test_adapt_converts_grey_to_rgb_and_resizes():
     assert torch.equal(big.train.x[:, 0], big.train.x[:, 2]) and len(big.mean) == 3
     with pytest.raises(ValueError, match="1 <-> 3"):
         adapt(small, in_channels=2)
+
+
+# Batches: one rule for in-memory and folder splits ------------------------------------------------
+
+def test_batch_slices_drop_a_lone_last_training_sample_only():
+    from studies.batches import batch_slices, steps_per_epoch
+
+    assert batch_slices(129, 128, train=True) == [slice(0, 128)]
+    assert batch_slices(129, 128, train=False) == [slice(0, 128), slice(128, 129)]
+    assert batch_slices(130, 128, train=True) == [slice(0, 128), slice(128, 130)]
+    assert batch_slices(1, 128, train=True) == [slice(0, 1)]  # a one-sample split is all there is
+    assert [steps_per_epoch(n, 4) for n in (3, 4, 5, 6, 9)] == [1, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("kind", ["tensor", "folder"])
+def test_tensor_and_folder_splits_yield_the_batches_the_schedule_counts(tmp_path, kind):
+    from studies.batches import DeviceData, steps_per_epoch
+
+    _write_tree(tmp_path / "train", per_class=5, size=6)  # 10 images: 10 % 3 == 1
+    _write_tree(tmp_path / "val", per_class=1, size=6)
+    data = load_dataset("imagefolder", data_dir=str(tmp_path), image_size=4)
+    if kind == "tensor":
+        x, y = zip(*(data.train[i] for i in range(len(data.train))))
+        data = dataclasses.replace(data, train=TensorSplit(torch.stack(x), torch.tensor(y)))
+    dd = DeviceData(data, torch.device("cpu"))
+    train = [len(y) for _, y in dd.batches("train", 3, generator=torch.Generator().manual_seed(0))]
+    assert train == [3, 3, 3] and len(train) == steps_per_epoch(len(data.train), 3)
+    assert [len(y) for _, y in dd.batches("train", 3)] == [3, 3, 3, 1]  # evaluation sees every sample

@@ -1,5 +1,6 @@
-"""The fused ACON-C kernels match the reference (values and every gradient), keep little for
-backward, fall back with a warning, and survive fx tracing, torch.compile and autocast."""
+"""The fused ACON-C kernels match the reference (values and every gradient), for both gates, keep
+little for backward, fall back with a warning, and survive fx tracing, torch.compile and autocast.
+Every "fused" case asserts that the kernel ran (``kernel_runs``) and skips where none can be built."""
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ from acon import _fused, _fused_cpu
 from acon import functional as F
 from acon.modules import AconA, AconB, AconC, MetaAcon, MetaAconC
 from acon.beta import LayerBeta, PixelBeta
+from _kernels import kernel_runs, require_kernel
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 N, C, H, W = 3, 5, 4, 6
@@ -54,7 +56,8 @@ def test_fused_matches_reference_value_and_grads(device, layout):
     x, p1, p2, beta = _inputs(device, torch.float32, None if layout == "python_float" else _beta_shape(layout))
     assert _fused.can_fuse(x, p1, p2, beta)
     g = torch.randn_like(x)
-    got = _value_and_grads(F.acon_c, x, p1, p2, beta, g)
+    with kernel_runs(device):
+        got = _value_and_grads(F.acon_c, x, p1, p2, beta, g)
     want = _value_and_grads(F.acon_c_reference, x, p1, p2, beta, g)
     assert len(got) == len(want) == (5 if layout != "python_float" else 4)
     for a, b in zip(got, want):
@@ -68,7 +71,8 @@ def test_fused_matches_reference_on_other_ranks_and_long_planes(device, x_shape)
     # (2, 3, 40000) splits each plane into several work items on CPU and tiles on CUDA.
     x, p1, p2, beta = _inputs(device, torch.float32, (x_shape[0], x_shape[1]) + (1,) * (len(x_shape) - 2), x_shape)
     g = torch.randn_like(x)
-    got = _value_and_grads(F.acon_c, x, p1, p2, beta, g)
+    with kernel_runs(device):
+        got = _value_and_grads(F.acon_c, x, p1, p2, beta, g)
     exact = [t.detach().double().requires_grad_() for t in (x, p1, p2, beta)]
     truth = _value_and_grads(F.acon_c_reference, *exact, g.double())
     # sums over 80,000 float32 terms are exact only to ~1e-5 of their scale (the reference's too),
@@ -82,7 +86,8 @@ def test_fused_accepts_a_non_contiguous_movedim_view(device):
     x, p1, p2, beta = _inputs(device, torch.float32, (1, C, 1, 1))
     xv = x.detach().movedim(1, 3).contiguous().movedim(3, 1).requires_grad_()
     assert not xv.is_contiguous()
-    y = F.acon_c(xv, p1, p2, beta)
+    with kernel_runs(device, ("forward",)):
+        y = F.acon_c(xv, p1, p2, beta)
     torch.testing.assert_close(y, F.acon_c_reference(x, p1, p2, beta), rtol=1e-5, atol=1e-5)
 
 
@@ -90,7 +95,8 @@ def test_fused_accepts_a_non_contiguous_movedim_view(device):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_fused_gradcheck_float64(device, layout):
     x, p1, p2, beta = _inputs(device, torch.float64, _beta_shape(layout, (2, 3, 2, 3)), (2, 3, 2, 3))
-    assert torch.autograd.gradcheck(F.acon_c, (x, p1, p2, beta))
+    with kernel_runs(device):
+        assert torch.autograd.gradcheck(F.acon_c, (x, p1, p2, beta))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -98,7 +104,8 @@ def test_acon_a_and_b_match_reference(device):
     x, p1, _, beta = _inputs(device, torch.float32, (1, C, 1, 1))
     g = torch.randn_like(x)
     for fused, ref, args in [(F.acon_a, F.acon_a_reference, (x, beta)), (F.acon_b, F.acon_b_reference, (x, p1, beta))]:
-        got = torch.autograd.grad(fused(*args), args, g)
+        with kernel_runs(device):
+            got = torch.autograd.grad(fused(*args), args, g)
         want = torch.autograd.grad(ref(*args), args, g)
         torch.testing.assert_close(fused(*args), ref(*args), rtol=1e-5, atol=1e-5)
         for a, b in zip(got, want):
@@ -131,7 +138,8 @@ def test_pixel_beta_gradient_flows_back_through_the_generator():
     torch.manual_seed(0)
     mod = MetaAcon(C, PixelBeta(C))
     x = torch.randn(N, C, H, W, requires_grad=True)
-    (gx,) = torch.autograd.grad(mod(x).sum(), x)
+    with kernel_runs("cpu"):
+        (gx,) = torch.autograd.grad(mod(x).sum(), x)
     with _fused.use_fused(False):
         (want,) = torch.autograd.grad(mod(x).sum(), x)
     torch.testing.assert_close(gx, want, rtol=1e-5, atol=1e-5)
@@ -143,7 +151,22 @@ def test_missing_compiler_warns_and_builds_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_kernel_source_is_package_data_and_part_of_the_build_key(tmp_path, monkeypatch):
+    import tomllib
+    from pathlib import Path
+
+    root = Path(_fused_cpu.__file__).parents[1]
+    shipped = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["acon"]
+    assert "_fused_cpu.cpp" in shipped and "extern \"C\"" in _fused_cpu.source()
+    require_kernel("cpu")
+    first = _fused_cpu.build(directory=tmp_path)
+    monkeypatch.setattr(_fused_cpu, "source", lambda: _fused_cpu.Path(_fused_cpu.__file__).with_name("_fused_cpu.cpp").read_text() + "\n// edited\n")
+    second = _fused_cpu.build(directory=tmp_path)
+    assert first is not None and second is not None and first != second
+
+
 def test_disabled_fused_path_runs_the_reference():
+    require_kernel("cpu")
     x, p1, p2, beta = _inputs("cpu", torch.float32, (1, C, 1, 1))
     with _fused.use_fused(False):
         assert not _fused.can_fuse(x, p1, p2, beta)
@@ -177,7 +200,8 @@ def test_modules_survive_fx_symbolic_trace(name):
     mod = MODULES[name]().eval()
     traced = torch.fx.symbolic_trace(mod)
     x = torch.randn(N, C, H, W)
-    torch.testing.assert_close(traced(x), mod(x))
+    with kernel_runs("cpu", ("forward",)):
+        torch.testing.assert_close(traced(x), mod(x))
     with _fused.use_fused(False):
         torch.testing.assert_close(traced(x), mod(x), rtol=1e-5, atol=1e-5)
 
@@ -203,11 +227,12 @@ def test_module_under_torch_compile_matches_eager_and_keeps_one_graph_across_bat
     # aot_eager traces forward and backward through the op's fake kernels and registered autograd
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(mod, backend=counter, dynamic=True)
-    for n in (3, 4, 5):
-        x = torch.randn(n, C, H, W, requires_grad=True)
-        y = compiled(x)
-        torch.testing.assert_close(y, F.acon_c_reference(x, mod.p1, mod.p2, mod.beta), rtol=1e-5, atol=1e-5)
-        y.sum().backward()
+    with kernel_runs("cpu"):
+        for n in (3, 4, 5):
+            x = torch.randn(n, C, H, W, requires_grad=True)
+            y = compiled(x)
+            torch.testing.assert_close(y, F.acon_c_reference(x, mod.p1, mod.p2, mod.beta), rtol=1e-5, atol=1e-5)
+            y.sum().backward()
     assert counter.frame_count == 1
 
 
@@ -215,3 +240,115 @@ def test_acon_fused_env_var_zero_turns_the_fused_path_off():
     code = "from acon import _fused; print(_fused.fused_enabled())"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ACON_FUSED": "0"}, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------
+# The hard-sigmoid gate: clamp(u / 6 + 1/2, 0, 1) in place of sigmoid(u).
+
+
+def _away_from_kinks(x, p1, p2, beta, margin=0.05):
+    """Move x so no |beta (p1 - p2) x| lies within ``margin`` of the hard sigmoid's kinks at 3."""
+    with torch.no_grad():
+        d = p1 - p2
+        u = (beta if isinstance(beta, torch.Tensor) else torch.tensor(beta)) * d * x
+        near = ((u.abs() - 3).abs() < margin)
+        x.add_(torch.where(near, 4 * margin * torch.sign(u) / (beta * d), torch.zeros_like(x)))
+        u = beta * d * x
+    assert ((u.abs() - 3).abs() >= margin / 2).all()
+    return u
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_hard_sigmoid_gate_matches_the_reference_formula_value_and_grads(device, layout):
+    x, p1, p2, beta = _inputs(device, torch.float32, _beta_shape(layout))
+    with torch.no_grad():
+        x.mul_(3)  # reach both the clamped and the linear part of the gate
+    u = _away_from_kinks(x, p1, p2, beta)
+    assert (u.abs() < 3).any() and (u.abs() > 3).any()
+    g = torch.randn_like(x)
+    with kernel_runs(device):
+        got = _value_and_grads(lambda *a: F.acon_c(*a, gate="hard_sigmoid"), x, p1, p2, beta, g)
+    # the formula written out, independent of F.acon_c_reference
+    dx = (p1 - p2) * x
+    want = _value_and_grads(lambda x, p1, p2, beta: dx * torch.clamp(beta * dx / 6 + 0.5, 0, 1) + p2 * x, x, p1, p2, beta, g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # and the gate really differs from the sigmoid's
+    assert not torch.allclose(got[0], F.acon_c_reference(x, p1, p2, beta), atol=1e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_hard_sigmoid_gate_gradcheck_float64_away_from_the_kinks(device, layout):
+    shape = (2, 3, 2, 3)
+    x, p1, p2, beta = _inputs(device, torch.float64, _beta_shape(layout, shape), shape)
+    with torch.no_grad():
+        x.mul_(4)
+    u = _away_from_kinks(x, p1, p2, beta, margin=0.1)
+    assert (u.abs() < 3).any() and (u.abs() > 3).any()
+    with kernel_runs(device):
+        assert torch.autograd.gradcheck(lambda *a: F.acon_c(*a, gate="hard_sigmoid"), (x, p1, p2, beta))
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["sigmoid", "hard_sigmoid"])
+@pytest.mark.parametrize("layout", ["channel_meta", "pixel"])
+def test_closed_form_fallback_passes_match_the_cpu_kernel(layout, hard):
+    kernels = _fused.backend(require_kernel("cpu"))
+    x, p1, p2, beta = (t.detach() for t in _inputs("cpu", torch.float32, _beta_shape(layout)))
+    xc, p1c, p2c = x * 3, p1.reshape(C), p2.reshape(C)
+    b = beta.reshape(-1) if layout == "channel_meta" else beta
+    g = torch.randn_like(x)
+    torch.testing.assert_close(_fused._math_forward(xc, p1c, p2c, b, hard), kernels.forward(xc, p1c, p2c, b, hard))
+    for a, k in zip(_fused._math_backward(g, xc, p1c, p2c, b, hard), kernels.backward(g, xc, p1c, p2c, b, hard)):
+        torch.testing.assert_close(a.to(k.dtype), k, rtol=1e-5, atol=1e-5)
+
+
+def test_modules_take_the_gate_and_refuse_an_unknown_one():
+    torch.manual_seed(0)
+    x = torch.randn(N, C, H, W) * 4
+    for make in (lambda gate: AconC(C, gate=gate), lambda gate: MetaAconC(C, r=1, gate=gate),
+                 lambda gate: MetaAcon(C, LayerBeta(C), gate=gate)):
+        torch.manual_seed(1)
+        hard = make("hard_sigmoid")
+        torch.manual_seed(1)
+        soft = make("sigmoid")
+        y = hard(x)
+        assert hard.gate == "hard_sigmoid" and not torch.allclose(y, soft(x), atol=1e-3)
+        with _fused.use_fused(False):  # the reference formula with the same gate
+            torch.testing.assert_close(hard(x), y, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown gate 'tanh'; valid choices: hard_sigmoid, sigmoid"):
+        AconC(C, gate="tanh")
+
+
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+def test_triton_kernels_compile_for_a_gpu_target_with_both_gates(kernel):
+    # Triton compiles to an sm_90 cubin without a GPU: a syntax and typing check of the CUDA path.
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from acon import _fused_triton as ft
+
+    fn = ft._forward_kernel if kernel == "forward" else ft._backward_kernel
+    while not isinstance(fn, triton.runtime.jit.JITFunction):
+        fn = fn.fn  # unwrap the autotuner
+    names = list(fn.arg_names)
+    ptrs = names[: names.index("P")]
+    for full, hard in [(False, True), (True, True), (False, False)]:
+        consts = {"FULL": full, "HARD": hard, "CT": triton.language.float32, "BP": 2, "BHW": 1024}
+        sig = {n: ("*fp32" if n == "partial" else "*bf16") for n in ptrs} | {"P": "i32", "C": "i32", "HW": "i32"}
+        compiled = triton.compile(ASTSource(fn=fn, signature=sig | dict.fromkeys(consts, "constexpr"), constexprs=consts),
+                                  target=GPUTarget("cuda", 90, 32))
+        assert "cubin" in compiled.asm
+
+
+def test_triton_autotune_keeps_one_row_width_per_tile_size():
+    pytest.importorskip("triton")
+    from acon import _fused_triton as ft
+
+    for hw, widths in [(1, {1}), (49, {64}), (3136, {1024, 2048, 4096})]:
+        kept = ft._prune(ft._configs(), {"HW": hw})
+        assert len(kept) == len(ft.TILES) * len(ft.WARPS)
+        assert {c.kwargs["BHW"] for c in kept} == widths
+        assert all(c.kwargs["BP"] * c.kwargs["BHW"] in ft.TILES for c in kept)

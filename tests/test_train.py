@@ -220,3 +220,55 @@ def test_cuda_mixed_precision_channels_last_with_augmentation():
     assert next(model.parameters()).device.type == "cuda"
     assert all(math.isfinite(m.train_loss) and math.isfinite(m.val_loss) for m in result.history)
     assert result.history[-1].val_acc > 0.5  # chance is 0.1
+
+
+@pytest.mark.parametrize("kind", ["folder", "tensor"])
+def test_split_of_129_with_batch_128_trains_meta_acon_and_ends_the_schedule_on_its_last_step(tmp_path, monkeypatch, kind):
+    # 129 % 128 == 1: a lone last training sample would be a BatchNorm batch of one ("Expected more
+    # than 1 value per channel when training") and an extra step past the end of the linear schedule.
+    import studies.train as train_module
+    from ablation import build_model
+
+    for split, n in (("train", 129), ("val", 4)):
+        for i in range(n):
+            (tmp_path / split / str(i % 2)).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (5, 5), (200 * (i % 2), i % 256, 50)).save(tmp_path / split / str(i % 2) / f"{i}.png")
+    data = load_dataset("imagefolder", data_dir=str(tmp_path), image_size=8)
+    if kind == "tensor":
+        x, y = zip(*(data.train[i] for i in range(len(data.train))))
+        data = dataclasses.replace(data, train=TensorSplit(torch.stack(x), torch.tensor(y)))
+    assert len(data.train) == 129
+    schedulers = []
+    make = train_module.make_scheduler
+    monkeypatch.setattr(train_module, "make_scheduler", lambda *a: schedulers.append(make(*a)) or schedulers[-1])
+    torch.manual_seed(0)
+    model, sites = build_model("tiny_cnn", activation="meta_acon", generator="channel", r=4, num_classes=2,
+                               in_channels=3, small_input=True, input_size=8)
+    assert sites
+    steps = []
+    result = train(model, data, TrainConfig(epochs=2, batch_size=128, lr=0.05, schedule="linear", device="cpu"),
+                   progress=lambda done, total: steps.append((done, total)))
+    assert steps == [(1, 2), (2, 2)]
+    assert schedulers[0].last_epoch == 2 and schedulers[0].get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+    assert all(lr >= 0 for lr in schedulers[0].get_last_lr())
+    assert all(math.isfinite(m.train_loss) for m in result.history)
+
+
+def test_compiled_meta_acon_model_trains_an_epoch_like_the_eager_one(digits):
+    # aot_eager traces forward and backward as inductor does (custom op included) without codegen: fast on CPU
+    from torch._dynamo.utils import counters
+
+    data = dataclasses.replace(digits, train=TensorSplit(digits.train.x[:128], digits.train.y[:128]))
+    _, eager = _fit(data, "meta_acon", epochs=1)
+    frames = counters["frames"]["ok"]
+    _, compiled = _fit(data, "meta_acon", epochs=1, compile="aot_eager")
+    assert counters["frames"]["ok"] > frames  # dynamo really compiled the model
+    a, b = eager.history[0], compiled.history[0]
+    assert math.isfinite(a.train_loss)
+    assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4) and b.val_loss == pytest.approx(a.val_loss, rel=1e-4)
+
+
+def test_compile_setting_accepts_booleans_and_modes_only():
+    assert TrainConfig(compile=True).compile is True and TrainConfig(compile="reduce-overhead").compile == "reduce-overhead"
+    with pytest.raises(ValueError, match="unknown compile 'fast'; valid choices: aot_eager, default, max-autotune"):
+        TrainConfig(compile="fast")
