@@ -8,8 +8,10 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable, Iterator
 
+from acon.errors import UserError
 
-class UnknownNameError(KeyError, ValueError):
+
+class UnknownNameError(KeyError, UserError):
     """An unknown registry name; the message lists the sorted valid choices."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
