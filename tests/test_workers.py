@@ -13,6 +13,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from acon.errors import UserError
 from studies.runner import RunOptions, prepare_study, run_study
 from studies.spec import Study
 from studies.storage import open_storage
@@ -51,12 +52,24 @@ def test_worker_count_must_be_a_positive_integer(workers):
         check_workers(workers, "journal:///x.journal")
 
 
-def test_workers_need_a_study_they_can_load_and_overrides_they_can_take(tmp_path):
+def test_workers_need_a_study_they_can_load_and_known_settings(tmp_path):
     study = Study(name="inline", doc="not loadable by name", designs=(RELU,))
-    with pytest.raises(ValueError, match="a .py file defining STUDY"):
+    with pytest.raises(UserError, match="a .py file defining STUDY"):
         run_workers(study, _options(tmp_path), workers=2)
-    with pytest.raises(ValueError, match=r"only these overrides: dataset, epochs, model, n_trials, seeds; got limit"):
-        worker_command("x.py", _options(tmp_path, overrides={"limit": 10}), threads=1)
+    with pytest.raises(UserError, match=r"unknown setting 'epoch' in the overrides; valid settings: amp, augment, "):
+        worker_command("x.py", _options(tmp_path, overrides={"epoch": 3}), threads=1)
+
+
+def test_every_setting_travels_to_a_worker_and_parses_back_to_the_same_overrides():
+    from run_study import build_parser, _run_options
+
+    overrides = {"limit": 10, "augment": False, "nesterov": True, "lr": 0.05, "n_trials": 4, "schedule": "linear",
+                 "warmup_epochs": 0.5, "model": "resnet20", "seeds": None}
+    cmd = worker_command("variants", RunOptions(overrides=overrides), threads=1)
+    assert "--no-augment" in cmd and "--nesterov" in cmd and cmd[cmd.index("--trials") + 1] == "4"
+    parsed = _run_options(build_parser().parse_args(cmd[3:]))
+    assert {k: v for k, v in parsed.overrides.items() if v is not None} == {k: v for k, v in overrides.items() if v is not None}
+    assert Study(name="s", doc="d", designs=(RELU,)).settings("quick", parsed.overrides).warmup_epochs == 0.5
 
 
 def test_worker_command_joins_the_same_stores_with_the_cores_split():
