@@ -16,8 +16,9 @@ from mlflow import MlflowClient
 from acon.errors import UserError
 from studies.runner import RunOptions, prepare_study, run_study
 from studies.spec import Study
-from studies.storage import open_storage
-from studies.workers import check_workers, run_workers, threads_per_worker, worker_command
+from studies.storage import open_storage, resolve_storage
+from studies.workers import _Launcher, check_gpus, check_workers, parse_gpus, run_workers, threads_per_worker, \
+    worker_command, worker_env
 from _services import HANG, RELU, cli_all, free_port, wait_for, write_study
 
 
@@ -174,3 +175,68 @@ def test_bad_stores_and_names_fail_in_one_line_and_leave_nothing_behind(tmp_path
         assert "secret" not in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["badin.py", "existing.journal", "prep.db"]
     assert journal.read_bytes() == before
+
+
+def test_the_default_store_takes_several_writers_and_a_rerun_finds_the_study_where_it_is(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ACON_STORAGE", raising=False)
+    journal = f"journal://{tmp_path}/optuna.journal"
+    assert resolve_storage(study="s-quick") == "sqlite:///optuna.db"
+    assert resolve_storage(study="s-quick", workers=2) == journal
+    assert not list(tmp_path.iterdir())  # looking creates no file
+    optuna.create_study(study_name="s-quick", storage=open_storage(journal))
+    assert resolve_storage(study="s-quick") == journal  # one worker (or `worker`, `report`) resumes it there
+    assert resolve_storage(study="new-quick") == "sqlite:///optuna.db"
+    optuna.create_study(study_name="t-quick", storage="sqlite:///optuna.db")
+    assert resolve_storage(study="t-quick", workers=2) == "sqlite:///optuna.db"  # then refused: one writer
+    with pytest.raises(UserError, match="cannot take 2 writers"):
+        check_workers(2, resolve_storage(study="t-quick", workers=2))
+    assert resolve_storage("sqlite:///x.db", study="s-quick", workers=2) == "sqlite:///x.db"
+    monkeypatch.setenv("ACON_STORAGE", "journal:///env.journal")
+    assert resolve_storage(study="s-quick") == "journal:///env.journal"
+
+
+def test_several_workers_with_default_stores_just_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ACON_STORAGE", raising=False)
+    study_file = write_study(tmp_path, "deflt", designs=(RELU,))
+    options = RunOptions(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False, device="auto")
+    result = run_workers(study_file, options, workers=2, gpus=(0, 1))
+    assert result.counts == {"COMPLETE": 2} and result.missing == 0
+    assert result.storage == f"journal://{tmp_path}/optuna.journal" and not (tmp_path / "optuna.db").exists()
+    again = run_study(study_file, RunOptions(tracking_uri=options.tracking_uri, progress=False, device="cpu"))
+    assert again.ran == 0 and again.storage == result.storage  # the one-process rerun resumes the same study
+
+
+def test_each_worker_gets_its_threads_and_one_gpu_round_robin(tmp_path, monkeypatch):
+    from studies import workers
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert "CUDA_VISIBLE_DEVICES" not in worker_env(0, 2)
+    started = []
+
+    class FakeProcess:
+        def __init__(self, cmd, env, **_):
+            started.append(env)
+            self.pid = 10 + len(started)
+
+    monkeypatch.setattr(workers.subprocess, "Popen", FakeProcess)
+    launcher = _Launcher("s", RunOptions(storage="journal:///x.journal"), 3, tmp_path, prepared=None, gpus=(2, 5))
+    for _ in range(3):
+        launcher._start()
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in started] == ["2", "5", "2"]
+    assert {(e["OMP_NUM_THREADS"], e["MKL_NUM_THREADS"]) for e in started} == {("3", "3")}
+
+
+@pytest.mark.parametrize("text, device, message", [
+    ("0,x", "auto", r"--gpus takes comma-separated GPU indices \(integers >= 0, e.g. 0,1\), got '0,x'"),
+    ("-1", "cuda", "--gpus takes comma-separated GPU indices"),
+    ("0,1", "cpu", "--gpus 0,1 needs --device cuda or auto, not cpu"),
+])
+def test_bad_gpus_are_refused_with_what_is_valid(text, device, message):
+    with pytest.raises(UserError, match=message):
+        check_gpus(parse_gpus(text), device)
+
+
+def test_gpus_parse_to_indices():
+    assert parse_gpus("0,1,3") == (0, 1, 3) and parse_gpus(None) == () and parse_gpus("2") == (2,)
