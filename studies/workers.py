@@ -168,7 +168,7 @@ class _Launcher:
         self.gpus = gpus
         self.cmd = worker_command(study, options, threads)
         self.live: list[_Worker] = []
-        self.errors: list[str] = []
+        self.errors: list[Exception] = []
         self.restarts = 0
 
     def run(self, workers: int) -> None:
@@ -216,7 +216,9 @@ class _Launcher:
         failed = fail_trials_of(self.prepared.study, {worker.id}, resolve_tracking_uri(self.options.tracking_uri),
                                 f"worker {worker.id} died ({how})")
         if rc > 0:
-            self.errors.append(f"worker {worker.id} failed ({how}): {_last_line(worker.log)}")
+            # exit code 2 is a user error the worker printed in one line; anything else is a bug in it
+            error = UserError if rc == 2 else RuntimeError
+            self.errors.append(error(f"worker {worker.id} failed ({how}): {_last_line(worker.log)}"))
             return
         prepare_study(self.study, self.options)  # requeue the dead worker's cells
         if restart and (failed or self._waiting()):
@@ -259,7 +261,7 @@ class _Launcher:
         complete = not self._waiting() and not self._running()
         self._close_parent("FINISHED" if complete else "KILLED")
         if self.errors and not complete:
-            raise RuntimeError(self.errors[0])
+            raise self.errors[0]
 
     def _close_parent(self, status: str) -> None:
         from mlflow import MlflowClient
