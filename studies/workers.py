@@ -27,6 +27,7 @@ from studies.runner import DONE, RunOptions, StudyRun, missing_cells, optuna_stu
 from studies.settings import Settings, to_argv
 from studies.spec import Study
 from studies.storage import mask_url, note_on_trial, resolve_storage, resolve_tracking_uri
+
 #: Seconds an interrupted worker gets to reach its next training step; then a second SIGTERM stops it at once.
 GRACE = 10.0
 #: Seconds the launcher then waits for workers to record their trials before killing them.
@@ -81,8 +82,9 @@ def check_workers(workers: int, storage_url: str) -> None:
         raise UserError(f"workers must be an integer >= 1, got {workers!r}")
     if workers > 1 and storage_url.startswith("sqlite"):
         raise UserError(f"SQLite storage {mask_url(storage_url)} cannot take {workers} writers; use "
-                         f"--storage journal:///PATH/optuna.journal (this machine) or "
-                         f"--storage postgresql+psycopg://USER:PASS@HOST/DB (several machines)")
+                        f"--storage journal:///PATH/optuna.journal (this machine; without --storage a new study "
+                        f"goes to optuna.journal) or --storage postgresql+psycopg://USER@HOST/DB (several machines; "
+                        f"the password in ~/.pgpass)")
 
 
 def parse_gpus(text: str | None) -> tuple[int, ...]:
