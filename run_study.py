@@ -2,7 +2,8 @@
 """Command line of the ACON ablation toolkit: list, run, worker, report, overhead.
 
 Thin by design: each subcommand parses, then calls one public function that a Python user
-can call too. Errors print one line (``error: ...``) and exit non-zero; no tracebacks.
+can call too. A user's mistake (``UserError``) prints one line ``error: ...`` and exits 2;
+anything else is a bug and keeps its traceback (exit 1).
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from acon.errors import UserError
 from studies.interrupt import Interrupted
-from studies.storage import first_line
+from studies.storage import first_line, mask_url
 
 LISTABLE = ("studies", "generators", "placements", "models", "datasets", "activations")
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
@@ -30,10 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"interrupted ({exc or 'SIGINT'}): the running trial was recorded as failed; rerun the same command "
               "to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # the CLI promises one line, never a traceback
+    except UserError as exc:  # a bug is any other exception: it keeps its traceback
         print(f"error: {first_line(exc)}", file=sys.stderr)
-        if os.environ.get("ACON_DEBUG"):
-            raise
         return EXIT_ERROR
 
 
@@ -80,7 +80,9 @@ def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run (or resume) a study: a built-in name or a path to your study file")
     _add_study_flags(p, "study name (see `list studies`) or a .py file defining STUDY")
     p.add_argument("--max-trials", type=int, help="stop this process after N trials (the rest stay queued)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine (default 1; several share optuna.journal by default)")
+    p.add_argument("--gpus", help="spread the workers over these GPUs, e.g. 0,1 (one CUDA_VISIBLE_DEVICES each)")
     p.set_defaults(func=cmd_run)
 
 
@@ -91,23 +93,20 @@ def _add_worker(sub: Any) -> None:
 
 
 def _add_study_flags(p: argparse.ArgumentParser, study_help: str) -> None:
-    """What `run` and `worker` share: the study, its stores, its training settings."""
+    """What `run` and `worker` share: the study, its stores, how to run, and a flag per study setting."""
+    from studies.settings import cli_flags
+    from studies.train_config import DEVICES
+
     p.add_argument("study", help=study_help)
     _add_store_flags(p)
-    _add_training_flags(p)
-    p.add_argument("--trials", type=int, help="trial budget of a search study (hpo)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _add_training_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seeds", type=int, help="seeds per design cell")
-    p.add_argument("--model", help="model name (see `list models`)")
-    p.add_argument("--dataset", help="dataset name (see `list datasets`)")
     p.add_argument("--data-dir", help="where torchvision datasets or an image folder live")
     p.add_argument("--download", action="store_true", help="download a torchvision dataset into --data-dir")
-    p.add_argument("--epochs", type=int, help="epochs per trial")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.add_argument("--threads", type=int, help="torch threads in this process")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    settings = p.add_argument_group("study settings (default: the study's and its preset's)")
+    for flag, kwargs in cli_flags():
+        settings.add_argument(flag, **kwargs)
 
 
 def _add_report(sub: Any) -> None:
@@ -154,9 +153,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _run_options(args: argparse.Namespace, **extra: Any):
     from studies.runner import RunOptions
+    from studies.settings import NAMES
 
-    overrides = {"seeds": args.seeds, "model": args.model, "dataset": args.dataset, "epochs": args.epochs,
-                 "n_trials": getattr(args, "trials", None)}
+    overrides = {name: getattr(args, name) for name in NAMES}
     return RunOptions(preset=args.preset, overrides=overrides, storage=args.storage, tracking_uri=args.tracking_uri,
                       experiment=args.experiment, study_name=args.study_name, device=args.device,
                       data_dir=args.data_dir, download=args.download, threads=args.threads,
@@ -168,13 +167,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from studies.runner import run_study
     from studies.summary import summary_text
 
-    if args.workers != 1:
-        from studies.workers import run_workers
+    if args.workers != 1 or args.gpus:
+        from studies.workers import parse_gpus, run_workers
 
-        result = run_workers(args.study, _run_options(args), workers=args.workers)
+        result = run_workers(args.study, _run_options(args), workers=args.workers, gpus=parse_gpus(args.gpus))
     else:
         result = run_study(args.study, _run_options(args, max_trials=args.max_trials))
     print(summary_text(result))
+    print(f"Optuna storage {mask_url(result.storage)}")
     return 0 if result.missing == 0 else 1
 
 
@@ -206,13 +206,13 @@ def _searched_study(args: argparse.Namespace):
 
     from studies.storage import open_storage, resolve_storage, storage_file
 
-    url = resolve_storage(args.storage)
+    name = args.study_name or f"{args.study}-{args.preset}"
+    url = resolve_storage(args.storage, study=name)  # the default file that holds it: optuna.db or optuna.journal
     path = storage_file(url)
     if path is not None and not Path(path).exists():
         return None
     try:
-        study = optuna.load_study(study_name=args.study_name or f"{args.study}-{args.preset}",
-                                  storage=open_storage(url, heartbeat=False))
+        study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
     except KeyError:  # no such study in this storage
         return None
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.params]
@@ -238,7 +238,7 @@ def _int(flag: str, value: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"{flag} takes integers, got {value!r}") from None
+        raise UserError(f"{flag} takes integers, got {value!r}") from None
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ import inspect
 from types import MappingProxyType
 from typing import Any, Iterator, Mapping
 
+from acon.errors import UserError
 
-class UnknownNameError(KeyError, ValueError):
+
+class UnknownNameError(KeyError, UserError):
     """An unknown registry name; the message lists the sorted valid choices."""
 
     def __str__(self) -> str:  # KeyError would repr() the message

@@ -1,8 +1,10 @@
 """Errors a report raises for bad input; each message is one line the CLI prints as is."""
 from __future__ import annotations
 
+from acon.errors import UserError
 
-class ReportError(ValueError):
+
+class ReportError(UserError):
     """A report cannot be built from what the user asked for."""
 
 

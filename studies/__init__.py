@@ -2,6 +2,7 @@
 
 ``Study`` defines a study; ``run_study(name_or_study, RunOptions(...))`` runs or resumes it.
 """
+from studies.settings import Preset, Settings
 from studies.spec import STUDIES, Study, load_study
 
 
@@ -14,4 +15,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'studies' has no attribute {name!r}")
 
 
-__all__ = ["STUDIES", "RunOptions", "Study", "StudyRun", "load_study", "run_study"]
+__all__ = ["STUDIES", "Preset", "RunOptions", "Settings", "Study", "StudyRun", "load_study", "run_study"]

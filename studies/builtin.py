@@ -1,7 +1,8 @@
 """The built-in studies: design space, reduction ratio, placement, variants and HPO.
 
 Each is a plain ``Study``; the ``quick`` preset runs on the embedded dataset on a CPU in
-a few minutes, ``default`` is the same with more epochs and seeds, ``paper`` is for a GPU.
+a few minutes, ``default`` is the same with more epochs and seeds, ``paper`` is for a GPU
+(a dict preset changes settings only; a ``Preset`` may also change the design cells).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import optuna
 
+from studies.settings import Preset
 from studies.spec import STUDIES, Study
 
 META = {"activation": "meta_acon", "generator": "channel", "placement": "all"}
@@ -38,8 +40,8 @@ _register(Study(
     designs=({"activation": "relu", "placement": "all"}, *({**META, "r": r} for r in (2, 4, 8, 16))),
     presets={
         "default": DEFAULT,
-        "paper": {**PAPER, "designs": ({"activation": "relu", "placement": "all"},
-                                       *({**META, "r": r, "placement": "last_stage"} for r in (2, 4, 8, 16, 32, 64)))},
+        "paper": Preset(PAPER, designs=({"activation": "relu", "placement": "all"},
+                                        *({**META, "r": r, "placement": "last_stage"} for r in (2, 4, 8, 16, 32, 64)))),
     },
 ))
 
@@ -50,9 +52,9 @@ _register(Study(
              *({**META, "r": 8, "placement": p} for p in ("all", "first:1", "last:1", "last_stage"))),
     presets={
         "default": DEFAULT,
-        "paper": {**PAPER, "model": "resnet50", "designs": (
+        "paper": Preset({**PAPER, "model": "resnet50"}, designs=(
             {"activation": "relu", "placement": "all"},
-            *({**META, "r": 16, "placement": p} for p in ("all", "bottleneck_3x3", "last_stage", "first:4", "last:4")))},
+            *({**META, "r": 16, "placement": p} for p in ("all", "bottleneck_3x3", "last_stage", "first:4", "last:4")))),
     },
 ))
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from acon.errors import UserError
 from acon.registry import Registry
 
 # mnist5k, not digits: after 5 epochs a ~26k-param CNN is at ~98% on digits for ReLU, SiLU and meta-ACON
@@ -26,11 +27,11 @@ DATASETS = Registry(
 )
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset's files are not where they were looked for (the message says where, and the flag that downloads)."""
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError):
     """A dataset file is corrupt, truncated or not in the expected format (the message names the file)."""
 
 

@@ -17,22 +17,22 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from acon.errors import UserError
 from studies.interrupt import check, graceful_signals
+from studies.settings import Settings
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study, variant_label
-from studies.storage import open_storage, require_existing, resolve_storage, resolve_tracking_uri
+from studies.storage import (first_line, heartbeat_interval, open_storage, record_heartbeat, require_existing,
+                             resolve_storage, resolve_tracking_uri)
 from studies.tracking import PARENT_ATTR, Tracker
-from studies.trial import TrialContext, execute_trial, heartbeat_interval, load_data
+from studies.trial import TrialContext, execute_trial, load_data
 
-#: Settings that change results: a study resumed with different values is refused.
-RESULT_SETTINGS = ("model", "dataset", "small_input", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
-                   "schedule", "warmup_epochs", "label_smoothing", "augment", "limit")
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 @dataclass
 class RunOptions:
-    """How to run a study: preset, overrides, stores, device; validated by ``Study.settings``."""
+    """How to run a study: preset, setting overrides (None: unset), stores, device; validated by ``resolve``."""
 
     preset: str = "quick"
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -57,6 +57,7 @@ class StudyRun:
     ran: int
     counts: dict[str, int]
     missing: int = 0  # grid cells with no complete or pruned trial (failed ones a rerun retries)
+    storage: str = ""  # the Optuna storage URL it used
 
 
 def run_study(study: Study | str, options: RunOptions | None = None, *, join: bool = False) -> StudyRun:
@@ -66,9 +67,7 @@ def run_study(study: Study | str, options: RunOptions | None = None, *, join: bo
     new grid cells unless they were left failed.
     """
     options = options or RunOptions()
-    spec = load_study(study) if isinstance(study, str) else study
-    settings = spec.settings(options.preset, options.overrides)
-    check_names(spec, settings)
+    spec, settings = resolve(study, options)
     load_data(settings["dataset"], options.data_dir, options.download, settings.get("limit"))  # fail before any trial
     session = _open(spec, settings, options, join=join)
     with graceful_signals():
@@ -79,11 +78,24 @@ def run_study(study: Study | str, options: RunOptions | None = None, *, join: bo
             raise
     if not join or _all_done(session):
         session.tracker.close_parent("FINISHED" if _all_done(session) else "KILLED")
-    return StudyRun(session.optuna_study, session.tracker.parent_id, ran, state_counts(session.optuna_study),
-                    missing_cells(session.optuna_study, session.spec, session.settings))
+    return _result(session, ran)
 
 
-def check_names(spec: Study, settings: dict[str, Any]) -> None:
+def resolve(study: Study | str, options: RunOptions) -> tuple[Study, Settings]:
+    """The study with its preset's design cells, and its checked settings; unknown names refused."""
+    spec = load_study(study) if isinstance(study, str) else study
+    spec = spec.for_preset(options.preset)
+    settings = spec.settings(options.preset, options.overrides)
+    check_names(spec, settings)
+    return spec, settings
+
+
+def optuna_study_name(spec: Study, options: RunOptions) -> str:
+    """The Optuna study's name: ``--study-name``, else ``STUDY-PRESET``."""
+    return options.study_name or f"{spec.name}-{options.preset}"
+
+
+def check_names(spec: Study, settings: Settings) -> None:
     """Refuse unknown model, dataset, activation, generator or placement names before anything runs."""
     from ablation import MODELS, parse_placement, get_generator
     from acon import get_activation
@@ -91,12 +103,15 @@ def check_names(spec: Study, settings: dict[str, Any]) -> None:
 
     MODELS.get(settings["model"])
     DATASETS.get(settings["dataset"])
-    for design in settings.get("designs") or spec.designs:
-        get_activation(design["activation"])
-        if design.get("generator", NOT_APPLICABLE) != NOT_APPLICABLE:
-            get_generator(design["generator"])
-        if design.get("placement", NOT_APPLICABLE) != NOT_APPLICABLE:
-            parse_placement(design["placement"])
+    for design in spec.designs:
+        try:
+            get_activation(design["activation"])
+            if design.get("generator", NOT_APPLICABLE) != NOT_APPLICABLE:
+                get_generator(design["generator"])
+            if design.get("placement", NOT_APPLICABLE) != NOT_APPLICABLE:
+                parse_placement(design["placement"])
+        except (KeyError, ValueError) as exc:  # the design cells are user input, checked here at the edge
+            raise UserError(f"design {design}: {first_line(exc)}") from exc
 
 
 def prepare_study(study: Study | str, options: RunOptions | None = None) -> StudyRun:
@@ -105,35 +120,39 @@ def prepare_study(study: Study | str, options: RunOptions | None = None) -> Stud
     Launchers call it once before starting workers that ``join`` the study.
     """
     options = options or RunOptions()
-    spec = load_study(study) if isinstance(study, str) else study
-    settings = spec.settings(options.preset, options.overrides)
-    check_names(spec, settings)
+    spec, settings = resolve(study, options)
     session = _open(spec, settings, options, join=False)
     optuna.storages.fail_stale_trials(session.optuna_study)
     if spec.is_grid:
         enqueue_missing(session)
-    return StudyRun(session.optuna_study, session.tracker.parent_id, 0, state_counts(session.optuna_study),
-                    missing_cells(session.optuna_study, session.spec, session.settings))
+    return _result(session, 0)
 
 
 @dataclass
 class _Session:
     spec: Study
-    settings: dict[str, Any]
+    settings: Settings
     optuna_study: optuna.Study
     tracker: Tracker
     ctx: TrialContext
+    url: str = ""
 
 
-def _open(spec: Study, settings: dict[str, Any], options: RunOptions, *, join: bool) -> _Session:
-    url = resolve_storage(options.storage)
-    name = options.study_name or f"{spec.name}-{options.preset}"
+def _result(session: _Session, ran: int) -> StudyRun:
+    study = session.optuna_study
+    return StudyRun(study, session.tracker.parent_id, ran, state_counts(study),
+                    missing_cells(study, session.spec, session.settings), session.url)
+
+
+def _open(spec: Study, settings: Settings, options: RunOptions, *, join: bool) -> _Session:
+    name = optuna_study_name(spec, options)
+    url = resolve_storage(options.storage, study=name)
     holder: dict[str, _Session] = {}
     if join:  # a worker must not create an empty SQLite or journal file where it expected a study
         require_existing(url)
     storage = open_storage(url)
-    if join and not _study_exists(storage, name):  # before the tracker, which would create the experiment
-        raise LookupError(f"no study named {name!r} in this storage; start it with `run_study.py run` first")
+    if join and name not in optuna.get_all_study_names(storage):  # before the tracker creates the experiment
+        raise UserError(f"no study named {name!r} in this storage; start it with `run_study.py run` first")
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
         storage.heartbeat_stale_trial_callback = lambda st, t: _requeue_dead(holder["s"], t)
     # the tracking store is checked before the Optuna study is created: a bad URI leaves nothing behind
@@ -148,35 +167,31 @@ def _open(spec: Study, settings: dict[str, Any], options: RunOptions, *, join: b
         optuna_study.set_user_attr(PARENT_ATTR, tracker.open_parent(parent, url))
     ctx = TrialContext(spec, settings, tracker, optuna_study, device=options.device, data_dir=options.data_dir,
                        download=options.download, threads=options.threads, progress=options.progress)
-    holder["s"] = _Session(spec, settings, optuna_study, tracker, ctx)
+    holder["s"] = _Session(spec, settings, optuna_study, tracker, ctx, url)
     return holder["s"]
 
 
-def _create_or_load(spec: Study, name: str, storage: Any, settings: dict[str, Any], *, join: bool) -> optuna.Study:
+def _create_or_load(spec: Study, name: str, storage: Any, settings: Settings, *, join: bool) -> optuna.Study:
     study = optuna.create_study(storage=storage, study_name=name, direction=spec.direction, load_if_exists=True,
                                 sampler=_sampler(spec, settings), pruner=_pruner(spec))
     recorded = study.user_attrs.get("settings")
-    wanted = {k: settings.get(k) for k in RESULT_SETTINGS}
     if recorded is None:
-        study.set_user_attr("settings", json.loads(json.dumps(wanted, default=str)))
+        study.set_user_attr("settings", settings.results())
         study.set_user_attr("acon_study", spec.name)
     elif not join:
-        _check_same_settings(name, recorded, json.loads(json.dumps(wanted, default=str)))
+        _check_same_settings(name, recorded, settings.results())
     return study
 
 
-def _study_exists(storage: Any, name: str) -> bool:
-    return name in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-
-
 def _check_same_settings(name: str, recorded: dict[str, Any], wanted: dict[str, Any]) -> None:
-    diff = [f"{k}={recorded.get(k)!r} (now {wanted.get(k)!r})" for k in wanted if recorded.get(k) != wanted.get(k)]
+    before = {**Settings().results(), **recorded}  # a setting declared after the study began had its default
+    diff = [f"{k}={before.get(k)!r} (now {v!r})" for k, v in wanted.items() if before.get(k) != v]
     if diff:
-        raise ValueError(f"study {name!r} was run with {', '.join(diff)}; rerun with the same settings to resume, "
+        raise UserError(f"study {name!r} was run with {', '.join(diff)}; rerun with the same settings to resume, "
                          f"or pass --study-name NEW to start a new study")
 
 
-def _sampler(spec: Study, settings: dict[str, Any]) -> optuna.samplers.BaseSampler:
+def _sampler(spec: Study, settings: Settings) -> optuna.samplers.BaseSampler:
     if spec.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=None, n_startup_trials=min(5, settings.get("n_trials") or 5))
     return optuna.samplers.RandomSampler()  # grid cells are enqueued; the sampler never picks them
@@ -241,7 +256,7 @@ def _claim(study: optuna.Study) -> optuna.Trial:
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         trial = study.ask()
     if heartbeat_interval(study):
-        study._storage.record_heartbeat(trial._trial_id)
+        record_heartbeat(study, trial)
     trial.set_user_attr("worker", worker_id())
     return trial
 
@@ -252,8 +267,10 @@ def _duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
     Two workers can enqueue the same failed cell at once. Both sides order running trials the
     same way (start time, then number), so exactly one of two concurrent duplicates steps back.
     """
-    key, me = trial.user_attrs.get("cell_key"), study._storage.get_trial(trial._trial_id)
-    for t in study.get_trials(deepcopy=False, states=DONE + (TrialState.RUNNING,)):
+    key = trial.user_attrs.get("cell_key")
+    trials = study.get_trials(deepcopy=False, states=DONE + (TrialState.RUNNING,))
+    me = next(t for t in trials if t.number == trial.number)
+    for t in trials:
         if t.number == me.number or t.user_attrs.get("cell_key") != key or t.user_attrs.get("spurious"):
             continue
         if t.state != TrialState.RUNNING or (t.datetime_start, t.number) < (me.datetime_start, me.number):
@@ -299,7 +316,7 @@ def enqueue_missing(session: _Session) -> int:
     return len(missing)
 
 
-def missing_cells(study: optuna.Study, spec: Study, settings: dict[str, Any]) -> int:
+def missing_cells(study: optuna.Study, spec: Study, settings: Settings) -> int:
     """Grid cells of ``spec`` with no COMPLETE or PRUNED trial in ``study``; 0 for search studies."""
     if not spec.is_grid:
         return 0

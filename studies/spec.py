@@ -1,11 +1,12 @@
 """Study definitions: a named design space, fixed settings, presets, sampler, pruner and metric.
 
-A study is data, not code that runs: ``Study.settings(preset, overrides)`` resolves the
-training settings and ``Study.cells(settings)`` lists the grid cells (design x seed) to run.
+A study is data, not code that runs: ``Study.settings(preset, overrides)`` resolves the typed
+``Settings`` and ``Study.for_preset(preset).cells(settings)`` lists the grid cells (design x seed) to run.
 Users define their own by writing a file with ``STUDY = Study(...)`` and passing its path.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
 from dataclasses import dataclass, field
@@ -14,7 +15,9 @@ from typing import Any, Callable
 
 import optuna
 
+from acon.errors import UserError
 from acon.registry import Registry
+from studies.settings import Preset, Settings, check_keys
 from studies.train_config import check_choice
 
 #: The design axes every cell names; an axis that does not apply to a cell is "-".
@@ -23,24 +26,6 @@ NOT_APPLICABLE = "-"
 SAMPLERS = ("grid", "tpe", "random")
 PRUNERS = ("none", "median", "hyperband")
 PRESETS = ("quick", "default", "paper")
-
-#: Settings every study starts from; study.fixed, then the preset, then the CLI override them.
-BASE_SETTINGS: dict[str, Any] = {
-    "model": "tiny_cnn",
-    "dataset": "mnist5k",  # embedded, offline, and not saturated by a short schedule (digits is)
-    "small_input": False,
-    "seeds": 3,
-    "epochs": 5,
-    "batch_size": 64,
-    "optimizer": "sgd",
-    "lr": 0.1,
-    "weight_decay": 5e-4,
-    "schedule": "cosine",
-    "warmup_epochs": 0.0,
-    "label_smoothing": 0.0,
-    "augment": False,
-    "n_trials": None,
-}
 
 STUDIES = Registry("study", doc="name -> Study; a user file defines STUDY = Study(...) instead")
 
@@ -53,7 +38,7 @@ class Study:
     doc: str
     designs: tuple[dict[str, Any], ...] = ()
     fixed: dict[str, Any] = field(default_factory=dict)
-    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    presets: dict[str, Preset | dict[str, Any]] = field(default_factory=dict)  # a dict is Preset(settings=dict)
     sampler: str = "grid"
     pruner: str = "none"
     metric: str = "val_acc"
@@ -65,33 +50,47 @@ class Study:
         check_choice("pruner", self.pruner, PRUNERS)
         check_choice("direction", self.direction, ("maximize", "minimize"))
         if self.sampler == "grid" and not self.designs:
-            raise ValueError(f"study {self.name!r}: a grid study needs at least one design cell")
+            raise UserError(f"study {self.name!r}: a grid study needs at least one design cell")
         if self.sampler != "grid" and self.search_space is None:
-            raise ValueError(f"study {self.name!r}: a {self.sampler} study needs a search_space function")
+            raise UserError(f"study {self.name!r}: a {self.sampler} study needs a search_space function")
+        presets = {k: p if isinstance(p, Preset) else Preset(settings=dict(p)) for k, p in self.presets.items()}
+        object.__setattr__(self, "presets", presets)
+        check_keys(self.fixed, f"the fixed settings of study {self.name!r}")
+        for name, preset in presets.items():
+            check_keys(preset.settings, f"preset {name!r} of study {self.name!r}")
+        for name in self.preset_names():
+            self.settings(name)  # bad values fail when the study is defined, not when it runs
 
     @property
     def is_grid(self) -> bool:
         """True when the study is an exhaustive grid of design cells times seeds."""
         return self.sampler == "grid"
 
-    def settings(self, preset: str = "quick", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resolved settings: base, then the study's fixed values, the preset's, the overrides."""
-        if preset not in self.presets and preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r} for study {self.name!r}; valid choices: {', '.join(self.preset_names())}")
-        merged = {**BASE_SETTINGS, **self.fixed, **self.presets.get(preset, {})}
-        merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        _check_settings(merged)
-        return merged
+    def settings(self, preset: str = "quick", overrides: dict[str, Any] | None = None) -> Settings:
+        """Resolved settings: the defaults, then the study's fixed values, the preset's, the overrides (None: unset)."""
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        check_keys(given, "the overrides")
+        return Settings(**{**self.fixed, **self.preset(preset).settings, **given})
+
+    def preset(self, name: str) -> Preset:
+        """The preset ``name``; a standard one the study does not define changes nothing."""
+        if name not in self.presets and name not in PRESETS:
+            raise UserError(f"unknown preset {name!r} for study {self.name!r}; valid choices: {', '.join(self.preset_names())}")
+        return self.presets.get(name, Preset())
+
+    def for_preset(self, name: str) -> Study:
+        """This study with the design cells of preset ``name`` (its own, where it has some)."""
+        designs = self.preset(name).designs
+        return dataclasses.replace(self, designs=tuple(designs)) if designs else self
 
     def preset_names(self) -> list[str]:
         """Presets this study knows (the standard three plus its own)."""
         return sorted(set(PRESETS) | set(self.presets))
 
-    def cells(self, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    def cells(self, settings: Settings) -> list[dict[str, Any]]:
         """Every grid cell: each design (axes filled with '-') times each seed, in a stable order."""
-        designs = settings.get("designs") or self.designs
         seeds = range(int(settings["seeds"]))
-        return [{**design_cell(d), "seed": s} for d, s in itertools.product(designs, seeds)]
+        return [{**design_cell(d), "seed": s} for d, s in itertools.product(self.designs, seeds)]
 
 
 def design_cell(design: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +104,7 @@ def design_cell(design: dict[str, Any]) -> dict[str, Any]:
 
     unknown = set(design) - set(DESIGN_AXES)
     if unknown:
-        raise ValueError(f"unknown design axis {sorted(unknown)}; valid axes: {', '.join(DESIGN_AXES)}")
+        raise UserError(f"unknown design axis {sorted(unknown)}; valid axes: {', '.join(DESIGN_AXES)}")
     cell = {axis: design.get(axis, NOT_APPLICABLE) for axis in DESIGN_AXES}
     if cell["gate"] != NOT_APPLICABLE:  # the ACON-C gate (acon.functional.GATES); meta-ACON and ACON-C only
         cell["gate"] = check_gate(cell["gate"]) if cell["activation"] in ("acon_c", "meta_acon") else NOT_APPLICABLE
@@ -141,20 +140,11 @@ def load_study(name_or_path: str) -> Study:
 
 def _load_study_file(path: Path) -> Study:
     if not path.is_file():
-        raise FileNotFoundError(f"study file {path} does not exist")
+        raise UserError(f"study file {path} does not exist")
     spec = importlib.util.spec_from_file_location(f"user_study_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     study = getattr(module, "STUDY", None)
     if not isinstance(study, Study):
-        raise ValueError(f"study file {path} must define STUDY = studies.Study(...)")
+        raise UserError(f"study file {path} must define STUDY = studies.Study(...)")
     return study
-
-
-def _check_settings(s: dict[str, Any]) -> None:
-    if not isinstance(s["seeds"], int) or not 1 <= s["seeds"] <= 1000:
-        raise ValueError(f"seeds must be an integer in 1..1000, got {s['seeds']!r}")
-    if not isinstance(s["epochs"], int) or not 1 <= s["epochs"] <= 10000:
-        raise ValueError(f"epochs must be an integer in 1..10000, got {s['epochs']!r}")
-    if s["n_trials"] is not None and (not isinstance(s["n_trials"], int) or s["n_trials"] < 1):
-        raise ValueError(f"trials must be a positive integer, got {s['n_trials']!r}")

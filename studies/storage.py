@@ -1,17 +1,21 @@
 """Where studies are stored: Optuna storage and MLflow tracking URIs, defaults and checks.
 
-Defaults are files in the working directory (``optuna.db``, ``mlflow.db``); the flags
-``--storage`` / ``--tracking-uri`` and the environment variables ``ACON_STORAGE`` /
-``MLFLOW_TRACKING_URI`` override them. URLs are masked before they are logged or printed.
+Defaults are files in the working directory (``optuna.db``, or ``optuna.journal`` for several
+workers; ``mlflow.db``); the flags ``--storage`` / ``--tracking-uri`` and the environment variables
+``ACON_STORAGE`` / ``MLFLOW_TRACKING_URI`` override them. URLs are masked before they are logged or printed.
 """
 from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import optuna
 
+from acon.errors import UserError
+
 DEFAULT_STORAGE = "sqlite:///optuna.db"
+DEFAULT_JOURNAL = "optuna.journal"  # the default for several workers: a journal file takes several writers
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 STORAGE_ENV = "ACON_STORAGE"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
@@ -22,13 +26,31 @@ GRACE_PERIOD = 30
 HEARTBEAT_ENV, GRACE_ENV = "ACON_HEARTBEAT_INTERVAL", "ACON_HEARTBEAT_GRACE"
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """A storage or tracking store that cannot be reached or used."""
 
 
-def resolve_storage(url: str | None = None) -> str:
-    """The Optuna storage URL: the argument, else ``$ACON_STORAGE``, else ``sqlite:///optuna.db``."""
-    return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+def resolve_storage(url: str | None = None, *, study: str | None = None, workers: int = 1) -> str:
+    """The Optuna storage URL: the argument, else ``$ACON_STORAGE``, else a default file of this directory.
+
+    The default is the file that already holds ``study`` (``optuna.db`` or ``optuna.journal``, so a
+    rerun resumes whatever the worker count); a new study goes to SQLite for one worker and to the
+    journal file for several (SQLite takes one writer).
+    """
+    if url or os.environ.get(STORAGE_ENV):
+        return url or os.environ[STORAGE_ENV]
+    journal = f"journal://{Path(DEFAULT_JOURNAL).resolve()}"
+    preferred = (journal, DEFAULT_STORAGE) if workers > 1 else (DEFAULT_STORAGE, journal)
+    held = [u for u in preferred if study is not None and holds_study(u, study)]
+    return held[0] if held else preferred[0]
+
+
+def holds_study(url: str, study: str) -> bool:
+    """True if the existing file storage ``url`` holds an Optuna study named ``study`` (never creates a file)."""
+    path = storage_file(url)
+    if path is None or not os.path.exists(path):
+        return False
+    return study in optuna.get_all_study_names(open_storage(url, heartbeat=False))
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -63,7 +85,7 @@ def heartbeat_settings() -> dict[str, int]:
     interval = _positive_env(HEARTBEAT_ENV, HEARTBEAT_INTERVAL)
     grace = _positive_env(GRACE_ENV, max(GRACE_PERIOD, 3 * interval))
     if grace <= interval:
-        raise ValueError(f"{GRACE_ENV}={grace} must be longer than {HEARTBEAT_ENV}={interval}, "
+        raise UserError(f"{GRACE_ENV}={grace} must be longer than {HEARTBEAT_ENV}={interval}, "
                          f"or live trials would be failed between two heartbeats")
     return {"heartbeat_interval": interval, "grace_period": grace}
 
@@ -77,8 +99,28 @@ def _positive_env(name: str, default: int) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{name} must be a whole number of seconds >= 1, got {raw!r}")
+        raise UserError(f"{name} must be a whole number of seconds >= 1, got {raw!r}")
     return value
+
+
+# Optuna keeps a study's storage and a trial's storage id private, with no getter; its own
+# ``Study.optimize`` hands the same two to its heartbeat thread. The three things below need them
+# (heartbeats of trials run outside ``optimize``, a note on a trial another process runs), so the
+# private access lives here and nowhere else.
+def heartbeat_interval(study: optuna.Study) -> int | None:
+    """Seconds between heartbeats of the study's storage; None where it has none (journal, in-memory)."""
+    storage = study._storage  # RDBStorage wrapped in a cache, hence no isinstance check
+    return storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+
+
+def record_heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Tell the storage that ``trial`` is alive (RDB storages with heartbeats only)."""
+    study._storage.record_heartbeat(trial._trial_id)
+
+
+def note_on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, key: str, value: str) -> None:
+    """Set a user attr on a trial that another process is running (``Trial.set_user_attr`` needs the live trial)."""
+    study._storage.set_trial_user_attr(trial._trial_id, key, value)
 
 
 def require_existing(url: str) -> None:

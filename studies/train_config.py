@@ -1,12 +1,13 @@
 """``TrainConfig``: every setting of one training run, validated once when the object is made.
 
-Bad values raise ``ValueError`` naming the allowed range or the sorted valid choices.
+Bad values raise ``UserError`` (a ``ValueError``) naming the allowed range or the sorted valid choices.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+from acon.errors import UserError
 from studies.schedules import SCHEDULES
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -70,19 +71,19 @@ class TrainConfig:
         check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         check_range("warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs), high_open=True)
         if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
-            raise ValueError("nesterov=True needs momentum > 0; set nesterov=False or momentum in (0, 1)")
+            raise UserError("nesterov=True needs momentum > 0; set nesterov=False or momentum in (0, 1)")
 
 
 def check_int(name: str, value, low: int) -> None:
     """Refuse a non-integer (or bool) ``value`` or one below ``low``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def check_choice(name: str, value, choices) -> None:
     """Refuse a ``value`` not in ``choices``, listing them sorted."""
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(sorted(choices))}")
+        raise UserError(f"unknown {name} {value!r}; valid choices: {', '.join(sorted(choices))}")
 
 
 def check_range(name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
@@ -91,4 +92,4 @@ def check_range(name: str, value, low: float, high: float, *, low_open: bool = F
     ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
         lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
+        raise UserError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")

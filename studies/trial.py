@@ -17,11 +17,10 @@ import optuna
 from optuna.trial import TrialState
 
 from studies.interrupt import Interrupted, check
+from studies.settings import Settings
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, design_cell, variant_label
+from studies.storage import heartbeat_interval, record_heartbeat
 from studies.tracking import Tracker
-
-#: Settings that are not training-config fields nor logged as params.
-NOT_LOGGED = ("designs",)
 
 
 @dataclass
@@ -29,7 +28,7 @@ class TrialContext:
     """What every trial of one study run shares: spec, settings, tracker, study, device, data."""
 
     spec: Study
-    settings: dict[str, Any]
+    settings: Settings
     tracker: Tracker
     study: optuna.Study
     device: str = "auto"
@@ -73,7 +72,7 @@ def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     """Run one trial to a final state (COMPLETE, PRUNED or FAIL); re-raise interruptions."""
     cell, settings = _design(ctx, trial)
     label = variant_label(cell)
-    logged = {k: v for k, v in settings.items() if k not in NOT_LOGGED}
+    logged = settings.logged()
     run_id = ctx.tracker.start_trial(trial.number, cell, logged, label)
     trial.set_user_attr("mlflow_run_id", run_id)
     try:
@@ -94,14 +93,14 @@ def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     return TrialState.COMPLETE
 
 
-def _design(ctx: TrialContext, trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, Any]]:
+def _design(ctx: TrialContext, trial: optuna.Trial) -> tuple[dict[str, Any], Settings]:
     """The trial's design cell and settings: enqueued user attrs (grid) or the search space (TPE)."""
-    settings = dict(ctx.settings)
+    settings = ctx.settings
     if ctx.spec.is_grid:
         cell = {k: trial.user_attrs.get(k, NOT_APPLICABLE) for k in DESIGN_AXES + ("seed",)}
     else:
         cell = {**design_cell(ctx.spec.designs[0]), "seed": trial.number % int(settings["seeds"])}
-        settings.update(ctx.spec.search_space(trial))
+        settings = settings.replace(**ctx.spec.search_space(trial))
         for k, v in {**cell, "variant": variant_label(cell)}.items():
             trial.set_user_attr(k, v)
     return cell, settings
@@ -194,16 +193,10 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n{tail}"
 
 
-def heartbeat_interval(study: optuna.Study) -> int | None:
-    """Seconds between heartbeats of the study's storage; None where it has none (journal, in-memory)."""
-    storage = study._storage  # RDBStorage wrapped in a cache, hence no isinstance check
-    return storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
-
-
 @contextmanager
 def _heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     """Record heartbeats while the trial runs (RDB storages), as ``study.optimize`` would."""
-    storage, interval = study._storage, heartbeat_interval(study)
+    interval = heartbeat_interval(study)
     if not interval:
         yield
         return
@@ -212,7 +205,7 @@ def _heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     def beat() -> None:
         while True:
             try:
-                storage.record_heartbeat(trial._trial_id)
+                record_heartbeat(study, trial)
             except Exception:  # a transient storage error must not kill the trial
                 pass
             if stop.wait(interval):

@@ -3,7 +3,7 @@
 Optuna's own distributed mode does the scheduling: each worker is a ``run_study.py worker``
 process that pops WAITING trials from a storage safe for several writers (a journal file or
 an RDB), exactly like a worker on another machine. The launcher only queues the grid, splits
-the cores, forwards Ctrl-C/SIGTERM, and gives a dead worker's trial back to the queue.
+the cores (and the GPUs), forwards Ctrl-C/SIGTERM, and gives a dead worker's trial back to the queue.
 """
 from __future__ import annotations
 
@@ -14,20 +14,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from studies.runner import DONE, RunOptions, StudyRun, missing_cells, prepare_study, state_counts
-from studies.spec import Study, load_study
-from studies.storage import mask_url, resolve_storage, resolve_tracking_uri
+from acon.errors import UserError
+from studies.runner import DONE, RunOptions, StudyRun, missing_cells, optuna_study_name, prepare_study, resolve, \
+    state_counts
+from studies.settings import Settings, to_argv
+from studies.spec import Study
+from studies.storage import mask_url, note_on_trial, resolve_storage, resolve_tracking_uri
 
-#: Override keys a worker process takes as flags (``RunOptions.overrides`` -> ``run_study.py worker``).
-OVERRIDE_FLAGS = {"seeds": "--seeds", "model": "--model", "dataset": "--dataset", "epochs": "--epochs",
-                  "n_trials": "--trials"}
 #: Seconds an interrupted worker gets to reach its next training step; then a second SIGTERM stops it at once.
 GRACE = 10.0
 #: Seconds the launcher then waits for workers to record their trials before killing them.
@@ -50,33 +50,68 @@ class _Worker:
         return f"{socket.gethostname()}:{self.proc.pid}"
 
 
-def run_workers(study: Study | str, options: RunOptions | None = None, *, workers: int = 2) -> StudyRun:
-    """Queue ``study`` here, run it with ``workers`` worker processes on this machine, wait for them."""
+def run_workers(study: Study | str, options: RunOptions | None = None, *, workers: int = 2,
+                gpus: tuple[int, ...] = ()) -> StudyRun:
+    """Queue ``study`` here, run it with ``workers`` worker processes on this machine, wait for them.
+
+    Without a storage given, a new study goes to ``optuna.journal`` here (it takes several writers).
+    ``gpus`` spreads the workers over these GPUs, round robin (one ``CUDA_VISIBLE_DEVICES`` each).
+    """
     options = options or RunOptions()
     name = _study_ref(study)
-    check_workers(workers, resolve_storage(options.storage))
+    spec, settings = resolve(name, options)
+    check_gpus(gpus, options.device)
+    url = resolve_storage(options.storage, study=optuna_study_name(spec, options), workers=workers)
+    check_workers(workers, url)
+    options = replace(options, storage=url)  # the launcher and every worker use this one store
     threads = options.threads or threads_per_worker(workers)
-    worker_command(name, options, threads)  # refuse overrides a worker cannot take before anything is written
-    spec = load_study(name)
-    _preload_data(spec, options)
+    _preload_data(settings, options)
     prepared = prepare_study(name, options)
     before = sum(state_counts(prepared.study).get(s.name, 0) for s in DONE)
     with tempfile.TemporaryDirectory(prefix="acon-workers-") as logs:
-        launcher = _Launcher(name, options, threads, Path(logs), prepared)
+        launcher = _Launcher(name, options, threads, Path(logs), prepared, gpus)
         launcher.run(workers)
     done = sum(state_counts(prepared.study).get(s.name, 0) for s in DONE)
     return StudyRun(prepared.study, prepared.parent_run_id, done - before, state_counts(prepared.study),
-                    missing_cells(prepared.study, spec, spec.settings(options.preset, options.overrides)))
+                    missing_cells(prepared.study, spec, settings), url)
 
 
 def check_workers(workers: int, storage_url: str) -> None:
     """Refuse a worker count below 1 and SQLite with several writers (it locks, then fails)."""
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        raise UserError(f"workers must be an integer >= 1, got {workers!r}")
     if workers > 1 and storage_url.startswith("sqlite"):
-        raise ValueError(f"SQLite storage {mask_url(storage_url)} cannot take {workers} writers; use "
-                         f"--storage journal:///PATH/optuna.journal (this machine) or "
-                         f"--storage postgresql+psycopg://USER:PASS@HOST/DB (several machines)")
+        raise UserError(f"SQLite storage {mask_url(storage_url)} cannot take {workers} writers; use "
+                        f"--storage journal:///PATH/optuna.journal (this machine; without --storage a new study "
+                        f"goes to optuna.journal) or --storage postgresql+psycopg://USER@HOST/DB (several machines; "
+                        f"the password in ~/.pgpass)")
+
+
+def parse_gpus(text: str | None) -> tuple[int, ...]:
+    """``"0,1"`` -> ``(0, 1)``: GPU indices (integers >= 0), as ``--gpus`` takes them."""
+    if not text:
+        return ()
+    try:
+        gpus = tuple(int(g) for g in text.split(","))
+    except ValueError:
+        gpus = (-1,)
+    if any(g < 0 for g in gpus):
+        raise UserError(f"--gpus takes comma-separated GPU indices (integers >= 0, e.g. 0,1), got {text!r}")
+    return gpus
+
+
+def check_gpus(gpus: tuple[int, ...], device: str) -> None:
+    """Refuse GPUs for workers told to run on the CPU."""
+    if gpus and device == "cpu":
+        raise UserError(f"--gpus {','.join(map(str, gpus))} needs --device cuda or auto, not cpu")
+
+
+def worker_env(index: int, threads: int, gpus: tuple[int, ...] = ()) -> dict[str, str]:
+    """The environment of worker ``index``: its thread count and, with ``gpus``, its GPU (round robin)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpus[index % len(gpus)])
+    return env
 
 
 def threads_per_worker(workers: int) -> int:
@@ -90,16 +125,9 @@ def threads_per_worker(workers: int) -> int:
 
 def worker_command(study: str, options: RunOptions, threads: int) -> list[str]:
     """The ``run_study.py worker`` command line that joins ``study`` with the same stores and settings."""
-    unknown = sorted(k for k, v in options.overrides.items() if v is not None and k not in OVERRIDE_FLAGS)
-    if unknown:
-        raise ValueError(f"worker processes take only these overrides: {', '.join(sorted(OVERRIDE_FLAGS))}; "
-                         f"got {', '.join(unknown)} (put them in the study's `fixed` settings instead)")
     cmd = [sys.executable, "-m", "run_study", "worker", study, "--storage", resolve_storage(options.storage),
            "--tracking-uri", resolve_tracking_uri(options.tracking_uri), "--preset", options.preset,
-           "--device", options.device, "--threads", str(threads), "--no-progress"]
-    for key, flag in OVERRIDE_FLAGS.items():
-        if options.overrides.get(key) is not None:
-            cmd += [flag, str(options.overrides[key])]
+           "--device", options.device, "--threads", str(threads), "--no-progress", *to_argv(options.overrides)]
     for flag, value in (("--experiment", options.experiment), ("--study-name", options.study_name),
                         ("--data-dir", options.data_dir)):
         if value:
@@ -116,9 +144,9 @@ def fail_trials_of(study: optuna.Study, worker_ids: set[str], tracking_uri: str,
         if t.user_attrs.get("worker") not in worker_ids:
             continue
         try:
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
+            note_on_trial(study, t, "fail_reason", reason)
+            study.tell(t.number, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
             continue  # it finished (or a heartbeat check failed it) in between
         failed.append(t.number)
         if t.user_attrs.get("mlflow_run_id"):
@@ -136,11 +164,13 @@ def _fail_run(client: Any, run_id: str, reason: str) -> None:
 class _Launcher:
     """Starts, watches and stops the worker processes of one study run."""
 
-    def __init__(self, study: str, options: RunOptions, threads: int, logs: Path, prepared: StudyRun):
+    def __init__(self, study: str, options: RunOptions, threads: int, logs: Path, prepared: StudyRun,
+                 gpus: tuple[int, ...] = ()):
         self.study, self.options, self.threads, self.logs, self.prepared = study, options, threads, logs, prepared
+        self.gpus = gpus
         self.cmd = worker_command(study, options, threads)
         self.live: list[_Worker] = []
-        self.errors: list[str] = []
+        self.errors: list[Exception] = []
         self.restarts = 0
 
     def run(self, workers: int) -> None:
@@ -161,8 +191,9 @@ class _Launcher:
         self._finish()
 
     def _start(self) -> None:
-        log = self.logs / f"worker-{len(self.live) + self.restarts}-{time.monotonic_ns()}.log"
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        index = len(self.live) + self.restarts
+        log = self.logs / f"worker-{index}-{time.monotonic_ns()}.log"
+        env = worker_env(index, self.threads, self.gpus)
         # a session of its own: a terminal's Ctrl-C reaches the launcher only, which sends one SIGTERM each
         proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env,
                                 start_new_session=True)
@@ -187,7 +218,9 @@ class _Launcher:
         failed = fail_trials_of(self.prepared.study, {worker.id}, resolve_tracking_uri(self.options.tracking_uri),
                                 f"worker {worker.id} died ({how})")
         if rc > 0:
-            self.errors.append(f"worker {worker.id} failed ({how}): {_last_line(worker.log)}")
+            # exit code 2 is a user error the worker printed in one line; anything else is a bug in it
+            error = UserError if rc == 2 else RuntimeError
+            self.errors.append(error(f"worker {worker.id} failed ({how}): {_last_line(worker.log)}"))
             return
         prepare_study(self.study, self.options)  # requeue the dead worker's cells
         if restart and (failed or self._waiting()):
@@ -230,7 +263,7 @@ class _Launcher:
         complete = not self._waiting() and not self._running()
         self._close_parent("FINISHED" if complete else "KILLED")
         if self.errors and not complete:
-            raise RuntimeError(self.errors[0])
+            raise self.errors[0]
 
     def _close_parent(self, status: str) -> None:
         from mlflow import MlflowClient
@@ -258,16 +291,15 @@ class _Launcher:
 def _study_ref(study: Study | str) -> str:
     """The name or file that worker processes load; a Study object has neither."""
     if not isinstance(study, str):
-        raise ValueError("run_workers needs a built-in study name or a .py file defining STUDY: "
+        raise UserError("run_workers needs a built-in study name or a .py file defining STUDY: "
                          "worker processes load the study by that name")
     return str(Path(study).resolve()) if study.endswith(".py") or Path(study).is_file() else study
 
 
-def _preload_data(spec: Study, options: RunOptions) -> None:
+def _preload_data(settings: Settings, options: RunOptions) -> None:
     """Load (and download, once) the dataset here, so a bad name fails before any worker starts."""
     from studies.data import load_dataset
 
-    settings = spec.settings(options.preset, options.overrides)
     load_dataset(settings["dataset"], data_dir=options.data_dir, download=options.download,
                  limit=settings.get("limit"), seed=0)
 

@@ -80,7 +80,7 @@ def cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedPro
                           timeout=timeout, env=cli_env(**env), cwd=ROOT)
 
 
-def cli_all(*commands: tuple[str, ...], timeout: float = 120) -> list[subprocess.CompletedProcess]:
+def cli_all(*commands: tuple[str, ...], timeout: float = 300) -> list[subprocess.CompletedProcess]:
     """Run several ``run_study.py`` commands at once (their start-ups overlap); results in order."""
     procs = [subprocess.Popen([sys.executable, "-m", "run_study", *args], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=ROOT) for args in commands]

@@ -62,6 +62,7 @@ def test_list_prints_every_built_in_name_sorted_with_help(what, tmp_path):
     (["run", "design_space", "--model", "resnet5"], "unknown model 'resnet5'"),
     (["run", "design_space", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["run", "design_space", "--epochs", "0"], "epochs must be an integer in 1..10000"),
+    (["run", "design_space", "--lr", "-1"], "lr must be in (0.0, inf], got -1.0"),
     (["run", "design_space", "--preset", "huge"], "unknown preset 'huge'"),
     (["run", "design_space", "--dataset", "cifar10", "--data-dir", "nowhere"], "--download"),
     (["overhead", "--model", "tiny_cnn", "--r", "x"], "--r takes integers"),
@@ -184,3 +185,41 @@ def test_a_users_study_file_runs_end_to_end_and_reports(tmp_path):
     rep = cli("report", "my_study", "--format", "markdown,csv", "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr
     assert (tmp_path / "out").is_dir() and any((tmp_path / "out").glob("*.csv"))
+
+
+def test_a_user_error_is_one_line_and_exit_2_while_a_bug_keeps_its_traceback_and_exits_1(tmp_path):
+    def with_list_raising(exc: str) -> subprocess.CompletedProcess:
+        code = (f"import sys, run_study\nfrom acon.errors import UserError\n"
+                f"def boom(args): raise {exc}\nrun_study.cmd_list = boom\nsys.exit(run_study.main(['list']))")
+        return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=clean_env(), capture_output=True,
+                              text=True, timeout=300)
+
+    user = with_list_raising("UserError('no such thing; valid choices: a, b')")
+    assert user.returncode == 2 and error_line(user) == "error: no such thing; valid choices: a, b"
+    bug = with_list_raising("RuntimeError('a bug')")
+    assert bug.returncode == 1
+    assert "Traceback (most recent call last)" in bug.stderr and bug.stderr.strip().endswith("RuntimeError: a bug")
+
+
+def test_every_declared_setting_is_a_flag_of_run_and_worker(capsys):
+    from run_study import build_parser
+    from studies.settings import FIELDS, flag
+
+    parser = build_parser()
+    for command in ("run", "worker"):
+        args = parser.parse_args([command, "x", "--batch-size", "32", "--no-augment", "--trials", "4", "--lr", "0.5"])
+        assert (args.batch_size, args.augment, args.n_trials, args.lr, args.epochs) == (32, False, 4, 0.5, None)
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        help_text = capsys.readouterr().out
+        assert all(flag(f) in help_text for f in FIELDS)
+
+
+def test_a_misspelt_setting_in_a_users_study_file_is_one_line_naming_the_valid_settings(tmp_path):
+    study_file = write_study(tmp_path, epochs=1, text=USER_STUDY.replace('"batch_size"', '"batchsize"'))
+    proc = cli("run", str(study_file), cwd=tmp_path)
+    assert proc.returncode == 2
+    line = error_line(proc)
+    assert "unknown setting 'batchsize' in the fixed settings of study 'my_study'" in line
+    assert "valid settings: amp, augment, batch_size, " in line
+    assert not (tmp_path / "optuna.db").exists()

@@ -145,3 +145,79 @@ def test_hpo_study_samples_the_search_space_and_prunes(tmp_path):
     assert set(children["params.lr"]) == {str(t.params["lr"]) for t in finished}
     pruned = children[children["tags.acon.state"] == "PRUNED"]
     assert (pruned["status"] == "KILLED").all()
+
+
+# -- the settings declaration ---------------------------------------------------------------------
+
+def test_settings_defaults_are_the_documented_base_and_the_declaration_derives_the_key_sets():
+    from studies.settings import Settings
+
+    s = Settings()
+    assert {k: s[k] for k in ("model", "dataset", "seeds", "epochs", "batch_size", "lr", "weight_decay", "n_trials")} \
+        == {"model": "tiny_cnn", "dataset": "mnist5k", "seeds": 3, "epochs": 5, "batch_size": 64, "lr": 0.1,
+            "weight_decay": 5e-4, "n_trials": None}
+    # the resume check keeps every key it had before the declaration (seeds and the trial budget only add work)
+    before = {"model", "dataset", "small_input", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
+              "warmup_epochs", "label_smoothing", "augment", "limit"}
+    assert before <= set(s.results()) and not {"seeds", "n_trials", "eval_batch_size"} & set(s.results())
+    assert set(s.logged()) == set(s) - {"eval_batch_size"}
+    assert dict(s.replace(epochs=7))["epochs"] == 7 and s.get("nope") is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"fixed": {"epoch": 3}}, r"unknown setting 'epoch' in the fixed settings of study 'tiny'; valid settings: amp, "),
+    ({"presets": {"paper": {"lrate": 1}}}, r"unknown setting 'lrate' in preset 'paper' of study 'tiny'"),
+    ({"presets": {"paper": {"designs": ()}}}, r"'designs' in preset 'paper' .*Preset\(designs=\.\.\.\)"),
+    ({"fixed": {"seeds": 0}}, r"seeds must be an integer in 1\.\.1000, got 0"),
+    ({"fixed": {"optimizer": "adam"}}, r"unknown optimizer 'adam'; valid choices: adamw, sgd"),
+    ({"presets": {"default": {"warmup_epochs": 9.0}}}, r"warmup_epochs must be in \[0.0, 5.0\), got 9.0"),
+    ({"fixed": {"augment": "yes"}}, r"augment must be True or False, got 'yes'"),
+])
+def test_a_study_with_an_unknown_or_bad_setting_is_refused_when_defined(kwargs, message):
+    from acon.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        Study(name="tiny", doc="d", designs=({"activation": "relu", "placement": "all"},), **kwargs)
+
+
+def test_overrides_are_checked_against_the_declaration_and_none_means_unset():
+    from acon.errors import UserError
+
+    study = tiny_study()
+    assert study.settings("quick", {"epochs": None, "lr": 0.5})["epochs"] == 2
+    with pytest.raises(UserError, match=r"unknown setting 'designs', 'epoch' in the overrides"):
+        study.settings("quick", {"epoch": 3, "designs": ()})
+    with pytest.raises(ValueError, match=r"unknown preset 'huge' for study 'tiny'; valid choices: default, paper, quick"):
+        study.settings("huge")
+
+
+def test_a_typed_preset_changes_settings_and_design_cells_of_that_preset_only():
+    from studies.settings import Preset
+
+    other = ({"activation": "silu", "placement": "all"},)
+    study = tiny_study(presets={"paper": Preset({"epochs": 3}, designs=other), "default": {"seeds": 1}})
+    paper = study.for_preset("paper")
+    assert paper.designs == other and study.for_preset("quick").designs == study.designs
+    assert [c["activation"] for c in paper.cells(study.settings("paper"))] == ["silu", "silu"]
+    assert study.settings("paper").epochs == 3 and len(study.cells(study.settings("default"))) == 2
+
+
+def test_a_study_recorded_before_a_setting_was_declared_resumes_when_it_keeps_its_default(tmp_path):
+    from studies.runner import _check_same_settings
+    from studies.settings import Settings
+
+    recorded = {k: v for k, v in Settings().results().items() if k not in ("momentum", "amp")}
+    _check_same_settings("old", recorded, Settings().results())
+    with pytest.raises(ValueError, match=r"momentum=0\.9 \(now 0\.5\)"):
+        _check_same_settings("old", recorded, Settings(momentum=0.5).results())
+
+
+def test_the_builtin_paper_presets_carry_their_own_design_cells():
+    from studies.spec import load_study
+
+    ratio = load_study("reduction_ratio")
+    assert [d.get("r") for d in ratio.for_preset("paper").designs] == [None, 2, 4, 8, 16, 32, 64]
+    assert [d.get("r") for d in ratio.for_preset("quick").designs] == [None, 2, 4, 8, 16]
+    placement = load_study("placement")
+    assert placement.settings("paper").model == "resnet50"
+    assert {d["placement"] for d in placement.for_preset("paper").designs} >= {"bottleneck_3x3", "first:4"}

@@ -13,10 +13,12 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from acon.errors import UserError
 from studies.runner import RunOptions, prepare_study, run_study
 from studies.spec import Study
-from studies.storage import open_storage
-from studies.workers import check_workers, run_workers, threads_per_worker, worker_command
+from studies.storage import open_storage, resolve_storage
+from studies.workers import _Launcher, check_gpus, check_workers, parse_gpus, run_workers, threads_per_worker, \
+    worker_command, worker_env
 from _services import HANG, RELU, cli_all, free_port, wait_for, write_study
 
 
@@ -51,12 +53,24 @@ def test_worker_count_must_be_a_positive_integer(workers):
         check_workers(workers, "journal:///x.journal")
 
 
-def test_workers_need_a_study_they_can_load_and_overrides_they_can_take(tmp_path):
+def test_workers_need_a_study_they_can_load_and_known_settings(tmp_path):
     study = Study(name="inline", doc="not loadable by name", designs=(RELU,))
-    with pytest.raises(ValueError, match="a .py file defining STUDY"):
+    with pytest.raises(UserError, match="a .py file defining STUDY"):
         run_workers(study, _options(tmp_path), workers=2)
-    with pytest.raises(ValueError, match=r"only these overrides: dataset, epochs, model, n_trials, seeds; got limit"):
-        worker_command("x.py", _options(tmp_path, overrides={"limit": 10}), threads=1)
+    with pytest.raises(UserError, match=r"unknown setting 'epoch' in the overrides; valid settings: amp, augment, "):
+        worker_command("x.py", _options(tmp_path, overrides={"epoch": 3}), threads=1)
+
+
+def test_every_setting_travels_to_a_worker_and_parses_back_to_the_same_overrides():
+    from run_study import build_parser, _run_options
+
+    overrides = {"limit": 10, "augment": False, "nesterov": True, "lr": 0.05, "n_trials": 4, "schedule": "linear",
+                 "warmup_epochs": 0.5, "model": "resnet20", "seeds": None}
+    cmd = worker_command("variants", RunOptions(overrides=overrides), threads=1)
+    assert "--no-augment" in cmd and "--nesterov" in cmd and cmd[cmd.index("--trials") + 1] == "4"
+    parsed = _run_options(build_parser().parse_args(cmd[3:]))
+    assert {k: v for k, v in parsed.overrides.items() if v is not None} == {k: v for k, v in overrides.items() if v is not None}
+    assert Study(name="s", doc="d", designs=(RELU,)).settings("quick", parsed.overrides).warmup_epochs == 0.5
 
 
 def test_worker_command_joins_the_same_stores_with_the_cores_split():
@@ -161,3 +175,68 @@ def test_bad_stores_and_names_fail_in_one_line_and_leave_nothing_behind(tmp_path
         assert "secret" not in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["badin.py", "existing.journal", "prep.db"]
     assert journal.read_bytes() == before
+
+
+def test_the_default_store_takes_several_writers_and_a_rerun_finds_the_study_where_it_is(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ACON_STORAGE", raising=False)
+    journal = f"journal://{tmp_path}/optuna.journal"
+    assert resolve_storage(study="s-quick") == "sqlite:///optuna.db"
+    assert resolve_storage(study="s-quick", workers=2) == journal
+    assert not list(tmp_path.iterdir())  # looking creates no file
+    optuna.create_study(study_name="s-quick", storage=open_storage(journal))
+    assert resolve_storage(study="s-quick") == journal  # one worker (or `worker`, `report`) resumes it there
+    assert resolve_storage(study="new-quick") == "sqlite:///optuna.db"
+    optuna.create_study(study_name="t-quick", storage="sqlite:///optuna.db")
+    assert resolve_storage(study="t-quick", workers=2) == "sqlite:///optuna.db"  # then refused: one writer
+    with pytest.raises(UserError, match="cannot take 2 writers"):
+        check_workers(2, resolve_storage(study="t-quick", workers=2))
+    assert resolve_storage("sqlite:///x.db", study="s-quick", workers=2) == "sqlite:///x.db"
+    monkeypatch.setenv("ACON_STORAGE", "journal:///env.journal")
+    assert resolve_storage(study="s-quick") == "journal:///env.journal"
+
+
+def test_several_workers_with_default_stores_just_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ACON_STORAGE", raising=False)
+    study_file = write_study(tmp_path, "deflt", designs=(RELU,))
+    options = RunOptions(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False, device="auto")
+    result = run_workers(study_file, options, workers=2, gpus=(0, 1))
+    assert result.counts == {"COMPLETE": 2} and result.missing == 0
+    assert result.storage == f"journal://{tmp_path}/optuna.journal" and not (tmp_path / "optuna.db").exists()
+    again = run_study(study_file, RunOptions(tracking_uri=options.tracking_uri, progress=False, device="cpu"))
+    assert again.ran == 0 and again.storage == result.storage  # the one-process rerun resumes the same study
+
+
+def test_each_worker_gets_its_threads_and_one_gpu_round_robin(tmp_path, monkeypatch):
+    from studies import workers
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert "CUDA_VISIBLE_DEVICES" not in worker_env(0, 2)
+    started = []
+
+    class FakeProcess:
+        def __init__(self, cmd, env, **_):
+            started.append(env)
+            self.pid = 10 + len(started)
+
+    monkeypatch.setattr(workers.subprocess, "Popen", FakeProcess)
+    launcher = _Launcher("s", RunOptions(storage="journal:///x.journal"), 3, tmp_path, prepared=None, gpus=(2, 5))
+    for _ in range(3):
+        launcher._start()
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in started] == ["2", "5", "2"]
+    assert {(e["OMP_NUM_THREADS"], e["MKL_NUM_THREADS"]) for e in started} == {("3", "3")}
+
+
+@pytest.mark.parametrize("text, device, message", [
+    ("0,x", "auto", r"--gpus takes comma-separated GPU indices \(integers >= 0, e.g. 0,1\), got '0,x'"),
+    ("-1", "cuda", "--gpus takes comma-separated GPU indices"),
+    ("0,1", "cpu", "--gpus 0,1 needs --device cuda or auto, not cpu"),
+])
+def test_bad_gpus_are_refused_with_what_is_valid(text, device, message):
+    with pytest.raises(UserError, match=message):
+        check_gpus(parse_gpus(text), device)
+
+
+def test_gpus_parse_to_indices():
+    assert parse_gpus("0,1,3") == (0, 1, 3) and parse_gpus(None) == () and parse_gpus("2") == (2,)
