@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from acon.errors import UserError
 from studies.schedules import SCHEDULES
-from studies.train_config import NONFINITE_ACTIONS, OPTIMIZERS, TrainConfig, check_choice, check_int
+from studies.train_config import COMPILE_MODES, NONFINITE_ACTIONS, OPTIMIZERS, TrainConfig, check_choice, check_int
 
 
 def setting(default: Any, help: str, *, kind: type | None = None, results: bool = True, logged: bool = True,
@@ -55,6 +55,9 @@ class Settings(Mapping):
     eval_batch_size: int = setting(1024, "evaluation batch size", results=False, logged=False, low=1)
     nonfinite: str = setting("raise", "on a non-finite loss: raise (the trial fails) or stop (keep the epochs so far)",
                              choices=NONFINITE_ACTIONS)
+    # off by default: on the quick study's model compiling costs more than it saves (benchmarks/README.md)
+    compile: str = setting("off", "torch.compile each trial's model: off, on, or a torch.compile mode",
+                           results=False, choices=tuple(COMPILE_MODES))
 
     def __post_init__(self) -> None:
         for f in FIELDS:

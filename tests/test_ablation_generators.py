@@ -85,7 +85,7 @@ class _HalfBeta(nn.Module):
 def test_user_generator_registered_from_test_module_builds_a_model(register_generator):
     name = "test_half_beta"
     register_generator(name, _HalfBeta, help="test generator")
-    assert GENERATORS.help(name) == "test generator" and GENERATORS.entry(name).options == {"scale", "p1", "p2", "channel_dim"}
+    assert GENERATORS.help(name) == "test generator" and GENERATORS.entry(name).options == {"scale", "p1", "p2", "channel_dim", "gate"}
     model, sites = ablation.build_model("tiny_cnn", in_channels=1, generator=name, scale=0.25)
     assert len(sites) == 4
     acts = [model.get_submodule(s.target) for s in sites]
@@ -93,7 +93,7 @@ def test_user_generator_registered_from_test_module_builds_a_model(register_gene
     assert [a.generator.w.shape[1] for a in acts] == [16, 32, 64, 32]
     assert acts[0].generator.scale == 0.25
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
-    with pytest.raises(ValueError, match=r"'scal' \(did you mean 'scale'\?\); valid options: channel_dim, generator, p1, p2, scale$"):
+    with pytest.raises(ValueError, match=r"'scal' \(did you mean 'scale'\?\); valid options: channel_dim, gate, generator, p1, p2, scale$"):
         ablation.build_model("tiny_cnn", in_channels=1, generator=name, scal=0.25)
 
 

@@ -366,7 +366,7 @@ def test_acon_c_unknown_option_message():
     with pytest.raises(UnknownOptionError) as info:
         create_activation("acon_c", 16, bogus=1)
     assert str(info.value) == ("activation 'acon_c' does not accept option 'bogus'; "
-                               "valid options: beta, channel_dim, learn_beta, p1, p2")
+                               "valid options: beta, channel_dim, gate, learn_beta, p1, p2")
 
 
 @pytest.mark.parametrize("generator, bad", [("layer", "r"), ("pixel", "bn"), ("learned", "beta"), ("fixed", "init")])
@@ -461,5 +461,5 @@ def test_channel_dim_on_batch_axis_or_a_1d_input_raises_value_error():
 
 
 def test_unknown_option_for_the_channel_generator_raises_type_error_listing_valid_options():
-    with pytest.raises(TypeError, match="'reduce'; valid options: bias, bn, channel_dim, generator, p1, p2, r, width_rule"):
+    with pytest.raises(TypeError, match="'reduce'; valid options: bias, bn, channel_dim, gate, generator, p1, p2, r, width_rule"):
         create_activation("meta_acon", 8, generator="channel", reduce="mean")
