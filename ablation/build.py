@@ -1,11 +1,12 @@
 """``build_model``: one call from a design-space point to a model and the sites it changed."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 from torch import nn
 
-from acon.activations import create_activation
+from acon.activations import create_activation, get_activation
 from ablation.generators import takes_option
 from ablation.models import create_model, default_input_size
 from ablation.sites import Site
@@ -40,6 +41,14 @@ def build_model(
     return apply_placement(model, make, placement, input_shape=(1, in_channels, size, size), kinds=kinds, model_name=str(name))
 
 
+def activation_takes(activation: Any, option: str) -> bool:
+    """Whether the activation's factory names ``option`` (a catch-all ``**_`` does not count); unknown: False."""
+    try:
+        return option in inspect.signature(get_activation(activation)).parameters
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def _activation_factory(activation: Any, generator: Any, r: int | None, options: dict[str, Any]):
     """``make(site) -> nn.Module``; a bad option for one site names that site."""
     kwargs = dict(options)
@@ -47,6 +56,8 @@ def _activation_factory(activation: Any, generator: Any, r: int | None, options:
         kwargs["generator"] = generator
         if r is not None and takes_option(generator, "r"):
             kwargs["r"] = r
+    elif r is not None and activation_takes(activation, "r"):  # e.g. se_control, the meta-ACON-matched gate
+        kwargs["r"] = r
 
     def make(site: Site) -> nn.Module:
         try:

@@ -100,6 +100,7 @@ def design_cell(design: dict[str, Any]) -> dict[str, Any]:
     The generator applies to meta-ACON only, and r only to generators that take it, so
     ``layer`` with r=8 and ``layer`` with r=16 are one cell, not two.
     """
+    from ablation.build import activation_takes
     from ablation.generators import takes_option
 
     unknown = set(design) - set(DESIGN_AXES)
@@ -107,7 +108,9 @@ def design_cell(design: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown design axis {sorted(unknown)}; valid axes: {', '.join(DESIGN_AXES)}")
     cell = {axis: design.get(axis, NOT_APPLICABLE) for axis in DESIGN_AXES}
     if cell["activation"] != "meta_acon":
-        cell["generator"] = cell["r"] = NOT_APPLICABLE
+        cell["generator"] = NOT_APPLICABLE
+        if not activation_takes(cell["activation"], "r"):  # se_control takes r; the baselines do not
+            cell["r"] = NOT_APPLICABLE
     elif cell["generator"] != NOT_APPLICABLE and not takes_option(cell["generator"], "r"):
         cell["r"] = NOT_APPLICABLE
     return cell
