@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from report import plots, summary
 from report.columns import FOOTNOTE, add_columns
 from report.pareto import plot_pareto
+from report.power import check_effect
 from report.collect import StudyRuns, collect, history
 from report.errors import EmptyStudyError
 from report.stats import ablation_stats, is_accuracy, parse_baseline, resolve_metric
@@ -35,6 +36,7 @@ def build_report(study: str, *, tracking_uri: str | None = None, experiment: str
     0.5 accuracy points) is the difference the seeds-needed column and the next-run line plan for.
     """
     formats = check_formats(formats)
+    check_effect(effect)
     runs = collect(study, tracking_uri=tracking_uri, experiment=experiment)
     column = resolve_metric(runs.trials, metric or runs.metric)
     groups = _group_by(group_by, runs)

@@ -10,8 +10,16 @@ import math
 
 from scipy import optimize, stats
 
+from report.errors import ReportError
+
 POWER = 0.8
 MAX_SEEDS = 1000  # the most seeds a study accepts (studies.spec)
+
+
+def check_effect(effect: float | None) -> None:
+    """Refuse an effect that is not a positive, finite number (None means: the observed difference)."""
+    if effect is not None and not (math.isfinite(effect) and effect > 0):
+        raise ReportError(f"effect must be a positive number (a difference in the table's units), got {effect!r}")
 
 
 def paired_power(effect: float, sd: float, n: int, alpha: float) -> float:

@@ -61,6 +61,7 @@ def ablation_stats(trials: pd.DataFrame, group_by: list[str], column: str, *, ba
                    direction: str = "maximize", scale: float = 1.0, effect: float | None = None) -> pd.DataFrame:
     """One row per group: counts by state, mean/std/CI of ``column`` (times ``scale``), the paired delta,
     its intervals, power and the seeds needed to detect ``effect`` (default: the observed delta), and costs."""
+    power.check_effect(effect)
     missing = sorted(g for g in group_by if g not in trials)
     if missing:
         raise ReportError(f"cannot group by {', '.join(missing)}; valid choices: {', '.join(sorted(map(str, trials.columns)))}")

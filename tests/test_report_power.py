@@ -151,3 +151,11 @@ def test_two_seeds_say_too_few_instead_of_a_huge_interval():
     assert math.isnan(row["ci_low"]) and row["ci_note"] == "n=2: too few seeds"
     assert math.isnan(row["delta_t_low"]) and math.isnan(row["delta_boot_low"])
     assert row["seeds_needed"] >= 3  # the observed difference is the default effect
+
+
+@pytest.mark.parametrize("effect", [0.0, -0.5, math.inf, math.nan])
+def test_effect_must_be_a_positive_difference(effect):
+    from report import ReportError
+
+    with pytest.raises(ReportError, match="effect must be a positive number"):
+        ablation_stats(_study_frame(), ["activation"], "final_val_acc", baseline={"activation": "relu"}, effect=effect)

@@ -125,3 +125,12 @@ def test_build_report_puts_the_summary_first_and_the_next_run_under_the_table(mo
     assert lines[-1].startswith("Next: `python run_study.py run toy --seeds ")
     assert "Pareto" in text and "Δ CI (bootstrap)" in text and "n=4: too few seeds" in text
     assert (tmp_path / "toy_table.md").read_text().startswith("Best design: meta_acon, ")
+
+
+def test_cli_refuses_a_non_positive_effect_in_one_line(capsys, tmp_path):
+    import run_study
+
+    code = run_study.main(["report", "design_space", "--effect", "-0.5", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: effect must be a positive number (a difference in the table's units), got -0.5"]
+    assert not (tmp_path / "m.db").exists()  # refused before any store is opened
