@@ -1,8 +1,9 @@
 """Cost beside accuracy: per-design params, FLOPs and time overhead, and the accuracy-vs-FLOPs Pareto front.
 
-Trials carry their design's overhead over the ReLU model (``params_extra_pct``, ``flops_extra_pct``;
-logged as metrics, or as run params, which the collector prefixes ``param.``). ``cost_value`` reads
-either. Time overhead is measured training throughput (``images_per_s``) against the baseline row.
+Trials carry their design's overhead over the ReLU model (``params_extra_pct``, ``flops_extra_pct``):
+as metrics, or as run params named ``cost.<name>`` (the collector may prefix params ``param.``).
+``cost_value`` reads any of these. Time overhead is measured training throughput (``images_per_s``,
+or ``time/images_per_s``) against the baseline row.
 """
 from __future__ import annotations
 
@@ -17,14 +18,22 @@ from report.plots import save
 
 COSTS = ("params_extra_pct", "flops_extra_pct", "flops")
 THROUGHPUT = "images_per_s"
+COST_PREFIX = "cost."  # studies.schema.COST, where that module exists
 
 
 def cost_value(frame: pd.DataFrame, name: str) -> pd.Series:
-    """The numeric values of cost ``name``, whether logged as a metric (``name``) or a param (``param.name``)."""
-    for column in (name, f"param.{name}"):
+    """The numeric values of cost ``name``: a metric ``name`` or a param ``cost.name`` (either maybe ``param.``-prefixed)."""
+    for column in _columns(name):
         if column in frame and frame[column].notna().any():
             return pd.to_numeric(frame[column], errors="coerce")
     return pd.Series(math.nan, index=frame.index, dtype=float)
+
+
+def _columns(name: str) -> tuple[str, ...]:
+    """Where ``name`` may be logged: as is, as a per-design cost param, or under a section prefix."""
+    stem = name.removeprefix(COST_PREFIX)
+    prefixed = (stem, COST_PREFIX + stem, f"time/{stem}")
+    return prefixed + tuple(f"param.{c}" for c in prefixed)
 
 
 def group_costs(done: pd.DataFrame) -> dict[str, float]:

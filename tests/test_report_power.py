@@ -117,6 +117,8 @@ def test_cost_is_read_from_a_metric_or_a_param():
     assert pareto.cost_value(frame, "flops_extra_pct").tolist() == [1.5, 2.5]
     assert pareto.cost_value(frame, "params_extra_pct").tolist() == [3.0, 3.0]
     assert pareto.cost_value(frame, "flops").isna().all()
+    schema = pd.DataFrame({"cost.flops_extra_pct": [4.0], "time/images_per_s": [80.0]})
+    assert pareto.group_costs(schema)["flops_extra_pct"] == 4.0 and pareto.group_costs(schema)["images_per_s"] == 80.0
 
 
 def _study_frame(seeds=6):
