@@ -142,17 +142,25 @@ def seeds_to_run(table: pd.DataFrame, direction: str = "maximize", effect: float
 
     Planned comparisons: with ``effect``, every row against the baseline and every ACON row against
     the control; without, the best design against the baseline and the best ACON design against the
-    control, each only while undecided ("noise"), for its observed difference. ``seeds`` is inf when
-    more than ``MAX_SEEDS`` would be needed, 0 when the differences have no spread to plan with;
-    ``(nan, None, "")`` when nothing is left to decide.
+    control, each only while undecided ("noise"), for its observed difference. Comparisons that need
+    more than ``MAX_SEEDS`` count only when no other is reachable (then ``seeds`` is inf); ``seeds``
+    is 0 when the differences have no spread to plan with; ``(nan, None, "")`` when nothing is left.
     """
+    plans = _plans(table, direction, effect, control)
+    if not plans:
+        return math.nan, None, ""
+    reachable = [plan for plan in plans if not math.isinf(plan[0])] or plans
+    return max(reachable, key=lambda plan: plan[0])
+
+
+def _plans(table: pd.DataFrame, direction: str, effect: float | None,
+           control: pd.DataFrame | None) -> list[tuple[float, pd.Series, str]]:
+    """``(seeds needed, row, against)`` for every planned comparison (see ``seeds_to_run``)."""
     plans = [(row, "the baseline") for _, row in _planned(table, direction, effect).iterrows()]
     if control is not None and control["is_baseline"].any():
         rows = _planned(control, direction, effect, acon_rows(control))
         plans += [(row, CONTROL["activation"]) for _, row in rows.iterrows()]
-    if not plans:
-        return math.nan, None, ""
-    return max(((_needed(row), row, against) for row, against in plans), key=lambda plan: plan[0])
+    return [(_needed(row), row, against) for row, against in plans]
 
 
 def _needed(row: pd.Series) -> float:
@@ -184,11 +192,15 @@ def next_run_line(table: pd.DataFrame, *, study: str, group_by: list[str], seeds
     if math.isinf(n):
         return (f"Next: more seeds will not settle it: detecting {what} needs more than {MAX_SEEDS} seeds "
                 f"(sd of the per-seed differences {row['sd_diff']:.2f}{unit}).")
+    out_of_reach = [f"{label(r, group_by)} vs {a}" for need, r, a in _plans(table, direction, effect, control)
+                    if math.isinf(need)]
+    beyond = f" Beyond {MAX_SEEDS} seeds: {', '.join(out_of_reach)}." if out_of_reach else ""
     if n <= seeds:
-        return f"Next: no more seeds needed: {seeds} seeds already detect {what} with 80% power."
+        return f"Next: no more seeds needed: {seeds} seeds already detect {what} with 80% power.{beyond}"
     return (f"Next: {command.format(n=int(n))}: {int(n)} seeds detect {what} with 80% power at alpha "
             f"{row['power_alpha']:.3g} (Holm's first step); the rerun adds only the missing seeds' cells"
-            + (f" (a rough plan: the spread comes from {int(row['n_pairs'])} seeds)." if row["n_pairs"] < MIN_PAIRS_T else "."))
+            + (f" (a rough plan: the spread comes from {int(row['n_pairs'])} seeds)." if row["n_pairs"] < MIN_PAIRS_T else ".")
+            + beyond)
 
 
 def control_table(trials: pd.DataFrame, group_by: list[str], column: str, *, direction: str = "maximize",

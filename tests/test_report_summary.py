@@ -73,6 +73,9 @@ def test_next_run_is_a_command_for_the_seeds_the_named_effect_needs():
     line = next_run_line(table, study="design_space", group_by=GROUPS, seeds=5, effect=0.5, preset="paper")
     assert line.startswith("Next: `python run_study.py run design_space --seeds 40 --preset paper`: 40 seeds detect a "
                            "difference of 0.50 points (silu vs the baseline) with 80% power at alpha 0.025")
+    table.loc[2, "seeds_needed"] = NAN  # silu out of reach: plan for the others and say which is beyond
+    line = next_run_line(table, study="design_space", group_by=GROUPS, seeds=5, effect=0.5)
+    assert "--seeds 12`" in line and line.endswith("Beyond 1000 seeds: silu vs the baseline.")
 
 
 def test_next_run_by_default_plans_for_the_best_designs_observed_difference_while_undecided():
