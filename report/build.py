@@ -46,7 +46,7 @@ def build_report(study: str, *, tracking_uri: str | None = None, experiment: str
                            scale=100.0 if accuracy else 1.0, effect=effect)
     label = ",".join(f"{k}={v}" for k, v in spec.items()) or "baseline"
     shown = add_columns(display_frame(table, groups, accuracy=accuracy, baseline_label=label), table)
-    paragraph, next_run = _summary(runs, table, groups, column, label, accuracy, effect)
+    paragraph, next_run = summary.conclusions(runs, table, groups, column, label, accuracy, effect)
     text = "\n".join([_header(runs, column, accuracy), paragraph + "\n", format_table(shown, "terminal"),
                       _footer(runs, spec, table), FOOTNOTE, "", next_run])
     if out_dir is None and not log_to_mlflow:
@@ -54,25 +54,12 @@ def build_report(study: str, *, tracking_uri: str | None = None, experiment: str
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out_dir) if out_dir is not None else Path(tmp)
         paths = _write_files(runs, folder, formats, table, shown, text, column, accuracy, plots, optuna_study)
-        if plots and table["pareto"].any():
-            labels = table.apply(summary.label, axis=1, group_by=groups)
-            paths += plot_pareto(table, labels, folder, ylabel="accuracy (%)" if accuracy else column)
+        if plots:
+            paths += plot_pareto(table, groups, folder, ylabel="accuracy (%)" if accuracy else column)
         summary.prepend_to_files(paths, paragraph)
         if log_to_mlflow:
             _log(runs, paths)
     return text
-
-
-def _summary(runs: StudyRuns, table, groups: list[str], column: str, label: str, accuracy: bool, effect):
-    """The summary paragraph (best design, gain, cost, verdict, control, what next) and the next-run line."""
-    scale = 100.0 if accuracy else 1.0
-    control = summary.control_table(runs.kept, groups, column, direction=runs.direction, scale=scale)
-    seeds = int(runs.kept["seed"].nunique())
-    next_run = summary.next_run_line(table, study=runs.study, group_by=groups, seeds=seeds, direction=runs.direction,
-                                     effect=effect, preset=getattr(runs, "preset", ""), accuracy=accuracy,
-                                     control=control)
-    return summary.summary_paragraph(table, group_by=groups, baseline_label=label, direction=runs.direction,
-                                     accuracy=accuracy, control=control, next_run=next_run), next_run
 
 
 def _group_by(group_by, runs: StudyRuns) -> list[str]:

@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from report.plots import save
+from report.summary import label
 
 COSTS = ("params_extra_pct", "flops_extra_pct", "flops")
 THROUGHPUT = "images_per_s"
@@ -60,10 +61,16 @@ def pareto_front(accuracy: pd.Series, cost: pd.Series, direction: str = "maximiz
     return pd.Series(on_front, index=accuracy.index)
 
 
-def plot_pareto(table: pd.DataFrame, labels: pd.Series, out_dir: Path, *, cost: str = "flops_extra_pct",
+def plot_pareto(table: pd.DataFrame, group_by: list[str], out_dir: Path, *, cost: str = "flops_extra_pct",
                 ylabel: str = "accuracy (%)", stem: str = "pareto_flops") -> list[Path]:
-    """Mean accuracy (with its 95% t-interval) against FLOPs overhead per design; the Pareto front joined by a line."""
-    rows = table.assign(label=labels.to_numpy()).dropna(subset=["mean", cost])
+    """Mean accuracy (with its 95% t-interval) against FLOPs overhead per design; the Pareto front joined by a line.
+
+    Nothing is drawn (and ``[]`` returned) when no design has a cost to place it.
+    """
+    if not table["pareto"].any():
+        return []
+    labels = [label(row, group_by) for _, row in table.iterrows()]
+    rows = table.assign(label=labels).dropna(subset=["mean", cost])
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
     yerr = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]])

@@ -203,6 +203,19 @@ def next_run_line(table: pd.DataFrame, *, study: str, group_by: list[str], seeds
             + beyond)
 
 
+def conclusions(runs, table: pd.DataFrame, group_by: list[str], column: str, baseline_label: str, accuracy: bool,
+                effect: float | None = None) -> tuple[str, str]:
+    """The summary paragraph and the next-run line of a study's table (``runs``: a ``report.collect.StudyRuns``)."""
+    scale = 100.0 if accuracy else 1.0
+    control = control_table(runs.kept, group_by, column, direction=runs.direction, scale=scale)
+    seeds = int(runs.kept["seed"].nunique())
+    next_run = next_run_line(table, study=runs.study, group_by=group_by, seeds=seeds, direction=runs.direction,
+                             effect=effect, preset=getattr(runs, "preset", ""), accuracy=accuracy, control=control)
+    paragraph = summary_paragraph(table, group_by=group_by, baseline_label=baseline_label, direction=runs.direction,
+                                  accuracy=accuracy, control=control, next_run=next_run)
+    return paragraph, next_run
+
+
 def control_table(trials: pd.DataFrame, group_by: list[str], column: str, *, direction: str = "maximize",
                   scale: float = 1.0) -> pd.DataFrame | None:
     """The ablation table of ``trials`` with the parameter-matched control as baseline; None without control trials."""

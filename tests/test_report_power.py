@@ -165,7 +165,8 @@ def test_effect_must_be_a_positive_difference(effect):
 
 def test_pareto_plot_is_written_as_png_and_svg(tmp_path):
     t = ablation_stats(_study_frame(), ["activation"], "final_val_acc", baseline={"activation": "relu"}, scale=100.0)
-    paths = pareto.plot_pareto(t, t["activation"], tmp_path)
+    paths = pareto.plot_pareto(t, ["activation"], tmp_path)
     assert [p.name for p in paths] == ["pareto_flops.png", "pareto_flops.svg"] and paths[0].stat().st_size > 5000
     svg = paths[1].read_text()
     assert "Pareto front" in svg and all(name in svg for name in ("meta_acon", "acon_c", "silu"))
+    assert pareto.plot_pareto(t.assign(pareto=False), ["activation"], tmp_path / "none") == []
