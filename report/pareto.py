@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from report.plots import save
-from report.summary import label
+from report.rows import label
 
 COSTS = ("params_extra_pct", "flops_extra_pct", "flops")
 THROUGHPUT = "images_per_s"

@@ -1,4 +1,4 @@
-"""The report's conclusions in words: a summary paragraph built from the table, and the command to run next.
+"""The report's conclusions in words: a summary paragraph built from the table, ending with what to run next.
 
 Pure functions of the ablation table (``report.stats.ablation_stats``), so they are tested on
 hand-made frames. "Best design" is the non-baseline row with the best mean; the control is
@@ -11,32 +11,8 @@ import math
 
 import pandas as pd
 
-from report.power import MAX_SEEDS
-from report.inference import MIN_PAIRS_T
-
-ACON_ACTIVATIONS = ("acon_a", "acon_b", "acon_c", "meta_acon")
-CONTROL = {"activation": "se_control"}
-NOT_APPLICABLE = "-"
-
-
-def label(row: pd.Series, group_by: list[str]) -> str:
-    """A row's design as ``meta_acon/channel/8/all`` (axes that do not apply left out)."""
-    return "/".join(str(row[g]) for g in group_by if str(row[g]) != NOT_APPLICABLE) or "(all)"
-
-
-def best_row(table: pd.DataFrame, direction: str = "maximize", mask: pd.Series | None = None) -> pd.Series | None:
-    """The non-baseline row (within ``mask``) with the best mean; None when there is none."""
-    rows = table[~table["is_baseline"] & table["mean"].notna() & (True if mask is None else mask)]
-    if rows.empty:
-        return None
-    return rows.loc[rows["mean"].idxmax() if direction == "maximize" else rows["mean"].idxmin()]
-
-
-def acon_rows(table: pd.DataFrame) -> pd.Series:
-    """Rows whose activation is an ACON variant (all False without an ``activation`` column)."""
-    if "activation" not in table:
-        return pd.Series(False, index=table.index)
-    return table["activation"].astype(str).isin(ACON_ACTIVATIONS)
+from report.plan import next_run_line
+from report.rows import CONTROL, acon_rows, best_row, label
 
 
 def summary_paragraph(table: pd.DataFrame, *, group_by: list[str], baseline_label: str, direction: str = "maximize",
@@ -123,84 +99,6 @@ def _versus_control(table: pd.DataFrame, control: pd.DataFrame | None, group_by:
                 f"(p (Holm) = {best['p_holm']:.3g}), so the gain is more than its extra parameters.")
     return (f"Against the parameter-matched control {CONTROL['activation']}, {name} is {best['delta']:+.2f}{unit} "
             f"(p (Holm) = {best['p_holm']:.3g}, {best['verdict']}): the gain may come from the extra parameters alone.")
-
-
-def _planned(table: pd.DataFrame, direction: str, effect: float | None, mask: pd.Series | None = None) -> pd.DataFrame:
-    """Rows a rerun plans for: with ``effect`` every tested row (within ``mask``); without, the best one if undecided."""
-    tested = table["p_t"].notna() & (True if mask is None else mask)
-    if effect is not None:
-        return table[tested]
-    best = best_row(table, direction, mask)
-    if best is None or not tested[best.name] or best["verdict"] != "noise":
-        return table.iloc[:0]
-    return table.loc[[best.name]]
-
-
-def seeds_to_run(table: pd.DataFrame, direction: str = "maximize", effect: float | None = None,
-                 control: pd.DataFrame | None = None) -> tuple[float, pd.Series | None, str]:
-    """Seeds to run next and the comparison that needs the most: ``(seeds, row, against)``.
-
-    Planned comparisons: with ``effect``, every row against the baseline and every ACON row against
-    the control; without, the best design against the baseline and the best ACON design against the
-    control, each only while undecided ("noise"), for its observed difference. Comparisons that need
-    more than ``MAX_SEEDS`` count only when no other is reachable (then ``seeds`` is inf); ``seeds``
-    is 0 when the differences have no spread to plan with; ``(nan, None, "")`` when nothing is left.
-    """
-    plans = _plans(table, direction, effect, control)
-    if not plans:
-        return math.nan, None, ""
-    reachable = [plan for plan in plans if not math.isinf(plan[0])] or plans
-    return max(reachable, key=lambda plan: plan[0])
-
-
-def _plans(table: pd.DataFrame, direction: str, effect: float | None,
-           control: pd.DataFrame | None) -> list[tuple[float, pd.Series, str]]:
-    """``(seeds needed, row, against)`` for every planned comparison (see ``seeds_to_run``)."""
-    plans = [(row, "the baseline") for _, row in _planned(table, direction, effect).iterrows()]
-    if control is not None and control["is_baseline"].any():
-        rows = _planned(control, direction, effect, acon_rows(control))
-        plans += [(row, CONTROL["activation"]) for _, row in rows.iterrows()]
-    return [(_needed(row), row, against) for row, against in plans]
-
-
-def _needed(row: pd.Series) -> float:
-    """Seeds the row needs (inf beyond ``MAX_SEEDS``; 0 when its differences have no spread)."""
-    if not row["sd_diff"] > 0:
-        return 0.0
-    return math.inf if math.isnan(row["seeds_needed"]) else float(row["seeds_needed"])
-
-
-def next_run_line(table: pd.DataFrame, *, study: str, group_by: list[str], seeds: int, direction: str = "maximize",
-                  effect: float | None = None, preset: str = "", accuracy: bool = True,
-                  control: pd.DataFrame | None = None) -> str:
-    """The command to run next (``python run_study.py run STUDY --seeds N``) and why; a rerun adds only new seeds."""
-    unit = " points" if accuracy else ""
-    flags = f" --preset {preset}" if preset and preset != "quick" else ""
-    command = f"`python run_study.py run {study} --seeds {{n}}{flags}`"
-    if int(table["n_pairs"].max() or 0) < 2:
-        n = max(MIN_PAIRS_T, seeds + 1)
-        return f"Next: {command.format(n=n)} to estimate the seed-to-seed noise (no row has 2 paired seeds yet)."
-    n, row, against = seeds_to_run(table, direction, effect, control)
-    if row is None:
-        return ("Next: no rerun needed: the best design's comparisons are decided at the current seeds "
-                "(name a smaller effect to plan for it).")
-    name = f"{label(row, group_by)} vs {against}"
-    if n == 0:
-        n = max(MIN_PAIRS_T, seeds + 1)
-        return f"Next: {command.format(n=n)}: the per-seed differences of {name} are all equal; more seeds show their spread."
-    what = f"a difference of {row['effect']:.2f}{unit} ({name})"
-    if math.isinf(n):
-        return (f"Next: more seeds will not settle it: detecting {what} needs more than {MAX_SEEDS} seeds "
-                f"(sd of the per-seed differences {row['sd_diff']:.2f}{unit}).")
-    out_of_reach = [f"{label(r, group_by)} vs {a}" for need, r, a in _plans(table, direction, effect, control)
-                    if math.isinf(need)]
-    beyond = f" Beyond {MAX_SEEDS} seeds: {', '.join(out_of_reach)}." if out_of_reach else ""
-    if n <= seeds:
-        return f"Next: no more seeds needed: {seeds} seeds already detect {what} with 80% power.{beyond}"
-    return (f"Next: {command.format(n=int(n))}: {int(n)} seeds detect {what} with 80% power at alpha "
-            f"{row['power_alpha']:.3g} (Holm's first step); the rerun adds only the missing seeds' cells"
-            + (f" (a rough plan: the spread comes from {int(row['n_pairs'])} seeds)." if row["n_pairs"] < MIN_PAIRS_T else ".")
-            + beyond)
 
 
 def conclusions(runs, table: pd.DataFrame, group_by: list[str], column: str, baseline_label: str, accuracy: bool,

@@ -2,11 +2,11 @@
 import math
 
 import pandas as pd
-import pytest
 
 from report import build as build_module
 from report.collect import StudyRuns
-from report.summary import next_run_line, prepend_to_files, seeds_to_run, summary_paragraph
+from report.plan import next_run_line, seeds_to_run
+from report.summary import prepend_to_files, summary_paragraph
 
 NAN = math.nan
 GROUPS = ["activation", "generator"]
