@@ -75,6 +75,10 @@ def test_paired_bootstrap_is_bca_of_the_per_seed_differences_and_reproducible():
     assert lo == pytest.approx(ref_lo, abs=0.08 * width) and hi == pytest.approx(ref_hi, abs=0.08 * width)
     assert lo < diffs.mean() < hi
     assert (lo, hi) == inference.bootstrap_interval(base + diffs, base)  # fixed random state
+    paired = sps.bootstrap((base + diffs, base), lambda a, b, axis=-1: np.mean(a - b, axis=axis), paired=True,
+                           vectorized=True, method="BCa", n_resamples=inference.BOOTSTRAP_RESAMPLES,
+                           rng=np.random.default_rng(inference.BOOTSTRAP_SEED)).confidence_interval
+    assert (lo, hi) == pytest.approx((paired.low, paired.high), rel=1e-12)  # the same as scipy's paired=True
 
 
 def test_too_few_pairs_give_a_note_not_an_interval():
