@@ -66,6 +66,8 @@ def next_run_line(table: pd.DataFrame, *, study: str, group_by: list[str], seeds
     unit = " points" if accuracy else ""
     flags = f" --preset {preset}" if preset and preset != "quick" else ""
     command = f"`python run_study.py run {study} --seeds {{n}}{flags}`"
+    if not table["is_baseline"].any():
+        return ""  # nothing is compared, so there is no difference to plan seeds for
     if int(table["n_pairs"].max() or 0) < 2:
         n = max(MIN_PAIRS_T, seeds + 1)
         return f"Next: {command.format(n=n)} to estimate the seed-to-seed noise (no row has 2 paired seeds yet)."

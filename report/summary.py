@@ -23,8 +23,11 @@ def summary_paragraph(table: pd.DataFrame, *, group_by: list[str], baseline_labe
     """
     unit = " points" if accuracy else ""
     best = best_row(table, direction)
-    if best is None or not table["is_baseline"].any():
-        parts = [f"No design could be compared with {baseline_label}: it or the other rows have no completed trials."]
+    if best is None:
+        parts = [f"No design could be compared with {baseline_label}: no other row has completed trials."]
+    elif not table["is_baseline"].any():
+        value = f"{best['mean']:.2f}% accuracy" if accuracy else f"mean {best['mean']:.4g}"
+        parts = [f"Best design: {label(best, group_by)}, {value}; no baseline row ({baseline_label}) to compare it with."]
     else:
         parts = [_gain(best, group_by, baseline_label, unit, accuracy), _cost(best), _decision(best, table, unit)]
         parts.append(_versus_control(table, control, group_by, direction, unit))

@@ -66,6 +66,13 @@ def test_paragraph_compares_the_best_acon_design_with_the_parameter_matched_cont
     assert (n, row["activation"], against) == (25, "meta_acon", "se_control")
 
 
+def test_without_a_baseline_the_paragraph_names_the_best_mean_and_plans_nothing():
+    table = _table().iloc[1:]
+    text = summary_paragraph(table, group_by=GROUPS, baseline_label="activation=relu")
+    assert text == "Best design: meta_acon/channel, 71.20% accuracy; no baseline row (activation=relu) to compare it with."
+    assert next_run_line(table, study="s", group_by=GROUPS, seeds=6) == ""
+
+
 def test_next_run_is_a_command_for_the_seeds_the_named_effect_needs():
     table = _table()
     table["effect"] = 0.5
