@@ -3,7 +3,9 @@
 Only completed, non-duplicate trials enter the numbers; pruned, failed and running trials
 are counted per row. The difference to the baseline is paired by seed (a paired t-test,
 plus a Wilcoxon signed-rank test from 6 pairs on, the fewest for which its two-sided
-exact p-value can go below 0.05).
+exact p-value can go below 0.05), with its intervals and P(improvement) (``report.inference``),
+what the seeds can detect and how many would (``report.power``), and the design's cost and
+place on the accuracy-vs-FLOPs Pareto front (``report.pareto``).
 """
 from __future__ import annotations
 
