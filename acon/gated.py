@@ -8,8 +8,6 @@ gain is more than the parameters and the input-conditioned branch it adds.
 from __future__ import annotations
 
 import copy
-from typing import Any
-
 from torch import Tensor, nn
 
 from acon import _layout
@@ -54,6 +52,6 @@ def own_copy(original: nn.Module | None) -> nn.Module | None:
 @ACTIVATIONS.register("se_control", help="control: the model's own activation times a squeeze-excite gate with "
                                          "channel-wise meta-ACON's generator layout (same r, params less 2C)")
 def _se_control(channels: int, *, r: int = 16, original: nn.Module | None = None, channel_dim: int = 1,
-                width_rule: str = "official", bn: bool = True, bias: bool = True, **_: Any) -> nn.Module:
+                width_rule: str = "official", bn: bool = True, bias: bool = True) -> nn.Module:
     return GatedActivation(channels, r, act=own_copy(original), channel_dim=channel_dim, width_rule=width_rule,
                            bn=bn, bias=bias)

@@ -7,6 +7,7 @@ Users define their own by writing a file with ``STUDY = Study(...)`` and passing
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +101,6 @@ def design_cell(design: dict[str, Any]) -> dict[str, Any]:
     The generator applies to meta-ACON only, and r only to generators that take it, so
     ``layer`` with r=8 and ``layer`` with r=16 are one cell, not two.
     """
-    from ablation.build import activation_takes
     from ablation.generators import takes_option
 
     unknown = set(design) - set(DESIGN_AXES)
@@ -109,11 +109,21 @@ def design_cell(design: dict[str, Any]) -> dict[str, Any]:
     cell = {axis: design.get(axis, NOT_APPLICABLE) for axis in DESIGN_AXES}
     if cell["activation"] != "meta_acon":
         cell["generator"] = NOT_APPLICABLE
-        if not activation_takes(cell["activation"], "r"):  # se_control takes r; the baselines do not
+        if not _takes_r(cell["activation"]):  # se_control takes r; the baselines do not
             cell["r"] = NOT_APPLICABLE
     elif cell["generator"] != NOT_APPLICABLE and not takes_option(cell["generator"], "r"):
         cell["r"] = NOT_APPLICABLE
     return cell
+
+
+def _takes_r(activation: Any) -> bool:
+    """Whether the activation's factory names an ``r`` keyword (an unknown name: no; it is refused elsewhere)."""
+    from acon.activations import get_activation
+
+    try:
+        return "r" in inspect.signature(get_activation(activation)).parameters
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def variant_label(cell: dict[str, Any]) -> str:

@@ -72,7 +72,8 @@ def test_design_cell_and_build_model_pass_r_to_the_control():
 @pytest.mark.parametrize("study", ["design_space", "variants"])
 def test_paper_presets_run_the_control_at_meta_acons_r(study):
     spec = load_study(study)
-    designs = spec.settings("paper")["designs"]
+    # typed presets (Study.for_preset) and plain dict presets alike
+    designs = spec.for_preset("paper").designs if hasattr(spec, "for_preset") else spec.settings("paper")["designs"]
     controls = [d for d in designs if d["activation"] == "se_control"]
     meta_r = {d["r"] for d in designs if d.get("generator") == "channel"}
     assert len(controls) == 1 and {controls[0]["r"]} == meta_r
