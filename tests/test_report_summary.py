@@ -130,11 +130,14 @@ def test_build_report_puts_the_summary_first_and_the_next_run_under_the_table(mo
     runs = StudyRuns("toy", "0", "parent", ["activation"], "val_acc", "maximize", pd.DataFrame(rows), "sqlite://")
     monkeypatch.setattr(build_module, "collect", lambda *a, **k: runs)
     text = build_module.build_report("toy", formats=("terminal", "markdown"), out_dir=tmp_path, log_to_mlflow=False)
-    lines = text.splitlines()
-    assert lines[3].startswith("Best design: meta_acon, ") and "se_control" in lines[3]
-    assert lines[-1].startswith("Next: `python run_study.py run toy --seeds ")
-    assert "Pareto" in text and "Δ CI (bootstrap)" in text and "n=4: too few seeds" in text
-    assert (tmp_path / "toy_table.md").read_text().startswith("Best design: meta_acon, ")
+    flat = " ".join(text.split())  # the terminal may wrap long lines
+    paragraph = flat[flat.index("Best design: meta_acon, "):flat.index("Next: `python run_study.py run toy --seeds ")]
+    assert "se_control" in paragraph and "Cost: +6.0% FLOPs" in paragraph
+    assert flat.count("Next: `python run_study.py run toy --seeds ") == 2  # ends the paragraph, and under the table
+    assert flat.rindex("Next:") > flat.index("toy") and flat.endswith("missing seeds' cells.")
+    markdown = (tmp_path / "toy_table.md").read_text()
+    assert "Best design: meta_acon, " in markdown and "Δ CI (bootstrap)" in markdown and "Pareto" in markdown
+    assert "n=4: too few seeds" in markdown
 
 
 def test_cli_refuses_a_non_positive_effect_in_one_line(capsys, tmp_path):
