@@ -124,6 +124,8 @@ def _add_report(sub: Any) -> None:
     p.add_argument("--storage", help="Optuna storage, for the importance plot (default $ACON_STORAGE or optuna.db)")
     p.add_argument("--study-name", help="Optuna study name (default: STUDY-PRESET)")
     p.add_argument("--preset", default="quick", help="preset the study ran with (default quick)")
+    p.add_argument("--effect", type=float, help="difference to plan seeds for, in the table's units (e.g. 0.5 accuracy "
+                   "points; default: each row's observed difference)")
     p.set_defaults(func=cmd_report)
 
 
@@ -196,7 +198,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     searched = _searched_study(args) if args.plots else None
     print(build_report(args.study, tracking_uri=args.tracking_uri, experiment=args.experiment, group_by=group_by,
                        baseline=args.baseline, metric=args.metric, formats=formats, out_dir=args.out,
-                       plots=args.plots, optuna_study=searched))
+                       plots=args.plots, optuna_study=searched, effect=args.effect))
     return 0
 
 

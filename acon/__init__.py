@@ -14,3 +14,5 @@ __all__ = [
     "PixelBeta", "Registry", "UnknownNameError", "UnknownOptionError", "activation_options", "create_activation",
     "get_activation", "hidden_width", "register_generator",
 ]
+
+from acon import gated as _gated  # noqa: E402,F401  (registers the se_control activation; needs the registry above)

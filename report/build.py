@@ -11,7 +11,10 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
-from report import plots
+from report import plots, summary
+from report.columns import FOOTNOTE, add_columns
+from report.pareto import plot_pareto
+from report.power import check_effect
 from report.collect import StudyRuns, collect, history
 from report.errors import EmptyStudyError
 from report.stats import ablation_stats, is_accuracy, parse_baseline, resolve_metric
@@ -24,29 +27,36 @@ DEFAULT_BASELINE = "activation=relu"
 def build_report(study: str, *, tracking_uri: str | None = None, experiment: str | None = None, group_by=None,
                  baseline: str | dict | None = "activation=relu", metric: str | None = None,
                  formats=("terminal",), out_dir=None, plots: bool = False, log_to_mlflow: bool = True,
-                 optuna_study=None) -> str:
+                 optuna_study=None, effect: float | None = None) -> str:
     """Build the ablation report of ``study`` and return its terminal text.
 
     Files (one per format, plus PNG/SVG plots when ``plots``) go to ``out_dir`` and, with
     ``log_to_mlflow``, to the parent run's ``report/`` artifacts. ``optuna_study`` (an
-    ``optuna.Study``) adds the parameter-importance plot.
+    ``optuna.Study``) adds the parameter-importance plot. ``effect`` (in the table's units, e.g.
+    0.5 accuracy points) is the difference the seeds-needed column and the next-run line plan for.
     """
     formats = check_formats(formats)
+    check_effect(effect)
     runs = collect(study, tracking_uri=tracking_uri, experiment=experiment)
     column = resolve_metric(runs.trials, metric or runs.metric)
     groups = _group_by(group_by, runs)
     accuracy = is_accuracy(column, runs.kept[column])
     spec = _baseline(baseline, runs)
     table = ablation_stats(runs.kept, groups, column, baseline=spec, direction=runs.direction,
-                           scale=100.0 if accuracy else 1.0)
+                           scale=100.0 if accuracy else 1.0, effect=effect)
     label = ",".join(f"{k}={v}" for k, v in spec.items()) or "baseline"
-    shown = display_frame(table, groups, accuracy=accuracy, baseline_label=label)
-    text = "\n".join([_header(runs, column, accuracy), format_table(shown, "terminal"), _footer(runs, spec, table)])
+    shown = add_columns(display_frame(table, groups, accuracy=accuracy, baseline_label=label), table)
+    paragraph, next_run = summary.conclusions(runs, table, groups, column, label, accuracy, effect)
+    text = "\n".join([_header(runs, column, accuracy), paragraph + "\n", format_table(shown, "terminal"),
+                      _footer(runs, spec, table), FOOTNOTE, "", next_run])
     if out_dir is None and not log_to_mlflow:
         return text
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out_dir) if out_dir is not None else Path(tmp)
         paths = _write_files(runs, folder, formats, table, shown, text, column, accuracy, plots, optuna_study)
+        if plots:
+            paths += plot_pareto(table, groups, folder, ylabel="accuracy (%)" if accuracy else column)
+        summary.prepend_to_files(paths, paragraph)
         if log_to_mlflow:
             _log(runs, paths)
     return text

@@ -18,20 +18,23 @@ BASELINES = ({"activation": "relu", "placement": "all"}, {"activation": "silu", 
 CIFAR = {"dataset": "cifar10", "model": "resnet20", "small_input": True, "augment": True, "batch_size": 128}
 DEFAULT = {"seeds": 5, "epochs": 10}
 PAPER = {**CIFAR, "seeds": 5, "epochs": 30}
+# The parameter-matched control (acon.gated): ReLU times a gate with channel-wise meta-ACON's generator layout, r = 8.
+CONTROL = {"activation": "se_control", "r": 8, "placement": "all"}
 
 
 def _register(study: Study) -> Study:
     return STUDIES.register(study.name, study, help=study.doc.splitlines()[0])
 
 
+_DESIGN_SPACE = BASELINES + (
+    {"activation": "acon_c", "placement": "all"},
+    *({**META, "generator": g, "r": 8} for g in ("layer", "channel", "pixel")),
+)
 _register(Study(
     name="design_space",
     doc="Which beta generator? layer-, channel- and pixel-wise meta-ACON against ReLU, Swish and ACON-C.",
-    designs=BASELINES + (
-        {"activation": "acon_c", "placement": "all"},
-        *({**META, "generator": g, "r": 8} for g in ("layer", "channel", "pixel")),
-    ),
-    presets={"default": DEFAULT, "paper": PAPER},
+    designs=_DESIGN_SPACE,
+    presets={"default": DEFAULT, "paper": Preset(PAPER, designs=_DESIGN_SPACE + (CONTROL,))},
 ))
 
 _register(Study(
@@ -58,12 +61,13 @@ _register(Study(
     },
 ))
 
+_VARIANTS = tuple({"activation": a, "placement": "all"} for a in ("relu", "silu", "acon_a", "acon_b", "acon_c")) + (
+    {**META, "r": 8},)
 _register(Study(
     name="variants",
     doc="Does it beat ReLU and Swish? ReLU, Swish, ACON-A, ACON-B, ACON-C and channel-wise meta-ACON.",
-    designs=tuple({"activation": a, "placement": "all"} for a in ("relu", "silu", "acon_a", "acon_b", "acon_c"))
-    + ({**META, "r": 8},),
-    presets={"default": DEFAULT, "paper": PAPER},
+    designs=_VARIANTS,
+    presets={"default": DEFAULT, "paper": Preset(PAPER, designs=_VARIANTS + (CONTROL,))},
 ))
 
 

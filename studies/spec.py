@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,10 +110,22 @@ def design_cell(design: dict[str, Any]) -> dict[str, Any]:
     if cell["gate"] != NOT_APPLICABLE:  # the ACON-C gate (acon.functional.GATES); meta-ACON and ACON-C only
         cell["gate"] = check_gate(cell["gate"]) if cell["activation"] in ("acon_c", "meta_acon") else NOT_APPLICABLE
     if cell["activation"] != "meta_acon":
-        cell["generator"] = cell["r"] = NOT_APPLICABLE
+        cell["generator"] = NOT_APPLICABLE
+        if not _takes_r(cell["activation"]):  # se_control takes r; the baselines do not
+            cell["r"] = NOT_APPLICABLE
     elif cell["generator"] != NOT_APPLICABLE and not takes_option(cell["generator"], "r"):
         cell["r"] = NOT_APPLICABLE
     return cell
+
+
+def _takes_r(activation: Any) -> bool:
+    """Whether the activation's factory names an ``r`` keyword (an unknown name: no; it is refused elsewhere)."""
+    from acon.activations import get_activation
+
+    try:
+        return "r" in inspect.signature(get_activation(activation)).parameters
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def variant_label(cell: dict[str, Any]) -> str:

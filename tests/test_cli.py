@@ -42,7 +42,7 @@ BUILT_IN = {
     "generators": {"layer", "channel", "pixel", "learned", "fixed"},
     "placements": {"all", "none", "bottleneck_3x3", "last_stage", "first", "last", "stage", "glob"},
     "activations": {"relu", "leaky_relu", "prelu", "silu", "swish", "mish", "gelu", "identity",
-                    "acon_a", "acon_b", "acon_c", "meta_acon"},
+                    "acon_a", "acon_b", "acon_c", "meta_acon", "se_control"},
     "datasets": {"mnist5k", "digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "imagefolder"},
 }
 
