@@ -16,6 +16,7 @@ from report.collect import StudyRuns, collect, history
 from report.errors import EmptyStudyError
 from report.stats import ablation_stats, is_accuracy, parse_baseline, resolve_metric
 from report.tables import check_formats, display_frame, format_table, write_tables
+from studies import schema
 
 ARTIFACT_DIR = "report"
 DEFAULT_BASELINE = "activation=relu"
@@ -33,7 +34,7 @@ def build_report(study: str, *, tracking_uri: str | None = None, experiment: str
     """
     formats = check_formats(formats)
     runs = collect(study, tracking_uri=tracking_uri, experiment=experiment)
-    column = resolve_metric(runs.trials, metric or runs.metric)
+    column = _metric(runs, metric)
     groups = _group_by(group_by, runs)
     accuracy = is_accuracy(column, runs.kept[column])
     spec = _baseline(baseline, runs)
@@ -50,6 +51,13 @@ def build_report(study: str, *, tracking_uri: str | None = None, experiment: str
         if log_to_mlflow:
             _log(runs, paths)
     return text
+
+
+def _metric(runs: StudyRuns, metric: str | None) -> str:
+    """The column of the objective (or of ``metric``: ``val_acc``, ``final/val_acc`` and ``val/acc`` alike)."""
+    name = metric or runs.metric
+    key = schema.metric_key(name)
+    return resolve_metric(runs.trials, key if key in runs.trials else name)
 
 
 def _group_by(group_by, runs: StudyRuns) -> list[str]:
@@ -110,12 +118,13 @@ def _plots(runs: StudyRuns, folder: Path, column: str, accuracy: bool, optuna_st
     """EDF per design axis (and complexity-normalised by FLOPs when logged), learning curves, importance."""
     paths = []
     done = runs.kept[runs.kept["state"] == "COMPLETE"]
-    normalise = "flops" in done and done["flops"].notna().all()
+    flops = schema.COST + "flops"
+    normalise = flops in done and done[flops].notna().all()
     for axis in runs.axes:
         paths += plots.plot_edf(runs.kept, axis, column, folder, accuracy=accuracy)
         if normalise:
-            paths += plots.plot_edf(runs.kept, axis, column, folder, accuracy=accuracy, weight_by="flops")
-    key = runs.metric
+            paths += plots.plot_edf(runs.kept, axis, column, folder, accuracy=accuracy, weight_by=flops)
+    key = schema.epoch_key(runs.metric)
     hist = history(runs, keys=(key,))
     if not hist.empty:
         paths += plots.plot_learning_curves(hist, key, folder, scale=100.0 if accuracy else 1.0)

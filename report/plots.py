@@ -62,7 +62,7 @@ def plot_edf(trials: pd.DataFrame, axis: str, column: str, out_dir: Path, *, acc
            title=f"EDF of {label} by {axis}" + (f", normalised by {weight_by}" if weight_by else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return save(fig, out_dir, stem or f"edf_{axis}" + (f"_by_{weight_by}" if weight_by else ""))
+    return save(fig, out_dir, stem or f"edf_{axis}" + (f"_by_{_plain(weight_by)}" if weight_by else ""))
 
 
 def plot_learning_curves(hist: pd.DataFrame, key: str, out_dir: Path, *, scale: float = 1.0,
@@ -81,7 +81,7 @@ def plot_learning_curves(hist: pd.DataFrame, key: str, out_dir: Path, *, scale: 
     ax.set(xlabel="epoch", ylabel=key + (" (%)" if scale == 100.0 else ""), title=f"{key}: mean ± std over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return save(fig, out_dir, stem or f"curves_{key}")
+    return save(fig, out_dir, stem or f"curves_{_plain(key)}")
 
 
 def plot_param_importance(study, out_dir: Path, *, stem: str = "param_importance") -> list[Path]:
@@ -97,3 +97,8 @@ def plot_param_importance(study, out_dir: Path, *, stem: str = "param_importance
         ax.text(v, y, f" {v:.2f}", va="center", fontsize=8)
     ax.set(xlabel="importance (fANOVA, sums to 1)", title=f"parameter importance: {study.study_name}", xlim=(0, 1.1))
     return save(fig, out_dir, stem)
+
+
+def _plain(key: str) -> str:
+    """A metric or param key as a file-name part: ``val/acc`` -> ``val_acc``, ``cost.flops`` -> ``flops``."""
+    return key.removeprefix("cost.").replace("/", "_")

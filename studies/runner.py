@@ -18,10 +18,10 @@ import optuna
 from optuna.trial import TrialState
 
 from studies.interrupt import check, graceful_signals
-from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study, variant_label
+from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study
 from studies.storage import open_storage, require_existing, resolve_storage, resolve_tracking_uri
 from studies.tracking import PARENT_ATTR, Tracker
-from studies.trial import TrialContext, execute_trial, heartbeat_interval, load_data
+from studies.trial import TrialContext, cell_key, enqueue_cell, execute_trial, heartbeat_interval, load_data
 
 #: Settings that change results: a study resumed with different values is refused.
 RESULT_SETTINGS = ("model", "dataset", "small_input", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
@@ -294,8 +294,7 @@ def enqueue_missing(session: _Session) -> int:
     taken = {t.user_attrs.get("cell_key") for t in study.get_trials(deepcopy=False, states=live)}
     missing = [c for c in session.spec.cells(session.settings) if cell_key(c) not in taken]
     for cell in missing:
-        study.enqueue_trial({}, user_attrs={**{k: _attr(v) for k, v in cell.items()}, "cell_key": cell_key(cell),
-                                            "variant": variant_label(cell)})
+        enqueue_cell(study, cell)
     return len(missing)
 
 
@@ -314,15 +313,6 @@ def _requeue_dead(session: _Session, trial: optuna.trial.FrozenTrial) -> None:
         session.tracker.fail_if_running(run_id, "worker stopped sending heartbeats (killed or crashed)")
     if session.spec.is_grid:
         enqueue_missing(session)
-
-
-def cell_key(cell: dict[str, Any]) -> str:
-    """A stable identity of a (design, seed) cell."""
-    return json.dumps({k: str(v) for k, v in sorted(cell.items())}, sort_keys=True)
-
-
-def _attr(value: Any) -> Any:
-    return value if isinstance(value, (int, float, str, bool)) else str(value)
 
 
 def _all_done(session: _Session) -> bool:

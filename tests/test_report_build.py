@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from _tracked import grid, write_study
 from report import build_report
 from report.plots import complexity_weights, edf, plot_param_importance
-from report.synthetic import grid_trials, sqlite_store, write_study
 
 CELLS = [{"activation": "relu", "generator": "-", "r": "-"},
          {"activation": "meta_acon", "generator": "channel", "r": "16"},
@@ -18,12 +18,11 @@ GAIN = {"-": 0.0, "channel": 0.02, "layer": 0.0}
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("build")
-    uri = sqlite_store(root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
     # channel gains 2 + 0.1 * seed points over relu: a real, not constant, paired gain
-    trials = grid_trials(CELLS, range(4), lambda c, s: 0.7 + GAIN[c["generator"]] * (1 + 0.05 * s) + 0.003 * ((s * 7) % 3),
-                         extra={"flops": 1e6})
-    parent = write_study("abl", trials, axes=["activation", "generator", "r"], tracking_uri=uri,
-                         artifact_location=(root / "artifacts").as_uri())
+    trials = grid(CELLS, range(4), lambda c, s: 0.7 + GAIN[c["generator"]] * (1 + 0.05 * s) + 0.003 * ((s * 7) % 3),
+                  cost={"flops": 1e6, "params": 1000})
+    parent = write_study(uri, "abl", trials, axes=["activation", "generator", "r"]).parent_id
     return uri, parent, root
 
 
