@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from studies.interrupt import check, graceful_signals
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study
+from studies.summary import publish
 from studies.storage import open_storage, require_existing, resolve_storage, resolve_tracking_uri
 from studies.tracking import PARENT_ATTR, Tracker
 from studies.trial import TrialContext, cell_key, enqueue_cell, execute_trial, heartbeat_interval, load_data
@@ -78,6 +79,7 @@ def run_study(study: Study | str, options: RunOptions | None = None, *, join: bo
             session.tracker.close_parent("KILLED" if not join else "RUNNING")
             raise
     if not join or _all_done(session):
+        publish(session.tracker, spec, settings, session.optuna_study)
         session.tracker.close_parent("FINISHED" if _all_done(session) else "KILLED")
     return StudyRun(session.optuna_study, session.tracker.parent_id, ran, state_counts(session.optuna_study),
                     missing_cells(session.optuna_study, session.spec, session.settings))
@@ -146,6 +148,8 @@ def _open(spec: Study, settings: dict[str, Any], options: RunOptions, *, join: b
         tracker.attach_parent(parent)
     else:
         optuna_study.set_user_attr(PARENT_ATTR, tracker.open_parent(parent, url))
+        optuna_study.set_metric_names([spec.metric])
+        publish(tracker, spec, settings, optuna_study)
     ctx = TrialContext(spec, settings, tracker, optuna_study, device=options.device, data_dir=options.data_dir,
                        download=options.download, threads=options.threads, progress=options.progress)
     holder["s"] = _Session(spec, settings, optuna_study, tracker, ctx)

@@ -33,6 +33,10 @@ SEED = "seed"
 # The parent run's per-variant summary: metric "mean/<variant>" (the objective's mean over seeds).
 MEAN = "mean/"
 
+# The parent run's description ends with this heading and the results (run summary, then report table).
+RESULTS_HEADING = "\n\n## Results\n\n"
+NOTE_LIMIT = 7900  # MLflow keeps tag values up to 8,000 characters
+
 # Artifacts of the parent run.
 TABLES_DIR, PLOTS_DIR = "report/tables", "report/plots"
 

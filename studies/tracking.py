@@ -94,7 +94,13 @@ class Tracker:
         old = self.client.get_run(self.parent_id).data.params
         params = [Param(k, _param_str(v)) for k, v in sorted((settings or {}).items())
                   if k not in old or old[k] == _param_str(v)]
-        self.client.log_batch(self.parent_id, params=params, tags=[RunTag(schema.NOTE, note)])
+        self.client.log_batch(self.parent_id, params=params, tags=[RunTag(schema.NOTE, _clip(note))])
+
+    def set_results(self, markdown: str) -> None:
+        """Replace the results section of the parent run's description (the report's table)."""
+        note = self.client.get_run(self.parent_id).data.tags.get(schema.NOTE, "")
+        self.client.set_tag(self.parent_id, schema.NOTE, _clip(note.split(schema.RESULTS_HEADING)[0]
+                                                               + schema.RESULTS_HEADING + markdown))
 
     def summarize(self, means: dict[str, float], best: str | None) -> None:
         """Per-variant mean objective as parent metrics ``mean/<variant>``, the best variant as a tag."""
@@ -210,6 +216,11 @@ def _fast_http() -> Iterator[None]:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
+
+
+def _clip(text: str) -> str:
+    """A description within MLflow's tag limit, saying so when cut."""
+    return text if len(text) <= schema.NOTE_LIMIT else text[:schema.NOTE_LIMIT - 40] + "\n\n_(cut: see report/tables)_"
 
 
 def _param_str(value: Any) -> str:

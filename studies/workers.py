@@ -228,9 +228,13 @@ class _Launcher:
             raise RuntimeError(self.errors[0])
 
     def _close_parent(self, status: str) -> None:
+        from studies.summary import publish
         from studies.tracking import Tracker
 
-        Tracker.attach(resolve_tracking_uri(self.options.tracking_uri), self.prepared.parent_run_id).close_parent(status)
+        tracker = Tracker.attach(resolve_tracking_uri(self.options.tracking_uri), self.prepared.parent_run_id)
+        spec = load_study(self.study)
+        publish(tracker, spec, spec.settings(self.options.preset, self.options.overrides), self.prepared.study)
+        tracker.close_parent(status)
 
     def _progress(self):
         from tqdm.auto import tqdm

@@ -26,6 +26,7 @@ def write_study(uri: str, study: str, trials: list[Trial], *, axes, metric: str 
     tracker = Tracker(uri, study, study=study, optuna_study=f"{study}-quick", preset="quick", axes=tuple(axes),
                       metric=metric, direction="maximize")
     tracker.open_parent()
+    tracker.describe_parent(f"**{study}**: a test study", SETTINGS)
     for t in trials:
         label = "/".join(str(t.cell[a]) for a in axes)
         run = tracker.start_trial(t.number, t.cell, SETTINGS, label)
