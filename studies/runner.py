@@ -22,7 +22,7 @@ from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study
 from studies.summary import publish
 from studies.storage import open_storage, require_existing, resolve_storage, resolve_tracking_uri
 from studies.tracking import PARENT_ATTR, Tracker
-from studies.trial import TrialContext, cell_key, enqueue_cell, execute_trial, heartbeat_interval, load_data
+from studies.trial import TrialContext, axis_choices, cell_key, enqueue_cell, execute_trial, heartbeat_interval, load_data
 
 #: Settings that change results: a study resumed with different values is refused.
 RESULT_SETTINGS = ("model", "dataset", "small_input", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
@@ -296,9 +296,10 @@ def enqueue_missing(session: _Session) -> int:
     study = session.optuna_study
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
     taken = {t.user_attrs.get("cell_key") for t in study.get_trials(deepcopy=False, states=live)}
-    missing = [c for c in session.spec.cells(session.settings) if cell_key(c) not in taken]
+    cells = session.spec.cells(session.settings)
+    missing = [c for c in cells if cell_key(c) not in taken]
     for cell in missing:
-        enqueue_cell(study, cell)
+        enqueue_cell(study, cell, axis_choices(cells))
     return len(missing)
 
 

@@ -111,22 +111,25 @@ def _design(ctx: TrialContext, trial: optuna.Trial) -> tuple[dict[str, Any], dic
 
 
 def axis_choices(cells: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Each design axis's values in the study: the fixed choices of its Optuna categorical param."""
-    return {axis: sorted({c[axis] for c in cells}, key=str) for axis in DESIGN_AXES}
+    """The axes (and seed) that vary across the study's cells, with their values: a grid trial's Optuna params."""
+    choices = {axis: sorted({c[axis] for c in cells}, key=str) for axis in DESIGN_AXES + (schema.SEED,)}
+    return {axis: values for axis, values in choices.items() if len(values) > 1}
 
 
 def suggest_cell(trial: optuna.Trial, cells: list[dict[str, Any]]) -> dict[str, Any]:
     """The grid cell enqueued for ``trial``, read back as Optuna params (so dashboards can analyse them)."""
-    cell = {axis: trial.suggest_categorical(axis, choices) for axis, choices in axis_choices(cells).items()}
-    cell[schema.SEED] = trial.suggest_int(schema.SEED, 0, max(c[schema.SEED] for c in cells))
+    cell = dict(cells[0])  # axes with one value keep it
+    for axis, values in axis_choices(cells).items():
+        cell[axis] = (trial.suggest_int(axis, 0, max(values)) if axis == schema.SEED
+                      else trial.suggest_categorical(axis, values))
     if cell_key(cell) != trial.user_attrs.get("cell_key"):  # queued for another design space
         raise ValueError(f"queued cell {trial.user_attrs.get('cell_key')!r} is not a cell of this study's designs")
     return cell
 
 
-def enqueue_cell(study: optuna.Study, cell: dict[str, Any]) -> None:
-    """Queue a grid cell: its axes and seed as Optuna params, a short key and the variant as user attrs."""
-    study.enqueue_trial(params=dict(cell), user_attrs=cell_attrs(cell), skip_if_exists=False)
+def enqueue_cell(study: optuna.Study, cell: dict[str, Any], varying: dict[str, list[Any]]) -> None:
+    """Queue a grid cell: its varying axes as Optuna params, a short key and the variant as user attrs."""
+    study.enqueue_trial(params={axis: cell[axis] for axis in varying}, user_attrs=cell_attrs(cell))
 
 
 def cell_attrs(cell: dict[str, Any]) -> dict[str, Any]:
