@@ -23,8 +23,8 @@ from studies.tracking import Tracker
 
 #: Settings that are not training-config fields nor logged as params.
 NOT_LOGGED = ("designs",)
-#: tqdm's default layout without the rate: at 100 columns the bar keeps about 30 of them.
-BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+#: tqdm's layout without the rate and brackets: at 100 columns the bar keeps about 25 of them.
+BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {elapsed}<{remaining}{postfix}"
 
 
 @dataclass
@@ -159,7 +159,7 @@ def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any],
         del values["epoch"]
         ctx.tracker.log_epoch(run_id, {metric: values[metric], **values}, step=m.epoch)  # the objective first
         if ctx.bar is not None:
-            ctx.bar.set_postfix_str(f"{schema.run_name(cell)} ep {m.epoch}/{cfg.epochs} {_short(metric, values)}")
+            ctx.bar.set_postfix_str(f"{schema.run_name(cell)} e{m.epoch}/{cfg.epochs} {_short(metric, values)}")
         trial.report(values[metric], m.epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
@@ -174,7 +174,7 @@ def _short(metric: str, values: dict[str, Any]) -> str:
     value = values.get(metric)
     if value is None:
         return ""
-    return f"{metric} {100 * value:.1f}%" if "acc" in metric or "top" in metric else f"{metric} {value:.4g}"
+    return f"{100 * value:.1f}%" if "acc" in metric or "top" in metric else f"{value:.4g}"
 
 
 def build_variant(cell: dict[str, Any], settings: dict[str, Any], data) -> tuple[Any, list]:
