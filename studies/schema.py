@@ -8,6 +8,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+# Experiment tag: MLflow 3's UI opens a "model training" experiment on its runs table, not the GenAI overview.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
 # Tags of the parent run (one per Optuna study) and the child runs (one per trial).
 ROLE, PARENT, TRIAL = "acon.role", "parent", "trial"
 STUDY, PRESET, OPTUNA_STUDY, STORAGE = "acon.study", "acon.preset", "optuna.study_name", "acon.storage"
@@ -33,8 +36,8 @@ SEED = "seed"
 # The parent run's per-variant summary: metric "mean/<variant>" (the objective's mean over seeds).
 MEAN = "mean/"
 
-# The parent run's description ends with this heading and the results (run summary, then report table).
-RESULTS_HEADING = "\n\n## Results\n\n"
+# The parent run's description: question, results (run summary, then the report's table), settings.
+RESULTS_HEADING, SETTINGS_HEADING = "\n\n## Results\n\n", "\n\n## Settings\n\n"
 NOTE_LIMIT = 7900  # MLflow keeps tag values up to 8,000 characters
 
 # Artifacts of the parent run.

@@ -89,8 +89,8 @@ def parent_note(spec, optuna_study: str, settings: dict, results: str) -> str:
     rows = "\n".join(f"| {k} | {'-' if v is None else v} |" for k, v in sorted(settings.items()))
     head = (f"**{spec.doc}**\n\nStudy `{spec.name}`, Optuna study `{optuna_study}`, objective "
             f"`{schema.final_metric(spec.metric)}` ({spec.direction}). `run_study.py report {spec.name}` "
-            f"replaces the results below with the full ablation table.\n\n| setting | value |\n|---|---|\n{rows}")
-    return head + schema.RESULTS_HEADING + results
+            f"replaces the results below with the full ablation table.")
+    return head + schema.RESULTS_HEADING + results + schema.SETTINGS_HEADING + f"| setting | value |\n|---|---|\n{rows}"
 
 
 def _browse(tracking_uri: str, parent_run_id: str) -> list[str]:

@@ -55,9 +55,12 @@ class Tracker:
     def _experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if schema.EXPERIMENT_KIND not in exp.tags:
+                self.client.set_experiment_tag(exp.experiment_id, schema.EXPERIMENT_KIND, schema.MODEL_TRAINING)
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_location(self.uri, name))
+            return self.client.create_experiment(name, artifact_location=artifact_location(self.uri, name),
+                                                 tags={schema.EXPERIMENT_KIND: schema.MODEL_TRAINING})
         except MlflowException:  # another worker created it first
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -99,8 +102,10 @@ class Tracker:
     def set_results(self, markdown: str) -> None:
         """Replace the results section of the parent run's description (the report's table)."""
         note = self.client.get_run(self.parent_id).data.tags.get(schema.NOTE, "")
-        self.client.set_tag(self.parent_id, schema.NOTE, _clip(note.split(schema.RESULTS_HEADING)[0]
-                                                               + schema.RESULTS_HEADING + markdown))
+        head, _, rest = note.partition(schema.RESULTS_HEADING)
+        _, heading, settings = rest.partition(schema.SETTINGS_HEADING)
+        note = head + schema.RESULTS_HEADING + markdown + heading + settings
+        self.client.set_tag(self.parent_id, schema.NOTE, _clip(note))
 
     def summarize(self, means: dict[str, float], best: str | None) -> None:
         """Per-variant mean objective as parent metrics ``mean/<variant>``, the best variant as a tag."""
