@@ -177,7 +177,7 @@ def _publish(rep: _Report, tables: list[Path], images: list[Path]) -> None:
     tracker.log_artifacts(tables, schema.TABLES_DIR)
     tracker.log_artifacts(images, schema.PLOTS_DIR)
     tracker.set_results(_render(rep, "markdown", []))
-    scale = 100.0 if rep.accuracy else 1.0
-    means = {label: m / scale for label, m in zip(group_labels(rep.table, rep.groups), rep.table["mean"]) if pd.notna(m)}
-    best = [label for label, b in zip(group_labels(rep.table, rep.groups), rep.table["best"]) if b]
+    scale, labels = 100.0 if rep.accuracy else 1.0, group_labels(rep.table, rep.groups, sep="/", every_axis=True)
+    means = {label: m / scale for label, m in zip(labels, rep.table["mean"]) if pd.notna(m)}
+    best = [label for label, b in zip(labels, rep.table["best"]) if b]
     tracker.summarize(means, best[0] if best else None)

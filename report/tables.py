@@ -80,13 +80,18 @@ def display_frame(table: pd.DataFrame, group_by: list[str], *, accuracy: bool, b
     return out
 
 
-def group_labels(table: pd.DataFrame, group_by: list[str]) -> list[str]:
-    """One readable label per row: the values of its group axes that apply, ``meta_acon·channel·r8``."""
+def group_labels(table: pd.DataFrame, group_by: list[str], *, sep: str = "·", every_axis: bool = False) -> list[str]:
+    """One readable label per row: the values of its group axes that apply, ``meta_acon·channel·r8``.
+
+    Axes with one value on every row are left out unless ``every_axis`` (then, with ``sep="/"``,
+    the label is the run's ``acon.variant``).
+    """
     def part(axis: str, value) -> str:
         return f"r{value}" if axis == "r" else str(value)
 
-    return ["·".join(part(a, v) for a, v in zip(group_by, values) if str(v) != "-") or "-"
-            for values in table[group_by].itertuples(index=False)]
+    varying = group_by if every_axis else [a for a in group_by if table[a].nunique() > 1] or group_by
+    return [sep.join(part(a, v) for a, v in zip(varying, values) if str(v) != "-") or "-"
+            for values in table[varying].itertuples(index=False)]
 
 
 def compact_frame(table: pd.DataFrame, group_by: list[str], *, accuracy: bool) -> pd.DataFrame:
@@ -121,13 +126,14 @@ def html_page(title: str, intro: list[str], settings: dict, table: pd.DataFrame,
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>"
             + "".join(f"<p>{esc(line)}</p>" for line in intro if line.strip())
-            + f'<h2>Ablation table</h2>{format_table(table, "html")}<div class="note">{notes}</div>'
+            + f'<h2>Ablation table</h2><div class="wide">{format_table(table, "html")}</div><div class="note">{notes}</div>'
             + (f"<h2>Plots</h2>{plots}" if plots else "")
             + f"<h2>Settings</h2><table class=\"settings\">{rows}</table></body></html>\n")
 
 
 _CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse}"
-        "td,th{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right}th{background:#f4f4f4}"
+        "td,th{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}"
+        "th{background:#f4f4f4}.wide{overflow-x:auto}"
         ".settings td,.settings th{text-align:left}.note{color:#444;font-size:.9em;max-width:60em}"
         "figure{display:inline-block;margin:.5em}img{max-width:36em}")
 

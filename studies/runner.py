@@ -22,7 +22,8 @@ from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study
 from studies.summary import publish
 from studies.storage import open_storage, require_existing, resolve_storage, resolve_tracking_uri
 from studies.tracking import PARENT_ATTR, Tracker
-from studies.trial import TrialContext, axis_choices, cell_key, enqueue_cell, execute_trial, heartbeat_interval, load_data
+from studies.trial import (TrialContext, axis_choices, cell_key, enqueue_cell, execute_trial, heartbeat_interval,
+                           load_data)
 
 #: Settings that change results: a study resumed with different values is refused.
 RESULT_SETTINGS = ("model", "dataset", "small_input", "epochs", "batch_size", "optimizer", "lr", "weight_decay",

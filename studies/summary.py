@@ -87,9 +87,8 @@ def publish(tracker, spec, settings: dict, study) -> None:
 def parent_note(spec, optuna_study: str, settings: dict, results: str) -> str:
     """The parent run's description in Markdown: the question, the settings, the results so far."""
     rows = "\n".join(f"| {k} | {'-' if v is None else v} |" for k, v in sorted(settings.items()))
-    head = (f"**{spec.doc}**\n\nStudy `{spec.name}`, Optuna study `{optuna_study}`, objective "
-            f"`{schema.final_metric(spec.metric)}` ({spec.direction}). `run_study.py report {spec.name}` "
-            f"replaces the results below with the full ablation table.")
+    head = (f"**{spec.doc}**\n\nObjective `{schema.final_metric(spec.metric)}` ({spec.direction}); Optuna study "
+            f"`{optuna_study}`; full table: `run_study.py report {spec.name}`.")
     return head + schema.RESULTS_HEADING + results + schema.SETTINGS_HEADING + f"| setting | value |\n|---|---|\n{rows}"
 
 

@@ -109,7 +109,7 @@ class Tracker:
 
     def summarize(self, means: dict[str, float], best: str | None) -> None:
         """Per-variant mean objective as parent metrics ``mean/<variant>``, the best variant as a tag."""
-        self.log_metrics(self.parent_id, {schema.mean_key(v): m for v, m in means.items()})
+        self.log_metrics(self.parent_id, {schema.mean_key(v): round(m, 6) for v, m in means.items()})
         if best:
             self.client.set_tag(self.parent_id, schema.BEST, best)
 

@@ -16,8 +16,8 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import TrialState
 
-from studies.interrupt import Interrupted, check
 from studies import schema
+from studies.interrupt import Interrupted, check
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, design_cell, variant_label
 from studies.tracking import Tracker
 
@@ -148,8 +148,8 @@ def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any],
 
     data = ctx.data()
     model, sites = build_variant(cell, settings, data)
-    ctx.tracker.log_dataset(run_id, data.name, data.sizes(), {"classes": data.num_classes,
-                                                               "shape": [data.in_channels, data.image_size, data.image_size]})
+    shape = [data.in_channels, data.image_size, data.image_size]
+    ctx.tracker.log_dataset(run_id, data.name, data.sizes(), {"classes": data.num_classes, "shape": shape})
     ctx.tracker.log_cost(run_id, ctx.overhead(label, model, sites, settings, data))
     cfg = train_config(settings, seed=int(cell["seed"]), device=ctx.device, threads=ctx.threads)
     metric = ctx.spec.metric

@@ -64,7 +64,7 @@ def test_parent_run_has_a_description_settings_and_a_mean_per_variant(real):
     assert parent.data.params["epochs"] == "1" and parent.data.params["dataset"] == "digits"
     assert parent.data.tags[schema.METRIC] == "final/val_acc"
     relu = [t.value for t in result.study.trials if t.params["activation"] == "relu"]
-    assert parent.data.metrics["mean/relu.all"] == pytest.approx(sum(relu) / 2)
+    assert parent.data.metrics["mean/relu.all"] == pytest.approx(sum(relu) / 2, abs=1e-6)
     assert parent.data.tags[schema.BEST] in ("relu/all", "meta_acon/channel/r4/all")
 
 
@@ -93,8 +93,11 @@ def test_report_on_the_real_study_logs_a_utf8_page_to_the_parent_run(real, tmp_p
     assert '<meta charset="utf-8">' in text and "±" in text and "data:image/png;base64," in text
     plots = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(parent.info.run_id, schema.PLOTS_DIR)}
     assert "edf_activation.png" in plots and "edf_placement.png" not in plots  # one placement: no plot
-    note = client.get_run(parent.info.run_id).data.tags[schema.NOTE]
-    assert "| relu" in note and "standard deviation is across seeds" in note
+    after = client.get_run(parent.info.run_id).data
+    assert "| relu" in after.tags[schema.NOTE] and "standard deviation is across seeds" in after.tags[schema.NOTE]
+    assert "## Settings" in after.tags[schema.NOTE]  # the report replaced the results only
+    # the report's mean per row lands on the same keys the run wrote, not on a second set
+    assert set(after.metrics) == {"mean/relu.all", "mean/meta_acon.channel.r4.all"}
 
 
 def test_a_partial_run_lists_what_is_left_exits_0_and_says_how_to_browse(tmp_path):
