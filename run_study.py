@@ -117,8 +117,11 @@ def _add_report(sub: Any) -> None:
     p.add_argument("--group-by", help="comma-separated design axes (default: the variant)")
     p.add_argument("--baseline", default="activation=relu", help="baseline row as AXIS=VALUE (default activation=relu)")
     p.add_argument("--metric", help="metric (default: the study's)")
-    p.add_argument("--format", default="terminal", help="terminal, markdown, csv, latex, html (comma-separated)")
+    p.add_argument("--format", default="terminal",
+                   help="terminal, markdown (md), csv, latex, html (comma-separated); the first is printed")
     p.add_argument("--out", help="directory to write the tables (and plots) to")
+    p.add_argument("--no-log", action="store_true",
+                   help="do not update the study's MLflow parent run (artifacts, description, summary metrics)")
     p.add_argument("--plots", action="store_true",
                    help="also draw EDF and learning-curve plots (and parameter importance for search studies)")
     p.add_argument("--storage", help="Optuna storage, for the importance plot (default $ACON_STORAGE or optuna.db)")
@@ -167,7 +170,8 @@ def _run_options(args: argparse.Namespace, **extra: Any):
 def cmd_run(args: argparse.Namespace) -> int:
     """Run or resume a study, then print its summary table."""
     from studies.runner import run_study
-    from studies.summary import summary_text
+    from studies.storage import resolve_tracking_uri
+    from studies.summary import summary_text, unfinished
 
     if args.workers != 1 or args.gpus:
         from studies.workers import parse_gpus, run_workers
@@ -175,9 +179,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run_workers(args.study, _run_options(args), workers=args.workers, gpus=parse_gpus(args.gpus))
     else:
         result = run_study(args.study, _run_options(args, max_trials=args.max_trials))
-    print(summary_text(result))
+    print(summary_text(result, resolve_tracking_uri(args.tracking_uri)))
     print(f"Optuna storage {mask_url(result.storage)}")
-    return 0 if result.missing == 0 else 1
+    return 1 if unfinished(result.study)[1] else 0  # cells left failed; cells merely not run yet are fine
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -198,7 +202,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     searched = _searched_study(args) if args.plots else None
     print(build_report(args.study, tracking_uri=args.tracking_uri, experiment=args.experiment, group_by=group_by,
                        baseline=args.baseline, metric=args.metric, formats=formats, out_dir=args.out,
-                       plots=args.plots, optuna_study=searched, effect=args.effect))
+                       plots=args.plots, optuna_study=searched, log_to_mlflow=not args.no_log, effect=args.effect))
     return 0
 
 

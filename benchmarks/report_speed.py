@@ -2,7 +2,7 @@
 
     python benchmarks/report_speed.py [--runs 5000] [--store DIR]
 
-The store is made once with ``report.synthetic`` (bulk ORM inserts) and reused if --store
+The store is made once with ``synthetic.py`` next to this file (bulk ORM inserts) and reused if --store
 is given and already holds it. Prints the time of each stage; the target is under 5 s.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import mlflow
 
 from report import build_report
 from report.collect import collect
-from report.synthetic import grid_trials, write_study
+from synthetic import grid_trials, write_study  # benchmarks/synthetic.py
 
 STUDY = "bench_ablation"
 AXES = ("activation", "generator", "r", "placement")
@@ -39,7 +39,7 @@ def make_store(uri: str, runs: int) -> None:
     cells = _cells()
     seeds = range(-(-runs // len(cells)))
     trials = grid_trials(cells, seeds, lambda c, s: 0.7 + 0.01 * len(c["generator"]) + 0.001 * (s % 7), epochs=10)
-    write_study(STUDY, trials[:runs], axes=AXES, tracking_uri=uri, bulk=True)
+    write_study(STUDY, trials[:runs], axes=AXES, tracking_uri=uri)
 
 
 def main() -> None:

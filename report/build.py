@@ -1,15 +1,16 @@
-"""``build_report``: collect a study, tabulate it, write the files and log them to the parent run.
+"""``build_report``: collect a study, tabulate it, write the files and publish them on the parent run.
 
 The four stages are plain calls: collect (report.collect) -> statistics (report.stats) ->
-tables and plots (report.tables, report.plots) -> MLflow artifacts on the study's parent run.
+tables and plots (report.tables, report.plots) -> the parent run (``studies.tracking``):
+artifacts under ``report/tables`` and ``report/plots``, the table in its description.
 """
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from mlflow import MlflowClient
 
 from report import plots, summary
 from report.columns import FOOTNOTE, add_columns
@@ -18,48 +19,92 @@ from report.power import check_effect
 from report.collect import StudyRuns, collect, history
 from report.errors import EmptyStudyError
 from report.stats import ablation_stats, is_accuracy, parse_baseline, resolve_metric
-from report.tables import check_formats, display_frame, format_table, write_tables
+from report.tables import SUFFIX, check_formats, compact_frame, display_frame, format_table, group_labels, html_page, wrap
+from studies import schema
+from studies.tracking import Tracker
 
-ARTIFACT_DIR = "report"
 DEFAULT_BASELINE = "activation=relu"
+
+
+@dataclass
+class _Report:
+    """One built report: the runs, the numeric and the readable table, and the words around them."""
+
+    runs: StudyRuns
+    column: str
+    groups: list[str]
+    accuracy: bool
+    table: pd.DataFrame
+    shown: pd.DataFrame
+    header: str
+    footnote: str
+    summary: str = ""  # what to conclude and what to run next (report.summary)
 
 
 def build_report(study: str, *, tracking_uri: str | None = None, experiment: str | None = None, group_by=None,
                  baseline: str | dict | None = "activation=relu", metric: str | None = None,
                  formats=("terminal",), out_dir=None, plots: bool = False, log_to_mlflow: bool = True,
                  optuna_study=None, effect: float | None = None) -> str:
-    """Build the ablation report of ``study`` and return its terminal text.
+    """Build the ablation report of ``study`` and return it in the first of ``formats``.
 
-    Files (one per format, plus PNG/SVG plots when ``plots``) go to ``out_dir`` and, with
-    ``log_to_mlflow``, to the parent run's ``report/`` artifacts. ``optuna_study`` (an
-    ``optuna.Study``) adds the parameter-importance plot. ``effect`` (in the table's units, e.g.
-    0.5 accuracy points) is the difference the seeds-needed column and the next-run line plan for.
+    Files (one per format, plus PNG/SVG plots when ``plots``) go to ``out_dir``. With
+    ``log_to_mlflow`` the parent run gets them (and the HTML page and CSV) as artifacts, the
+    Markdown table in its description and the mean objective per row as metrics.
+    ``optuna_study`` (an ``optuna.Study``) adds the parameter-importance plot. ``effect`` (in the table's
+    units, e.g. 0.5 accuracy points) is the difference the seeds-needed column and the next-run line plan for.
     """
     formats = check_formats(formats)
     check_effect(effect)
-    runs = collect(study, tracking_uri=tracking_uri, experiment=experiment)
-    column = resolve_metric(runs.trials, metric or runs.metric)
+    rep = _build(collect(study, tracking_uri=tracking_uri, experiment=experiment), group_by, baseline, metric, effect)
+    if out_dir is None and not log_to_mlflow:
+        return _render(rep, formats[0], [])
+    wanted = formats + tuple(f for f in ("html", "csv") if log_to_mlflow and f not in formats)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(out_dir) if out_dir is not None else Path(tmp)
+        images = _plots(rep, folder, optuna_study) if plots else []
+        tables = _write(rep, folder, wanted, images)
+        if log_to_mlflow:
+            _publish(rep, tables, images)
+    return _render(rep, formats[0], images)
+
+
+def _build(runs: StudyRuns, group_by, baseline, metric, effect=None) -> _Report:
+    """Statistics of the study's runs, the baseline row first, and their readable forms."""
+    column = _metric(runs, metric)
     groups = _group_by(group_by, runs)
     accuracy = is_accuracy(column, runs.kept[column])
     spec = _baseline(baseline, runs)
     table = ablation_stats(runs.kept, groups, column, baseline=spec, direction=runs.direction,
                            scale=100.0 if accuracy else 1.0, effect=effect)
+    table = table.sort_values("is_baseline", ascending=False, kind="stable").reset_index(drop=True)
     label = ",".join(f"{k}={v}" for k, v in spec.items()) or "baseline"
     shown = add_columns(display_frame(table, groups, accuracy=accuracy, baseline_label=label), table)
     paragraph, next_run = summary.conclusions(runs, table, groups, column, label, accuracy, effect)
-    text = "\n".join([_header(runs, column, accuracy), paragraph + "\n", format_table(shown, "terminal"),
-                      _footer(runs, spec, table), FOOTNOTE, "", next_run])
-    if out_dir is None and not log_to_mlflow:
-        return text
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(out_dir) if out_dir is not None else Path(tmp)
-        paths = _write_files(runs, folder, formats, table, shown, text, column, accuracy, plots, optuna_study)
-        if plots:
-            paths += plot_pareto(table, groups, folder, ylabel="accuracy (%)" if accuracy else column)
-        summary.prepend_to_files(paths, paragraph)
-        if log_to_mlflow:
-            _log(runs, paths)
-    return text
+    return _Report(runs, column, groups, accuracy, table, shown, _header(runs, column, accuracy),
+                   "\n".join([_footer(runs, spec, table, label), FOOTNOTE, next_run]), paragraph)
+
+
+def _render(rep: _Report, fmt: str, images: list[Path]) -> str:
+    """The report as text in ``fmt``: terminal and Markdown with header and footnote, CSV raw, HTML a page."""
+    if fmt == "terminal":
+        compact = compact_frame(rep.table, rep.groups, accuracy=rep.accuracy)
+        return "\n".join([rep.header, wrap(rep.summary), "", format_table(compact, "terminal"), "", wrap(rep.footnote)])
+    if fmt == "markdown":
+        return "\n\n".join([rep.header.replace("\n", "  \n"), rep.summary, format_table(rep.shown, "markdown"),
+                            rep.footnote])
+    if fmt == "csv":
+        return format_table(rep.table, "csv")
+    if fmt == "html":
+        return html_page(f"{rep.runs.study}: ablation", [*rep.header.splitlines(), rep.summary], rep.runs.settings, rep.shown,
+                         rep.footnote, images)
+    return format_table(rep.shown, fmt)
+
+
+def _metric(runs: StudyRuns, metric: str | None) -> str:
+    """The column of the objective (or of ``metric``: ``val_acc``, ``final/val_acc`` and ``val/acc`` alike)."""
+    name = metric or runs.metric
+    key = schema.metric_key(name)
+    return resolve_metric(runs.trials, key if key in runs.trials else name)
 
 
 def _group_by(group_by, runs: StudyRuns) -> list[str]:
@@ -85,18 +130,19 @@ def _baseline(baseline, runs: StudyRuns) -> dict[str, str]:
 def _header(runs: StudyRuns, column: str, accuracy: bool) -> str:
     """Study name, metric and trial counts by state (duplicates named, never averaged in)."""
     c = runs.counts()
-    metric = f"{column} (shown as accuracy and error in %)" if accuracy else column
+    metric = f"{column} (shown as accuracy in %)" if accuracy else column
     return (f"study {runs.study}: metric {metric}, {runs.direction}\n"
             f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, {c['running']} running, "
             f"{c['duplicates']} duplicate run(s) counted once\n")
 
 
-def _footer(runs: StudyRuns, spec: dict, table) -> str:
+def _footer(runs: StudyRuns, spec: dict, table, label: str) -> str:
     """How to read the table, and what could not be compared."""
-    lines = ["", "n: completed trials; 95% CI: t-interval of the mean; Δ: mean per-seed difference to the baseline "
-             "(pairs = seeds present in both); p (t): paired t-test (exact sign test when every pair differs by the "
-             "same amount); p (Holm): p (t) adjusted for the number of rows tested against the baseline; p (W): "
-             "Wilcoxon signed-rank, from 6 pairs; verdict 'noise' when p (Holm) >= 0.05."]
+    lines = [f"mean ± std: the standard deviation is across seeds; * marks the best mean; n: completed trials "
+             f"(dropped: pruned or failed); 95% CI: t-interval of the mean; Δ: mean per-seed difference to the "
+             f"baseline {label} (pairs = seeds present in both); p (t): paired t-test (exact sign test when every "
+             f"pair differs by the same amount); p (Holm): p (t) adjusted for the number of rows tested against the "
+             f"baseline; p (W): Wilcoxon signed-rank, from 6 pairs; verdict 'noise' when p (Holm) >= 0.05."]
     if spec and not table["is_baseline"].any() and not (table["n_pairs"] > 0).any():
         lines.append(f"baseline {spec} has no completed trials: no differences computed.")
     elif not spec:
@@ -104,38 +150,43 @@ def _footer(runs: StudyRuns, spec: dict, table) -> str:
     return "\n".join(lines)
 
 
-def _write_files(runs, folder: Path, formats, table, shown, text, column, accuracy, with_plots, optuna_study):
-    """Tables in every format (CSV with raw numbers; terminal with header) and, if asked, the plots."""
-    frames = {"default": shown, "csv": table}
-    paths = write_tables(frames, [f for f in formats if f != "terminal"], folder, f"{runs.study}_table")
-    if "terminal" in formats:
-        paths.append(folder / f"{runs.study}_table.txt")
-        paths[-1].write_text(text + "\n", encoding="utf-8")
-    if with_plots:
-        paths += _plots(runs, folder, column, accuracy, optuna_study)
+def _write(rep: _Report, folder: Path, formats, images: list[Path]) -> list[Path]:
+    """One table file per format (``STUDY_table.EXT``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        paths.append(folder / f"{rep.runs.study}_table{SUFFIX[fmt]}")
+        paths[-1].write_text(_render(rep, fmt, images) + "\n", encoding="utf-8")
     return paths
 
 
-def _plots(runs: StudyRuns, folder: Path, column: str, accuracy: bool, optuna_study) -> list[Path]:
-    """EDF per design axis (and complexity-normalised by FLOPs when logged), learning curves, importance."""
-    paths = []
+def _plots(rep: _Report, folder: Path, optuna_study) -> list[Path]:
+    """EDF per design axis with several values (and by FLOPs when logged), learning curves, importance."""
+    runs, column, paths = rep.runs, rep.column, []
     done = runs.kept[runs.kept["state"] == "COMPLETE"]
-    normalise = "flops" in done and done["flops"].notna().all()
-    for axis in runs.axes:
-        paths += plots.plot_edf(runs.kept, axis, column, folder, accuracy=accuracy)
+    flops = schema.COST + "flops"
+    normalise = flops in done and done[flops].notna().all() and done[flops].nunique() > 1
+    for axis in [a for a in runs.axes if done[a].nunique() > 1]:  # one value: nothing to compare
+        paths += plots.plot_edf(runs.kept, axis, column, folder, accuracy=rep.accuracy)
         if normalise:
-            paths += plots.plot_edf(runs.kept, axis, column, folder, accuracy=accuracy, weight_by="flops")
-    key = runs.metric
+            paths += plots.plot_edf(runs.kept, axis, column, folder, accuracy=rep.accuracy, weight_by=flops)
+    key = schema.epoch_key(runs.metric)
     hist = history(runs, keys=(key,))
     if not hist.empty:
-        paths += plots.plot_learning_curves(hist, key, folder, scale=100.0 if accuracy else 1.0)
+        paths += plots.plot_learning_curves(hist, key, folder, scale=100.0 if rep.accuracy else 1.0)
     if optuna_study is not None:
         paths += plots.plot_param_importance(optuna_study, folder)
+    paths += plot_pareto(rep.table, rep.groups, folder, ylabel="accuracy (%)" if rep.accuracy else column)
     return paths
 
 
-def _log(runs: StudyRuns, paths: list[Path]) -> None:
-    """Log every written file to the parent run under ``report/``."""
-    client = MlflowClient(tracking_uri=runs.tracking_uri)
-    for path in paths:
-        client.log_artifact(runs.parent_run_id, str(path), artifact_path=ARTIFACT_DIR)
+def _publish(rep: _Report, tables: list[Path], images: list[Path]) -> None:
+    """Files as parent-run artifacts, the Markdown table as its description's results, mean per row as metrics."""
+    tracker = Tracker.attach(rep.runs.tracking_uri, rep.runs.parent_run_id)
+    tracker.log_artifacts(tables, schema.TABLES_DIR)
+    tracker.log_artifacts(images, schema.PLOTS_DIR)
+    tracker.set_results(_render(rep, "markdown", []))
+    scale, labels = 100.0 if rep.accuracy else 1.0, group_labels(rep.table, rep.groups, sep="/", every_axis=True)
+    means = {label: m / scale for label, m in zip(labels, rep.table["mean"]) if pd.notna(m)}
+    best = [label for label, b in zip(labels, rep.table["best"]) if b]
+    tracker.summarize(means, best[0] if best else None)

@@ -1,14 +1,14 @@
 """Collect a study's trials from MLflow into one tidy DataFrame (one row per trial).
 
-Reads the layout ``studies.tracking`` writes: an experiment per study, one parent run
-tagged ``acon.role=parent`` and one child run per Optuna trial. Failed, pruned and
-duplicated trials stay in the frame, marked, so a report can count them.
+Reads the layout ``studies.schema`` defines and ``studies.tracking`` writes: an experiment
+per study, one parent run tagged ``acon.role=parent`` and one child run per Optuna trial.
+Failed, pruned and duplicated trials stay in the frame, marked, so a report can count them.
 """
 from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlflow
 import pandas as pd
@@ -16,11 +16,12 @@ from mlflow import MlflowClient
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 
 from report.errors import EmptyStudyError, StudyNotFoundError
+from studies import schema
 
-STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
+STATES = schema.STATES
 _STATE_RANK = {s: i for i, s in enumerate(STATES)}
 # Run params that are not design axes keep a "param." prefix: "lr" is also a per-epoch metric.
-_PLAIN_PARAMS = ("seed", "model", "dataset")
+_PLAIN_PARAMS = (schema.SEED, "model", "dataset")
 
 
 @dataclass
@@ -35,6 +36,8 @@ class StudyRuns:
     direction: str
     trials: pd.DataFrame
     tracking_uri: str
+    preset: str = ""
+    settings: dict = field(default_factory=dict)  # the parent run's params: the study's settings
 
     @property
     def kept(self) -> pd.DataFrame:
@@ -54,14 +57,15 @@ def collect(study: str, *, tracking_uri: str | None = None, experiment: str | No
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = _experiment(client, experiment or study)
     parent = _parent(client, exp.experiment_id, study)
-    runs = _search_all(client, exp.experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    runs = _search_all(client, exp.experiment_id, f"tags.`{schema.PARENT_RUN}` = '{parent.info.run_id}'")
     if not runs:
         raise EmptyStudyError(f"study {study!r} has no trial runs under its parent run {parent.info.run_id}")
     tags = parent.data.tags
-    axes = [a for a in tags.get("acon.axes", "").split(",") if a]
+    axes = [a for a in tags.get(schema.AXES, "").split(",") if a]
     frame = mark_duplicates(trials_frame(runs, axes), axes)
-    return StudyRuns(study, exp.experiment_id, parent.info.run_id, axes, tags.get("acon.metric", "val_acc"),
-                     tags.get("acon.direction", "maximize"), frame, tracking_uri or mlflow.get_tracking_uri())
+    return StudyRuns(study, exp.experiment_id, parent.info.run_id, axes, tags.get(schema.METRIC, "val_acc"),
+                     tags.get(schema.DIRECTION, "maximize"), frame, tracking_uri or mlflow.get_tracking_uri(),
+                     parent.data.tags.get(schema.PRESET, ""), parent.data.params)
 
 
 def _experiment(client: MlflowClient, name: str):
@@ -76,8 +80,8 @@ def _experiment(client: MlflowClient, name: str):
 def _parent(client: MlflowClient, experiment_id: str, study: str):
     """The study's parent run (the newest if the study was opened several times)."""
     quoted = study.replace("'", "\\'")
-    for tag in ("acon.study", "optuna.study_name"):
-        found = client.search_runs([experiment_id], f"tags.`acon.role` = 'parent' and tags.`{tag}` = '{quoted}'",
+    for tag in (schema.STUDY, schema.OPTUNA_STUDY):
+        found = client.search_runs([experiment_id], f"tags.`{schema.ROLE}` = '{schema.PARENT}' and tags.`{tag}` = '{quoted}'",
                                    max_results=1, order_by=["attributes.start_time DESC"])
         if found:
             return found[0]
@@ -111,9 +115,11 @@ def _gc_paused():
 
 
 def trials_frame(runs: list, axes: list[str]) -> pd.DataFrame:
-    """One row per run: ids, state, design axes, seed, params (``param.*``) and latest metrics."""
+    """One row per run: ids, state, design axes, seed, params (``param.*``), costs (``cost.*``) and latest metrics."""
     rows = [_row(run, axes) for run in runs]
     frame = pd.DataFrame(rows)
+    for cost in [c for c in frame.columns if c.startswith(schema.COST)]:
+        frame[cost] = pd.to_numeric(frame[cost], errors="coerce")
     for axis in axes:
         if axis not in frame:
             frame[axis] = "-"
@@ -127,23 +133,18 @@ def _row(run, axes: list[str]) -> dict:
     tags, params = run.data.tags, run.data.params
     row = {
         "run_id": run.info.run_id,
-        "trial": tags.get("optuna.trial_number"),
-        "state": tags.get("acon.state") or _state_from_status(run.info.status),
+        "trial": tags.get(schema.TRIAL_NUMBER),
+        "state": schema.trial_state(run.info.status, tags.get(schema.STATE)),
         "status": run.info.status,
-        "variant": tags.get("acon.variant", ""),
-        "fail_reason": tags.get("acon.fail_reason", ""),
+        "variant": tags.get(schema.VARIANT, ""),
+        "fail_reason": tags.get(schema.FAIL_REASON, ""),
         "start_time": run.info.start_time,
     }
     for key, value in params.items():
-        plain = key in axes or key in _PLAIN_PARAMS
+        plain = key in axes or key in _PLAIN_PARAMS or key.startswith(schema.COST)
         row[key if plain else f"param.{key}"] = value
     row.update(run.data.metrics)
     return row
-
-
-def _state_from_status(status: str) -> str:
-    """The trial state a run status stands for, when the ``acon.state`` tag is missing."""
-    return {"FINISHED": "COMPLETE", "KILLED": "PRUNED", "FAILED": "FAIL"}.get(status, "RUNNING")
 
 
 def mark_duplicates(frame: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
@@ -167,7 +168,7 @@ def mark_duplicates(frame: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     return frame.sort_values("trial", kind="stable").reset_index(drop=True)
 
 
-def history(runs: StudyRuns, keys=("val_acc",)) -> pd.DataFrame:
+def history(runs: StudyRuns, keys=(schema.EPOCH_METRICS["val_acc"],)) -> pd.DataFrame:
     """Per-epoch metric history of the kept trials: a long frame (run_id, variant, seed, key, step, value)."""
     client = MlflowClient(tracking_uri=runs.tracking_uri)
     rows = []

@@ -54,15 +54,26 @@ def plot_edf(trials: pd.DataFrame, axis: str, column: str, out_dir: Path, *, acc
     weights = complexity_weights(done[weight_by], done[axis]) if weight_by else None
     fig = Figure(figsize=(5.5, 4))
     ax = fig.add_subplot()
-    for value, idx in done.groupby(axis, sort=True).groups.items():
+    for value, idx in done.groupby(curve_labels(done, axis), sort=True).groups.items():
         x, y = edf(error[idx].to_numpy(), None if weights is None else weights[idx].to_numpy())
-        ax.step(np.r_[x[0], x], np.r_[0.0, y], where="post", label=f"{axis}={value} (n={len(idx)})")
+        ax.step(np.r_[x[0], x], np.r_[0.0, y], where="post", label=f"{value} (n={len(idx)})")
     label = "error (%)" if accuracy else column
     ax.set(xlabel=label, ylabel="fraction of models with a lower " + ("error" if accuracy else "value"), ylim=(0, 1.02),
            title=f"EDF of {label} by {axis}" + (f", normalised by {weight_by}" if weight_by else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return save(fig, out_dir, stem or f"edf_{axis}" + (f"_by_{weight_by}" if weight_by else ""))
+    return save(fig, out_dir, stem or f"edf_{axis}" + (f"_by_{_plain(weight_by)}" if weight_by else ""))
+
+
+def curve_labels(trials: pd.DataFrame, axis: str) -> pd.Series:
+    """``axis=value`` per trial; where the axis does not apply ("-"), the trial's activation instead.
+
+    So ReLU, SiLU and ACON-C get a curve each instead of one lumped "generator=-" curve.
+    """
+    values = trials[axis].astype(str)
+    own = axis + "=" + values
+    other = trials["activation"].astype(str) if "activation" in trials else trials.get("variant", values)
+    return own.where(values != "-", other)
 
 
 def plot_learning_curves(hist: pd.DataFrame, key: str, out_dir: Path, *, scale: float = 1.0,
@@ -81,7 +92,7 @@ def plot_learning_curves(hist: pd.DataFrame, key: str, out_dir: Path, *, scale: 
     ax.set(xlabel="epoch", ylabel=key + (" (%)" if scale == 100.0 else ""), title=f"{key}: mean ± std over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return save(fig, out_dir, stem or f"curves_{key}")
+    return save(fig, out_dir, stem or f"curves_{_plain(key)}")
 
 
 def plot_param_importance(study, out_dir: Path, *, stem: str = "param_importance") -> list[Path]:
@@ -97,3 +108,8 @@ def plot_param_importance(study, out_dir: Path, *, stem: str = "param_importance
         ax.text(v, y, f" {v:.2f}", va="center", fontsize=8)
     ax.set(xlabel="importance (fANOVA, sums to 1)", title=f"parameter importance: {study.study_name}", xlim=(0, 1.1))
     return save(fig, out_dir, stem)
+
+
+def _plain(key: str) -> str:
+    """A metric or param key as a file-name part: ``val/acc`` -> ``val_acc``, ``cost.flops`` -> ``flops``."""
+    return key.removeprefix("cost.").replace("/", "_")

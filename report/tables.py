@@ -5,7 +5,10 @@
 """
 from __future__ import annotations
 
+import base64
+import html
 import math
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +17,8 @@ from acon.registry import Registry
 
 FORMATS = Registry("report format", doc="render(frame) -> str")
 SUFFIX = {"terminal": ".txt", "markdown": ".md", "csv": ".csv", "latex": ".tex", "html": ".html"}
+ALIASES = {"md": "markdown", "txt": "terminal", "text": "terminal", "tex": "latex", "htm": "html"}
+WIDTH = 100  # terminal tables and footnotes fit this many columns
 
 FORMATS.register("terminal", lambda df: df.to_markdown(index=False, tablefmt="simple", disable_numparse=True),
                  help="aligned plain text for a terminal")
@@ -46,8 +51,9 @@ def _readable(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def check_formats(formats) -> tuple[str, ...]:
-    """Validate a format name or a sequence of them; unknown names list the valid choices."""
+    """Validate a format name or a sequence of them (``md`` is ``markdown``); unknown names list the valid choices."""
     formats = (formats,) if isinstance(formats, str) else tuple(formats)
+    formats = tuple(ALIASES.get(f, f) for f in formats)
     for fmt in formats:
         FORMATS.get(fmt)
     return formats
@@ -72,6 +78,64 @@ def display_frame(table: pd.DataFrame, group_by: list[str], *, accuracy: bool, b
     out["verdict"] = table["verdict"]
     out["best"] = ["*" if b else "" for b in table["best"]]
     return out
+
+
+def group_labels(table: pd.DataFrame, group_by: list[str], *, sep: str = "·", every_axis: bool = False) -> list[str]:
+    """One readable label per row: the values of its group axes that apply, ``meta_acon·channel·r8``.
+
+    Axes with one value on every row are left out unless ``every_axis`` (then, with ``sep="/"``,
+    the label is the run's ``acon.variant``).
+    """
+    def part(axis: str, value) -> str:
+        return f"r{value}" if axis == "r" else str(value)
+
+    varying = group_by if every_axis else [a for a in group_by if table[a].nunique() > 1] or group_by
+    return [sep.join(part(a, v) for a, v in zip(varying, values) if str(v) != "-") or "-"
+            for values in table[varying].itertuples(index=False)]
+
+
+def compact_frame(table: pd.DataFrame, group_by: list[str], *, accuracy: bool) -> pd.DataFrame:
+    """The terminal table (fits 100 columns): label, n, mean ± std (* best), CI, Δ, Holm p, verdict."""
+    name = "acc %" if accuracy else "metric"
+    out = pd.DataFrame({"variant" if len(group_by) > 1 else group_by[0]: group_labels(table, group_by)})
+    out["n"] = table["n"].astype(str).to_numpy()
+    if (table["pruned"] + table["failed"]).any():
+        out["dropped"] = (table["pruned"] + table["failed"]).astype(str).to_numpy()
+    out[name] = [_pm(m, s) + (" *" if b else "") for m, s, b in zip(table["mean"], table["std"], table["best"])]
+    out["95% CI"] = [_interval(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"])]
+    out["Δ"] = [_signed(d) for d in table["delta"]]
+    out["p (Holm)"] = [_p(p) for p in table["p_holm"]]
+    out["verdict"] = table["verdict"].to_numpy()
+    return out
+
+
+def wrap(text: str, width: int = WIDTH) -> str:
+    """Paragraphs wrapped to ``width`` columns (a blank line between paragraphs is kept)."""
+    return "\n".join(textwrap.fill(line, width) if line else "" for line in text.splitlines())
+
+
+def html_page(title: str, intro: list[str], settings: dict, table: pd.DataFrame, footnote: str,
+              images: list[Path]) -> str:
+    """A complete UTF-8 HTML page: title, study lines, settings, the table, its footnote, PNG plots inline."""
+    esc = html.escape
+    rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in sorted(settings.items()))
+    plots = "".join(f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,'
+                    f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{esc(p.stem)}</figcaption></figure>'
+                    for p in images if p.suffix == ".png")
+    notes = "".join(f"<p>{esc(line)}</p>" for line in footnote.splitlines() if line.strip())
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>"
+            + "".join(f"<p>{esc(line)}</p>" for line in intro if line.strip())
+            + f'<h2>Ablation table</h2><div class="wide">{format_table(table, "html")}</div><div class="note">{notes}</div>'
+            + (f"<h2>Plots</h2>{plots}" if plots else "")
+            + f"<h2>Settings</h2><table class=\"settings\">{rows}</table></body></html>\n")
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse}"
+        "td,th{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}"
+        "th{background:#f4f4f4}.wide{overflow-x:auto}"
+        ".settings td,.settings th{text-align:left}.note{color:#444;font-size:.9em;max-width:60em}"
+        "figure{display:inline-block;margin:.5em}img{max-width:36em}")
 
 
 def _pm(mean: float, std: float) -> str:

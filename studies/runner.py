@@ -6,7 +6,6 @@ off, so it completes the study without duplicating what is done.
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -20,11 +19,12 @@ from optuna.trial import TrialState
 from acon.errors import UserError
 from studies.interrupt import check, graceful_signals
 from studies.settings import Settings
-from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study, variant_label
+from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study
 from studies.storage import (first_line, heartbeat_interval, open_storage, record_heartbeat, require_existing,
                              resolve_storage, resolve_tracking_uri)
+from studies.summary import publish
 from studies.tracking import PARENT_ATTR, Tracker
-from studies.trial import TrialContext, execute_trial, load_data
+from studies.trial import TrialContext, axis_choices, cell_key, enqueue_cell, execute_trial, load_data
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -77,6 +77,7 @@ def run_study(study: Study | str, options: RunOptions | None = None, *, join: bo
             session.tracker.close_parent("KILLED" if not join else "RUNNING")
             raise
     if not join or _all_done(session):
+        publish(session.tracker, spec, settings, session.optuna_study)
         session.tracker.close_parent("FINISHED" if _all_done(session) else "KILLED")
     return _result(session, ran)
 
@@ -165,6 +166,8 @@ def _open(spec: Study, settings: Settings, options: RunOptions, *, join: bool) -
         tracker.attach_parent(parent)
     else:
         optuna_study.set_user_attr(PARENT_ATTR, tracker.open_parent(parent, url))
+        optuna_study.set_metric_names([spec.metric])
+        publish(tracker, spec, settings, optuna_study)
     ctx = TrialContext(spec, settings, tracker, optuna_study, device=options.device, data_dir=options.data_dir,
                        download=options.download, threads=options.threads, progress=options.progress)
     holder["s"] = _Session(spec, settings, optuna_study, tracker, ctx, url)
@@ -309,10 +312,10 @@ def enqueue_missing(session: _Session) -> int:
     study = session.optuna_study
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
     taken = {t.user_attrs.get("cell_key") for t in study.get_trials(deepcopy=False, states=live)}
-    missing = [c for c in session.spec.cells(session.settings) if cell_key(c) not in taken]
+    cells = session.spec.cells(session.settings)
+    missing = [c for c in cells if cell_key(c) not in taken]
     for cell in missing:
-        study.enqueue_trial({}, user_attrs={**{k: _attr(v) for k, v in cell.items()}, "cell_key": cell_key(cell),
-                                            "variant": variant_label(cell)})
+        enqueue_cell(study, cell, axis_choices(cells))
     return len(missing)
 
 
@@ -331,15 +334,6 @@ def _requeue_dead(session: _Session, trial: optuna.trial.FrozenTrial) -> None:
         session.tracker.fail_if_running(run_id, "worker stopped sending heartbeats (killed or crashed)")
     if session.spec.is_grid:
         enqueue_missing(session)
-
-
-def cell_key(cell: dict[str, Any]) -> str:
-    """A stable identity of a (design, seed) cell."""
-    return json.dumps({k: str(v) for k, v in sorted(cell.items())}, sort_keys=True)
-
-
-def _attr(value: Any) -> Any:
-    return value if isinstance(value, (int, float, str, bool)) else str(value)
 
 
 def _all_done(session: _Session) -> bool:

@@ -1,19 +1,23 @@
-"""The table printed when a run ends: per design variant, n, mean and std of the metric.
+"""What a run says when it ends, and what it leaves on the MLflow parent run.
 
-It reads the Optuna study (what this run knows for sure); the full statistics with
-confidence intervals and paired tests live in ``report``.
+It reads the Optuna study (what this run knows for sure): per variant n, mean and std of
+the objective (accuracy in %, as ``report`` shows it), the cells never run or failed, and
+how to open the results. The full statistics live in ``report``.
 """
 from __future__ import annotations
 
 import pandas as pd
 from optuna.trial import TrialState
 
+from studies import schema
 
-def summary_frame(study) -> pd.DataFrame:
-    """One row per variant: trials by state and the metric's n, mean, std over seeds."""
+DONE = ("COMPLETE", "PRUNED")
+
+
+def summary_frame(study, *, scale: float = 1.0) -> pd.DataFrame:
+    """One row per variant: trials by state and the objective's n, mean, std over seeds (times ``scale``)."""
     rows = [{"variant": t.user_attrs.get("variant", "?"), "state": t.state.name,
-             "value": t.value if t.state == TrialState.COMPLETE else None}
-            for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("spurious")]
+             "value": t.value * scale if t.state == TrialState.COMPLETE else None} for t in _trials(study)]
     if not rows:
         return pd.DataFrame(columns=["variant", "n", "mean", "std", "pruned", "failed"])
     df = pd.DataFrame(rows)
@@ -28,12 +32,85 @@ def summary_frame(study) -> pd.DataFrame:
     return out.reset_index()
 
 
-def summary_text(result) -> str:
-    """A short text: where the study lives, counts by state, and the per-variant table."""
+def _markdown(frame: pd.DataFrame) -> str:
+    """A Markdown table with "-" where a value is missing (a variant with no finished trial)."""
+    return frame.astype(object).where(frame.notna(), None).to_markdown(index=False, floatfmt=".2f", missingval="-")
+
+
+def unfinished(study) -> tuple[list[str], list[str]]:
+    """Grid cells with no complete or pruned trial, as ``variant sSEED``: (never run, failed)."""
+    trials = [t for t in _trials(study) if "cell_key" in t.user_attrs]
+    done = {t.user_attrs["cell_key"] for t in trials if t.state.name in DONE}
+    failed = {t.user_attrs["cell_key"]: _cell(t) for t in trials if t.state.name == "FAIL"}
+    never = {t.user_attrs["cell_key"]: _cell(t) for t in trials if t.state.name in ("WAITING", "RUNNING")}
+    return ([c for k, c in never.items() if k not in done and k not in failed],
+            [c for k, c in failed.items() if k not in done])
+
+
+def objective_scale(study) -> tuple[str, float]:
+    """The objective's name and display scale: accuracies in percent, like ``report``."""
+    names = study.metric_names or ["value"]
+    return names[0], 100.0 if any(k in names[0] for k in ("acc", "top")) else 1.0
+
+
+def summary_text(result, tracking_uri: str | None = None) -> str:
+    """Where the study lives, counts by state, the per-variant table, what is left, how to browse it."""
     study = result.study
-    table = summary_frame(study)
+    name, scale = objective_scale(study)
+    table = summary_frame(study, scale=scale).rename(columns={"mean": f"mean {name}{' %' if scale == 100 else ''}"})
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(result.counts.items()))
-    text = table.to_markdown(index=False, floatfmt=".4f") if len(table) else "(no trials)"
-    missing = f"; {result.missing} cell(s) not done yet: rerun the same command to retry them" if result.missing else ""
-    return (f"study {study.study_name}: ran {result.ran} trial(s) now; {counts}{missing}\n"
-            f"MLflow parent run {result.parent_run_id}\n{text}")
+    lines = [f"study {study.study_name}: ran {result.ran} trial(s) now; {counts}",
+             _markdown(table) if len(table) else "(no trials)"]
+    never, failed = unfinished(study)
+    if never:
+        lines.append(f"{len(never)} cell(s) not run yet: {_some(never)}; rerun the same command to run them")
+    if failed:
+        lines.append(f"{len(failed)} cell(s) failed: {_some(failed)}; rerun the same command to retry them")
+    if tracking_uri:
+        lines += _browse(tracking_uri, result.parent_run_id)
+    return "\n".join(lines)
+
+
+def publish(tracker, spec, settings: dict, study) -> None:
+    """Leave the study on its parent run: description, settings as params, mean objective per variant."""
+    frame = summary_frame(study)
+    means = {v: m for v, m in zip(frame["variant"], frame["mean"]) if pd.notna(m)}
+    pick = max if spec.direction == "maximize" else min
+    tracker.summarize(means, pick(means, key=means.get) if means else None)
+    name, scale = objective_scale(study)
+    shown = summary_frame(study, scale=scale)
+    results = _markdown(shown) if len(shown) else "_no trial finished yet_"
+    logged = {k: v for k, v in settings.items() if k != "designs"}
+    tracker.describe_parent(parent_note(spec, study.study_name, logged, results), logged)
+
+
+def parent_note(spec, optuna_study: str, settings: dict, results: str) -> str:
+    """The parent run's description in Markdown: the question, the settings, the results so far."""
+    rows = "\n".join(f"| {k} | {'-' if v is None else v} |" for k, v in sorted(settings.items()))
+    head = (f"**{spec.doc}**\n\nObjective `{schema.final_metric(spec.metric)}` ({spec.direction}); Optuna study "
+            f"`{optuna_study}`; full table: `run_study.py report {spec.name}`.")
+    return head + schema.RESULTS_HEADING + results + schema.SETTINGS_HEADING + f"| setting | value |\n|---|---|\n{rows}"
+
+
+def _browse(tracking_uri: str, parent_run_id: str) -> list[str]:
+    """The command that opens the MLflow UI on this store, and the parent run's address in it."""
+    from studies.storage import mask_url
+    from studies.tracking import Tracker
+
+    url = Tracker.attach(tracking_uri, parent_run_id).parent_url()
+    if tracking_uri.startswith(("http://", "https://")):
+        return [f"browse: {mask_url(tracking_uri).rstrip('/')}/{url}"]
+    return [f"browse: mlflow ui --backend-store-uri {mask_url(tracking_uri)}",
+            f"  then open http://127.0.0.1:5000/{url}"]
+
+
+def _trials(study) -> list:
+    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("spurious")]
+
+
+def _cell(trial) -> str:
+    return f"{trial.user_attrs.get('variant', '?')} s{trial.user_attrs.get(schema.SEED, '?')}"
+
+
+def _some(cells: list[str], limit: int = 6) -> str:
+    return ", ".join(cells[:limit]) + (f" and {len(cells) - limit} more" if len(cells) > limit else "")

@@ -1,11 +1,13 @@
-"""Our small MLflow bridge: one parent run per study, one child run per Optuna trial.
+"""The one MLflow writer: one parent run per study, one child run per Optuna trial.
 
 Written against ``MlflowClient`` (no global active run), so trials in other processes or
-machines attach to the same parent by its run id. Child run status mirrors the trial:
-COMPLETE -> FINISHED, PRUNED -> KILLED, FAIL -> FAILED (reason in ``acon.fail_reason``).
+machines attach to the same parent by its run id. Every name it writes comes from
+``studies.schema``; the launcher, the runner and the report all write through ``Tracker``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import re
@@ -15,44 +17,60 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from studies import schema
 from studies.storage import StorageError, first_line, mask_url
 
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
-PARENT_ATTR = "mlflow_parent_run_id"
+PARENT_ATTR = schema.PARENT_ATTR  # the Optuna study's user attr holding the parent run id
 
 
 class Tracker:
     """Logs one study (parent run) and its trials (child runs) to an MLflow tracking store."""
 
-    def __init__(self, tracking_uri: str, experiment: str, *, study: str, optuna_study: str, preset: str,
+    def __init__(self, tracking_uri: str, experiment: str | None, *, study: str, optuna_study: str, preset: str,
                  axes: tuple[str, ...], metric: str, direction: str):
         self.uri = tracking_uri
         self.client = _connect(tracking_uri)
-        self.experiment_id = self._experiment(experiment)
+        self.experiment_id = self._experiment(experiment) if experiment else None
+        self.objective = schema.final_metric(metric)
         self.parent_tags = {
-            "acon.role": "parent", "acon.study": study, "acon.preset": preset, "optuna.study_name": optuna_study,
-            "acon.axes": ",".join(axes), "acon.metric": metric, "acon.direction": direction,
+            schema.ROLE: schema.PARENT, schema.STUDY: study, schema.PRESET: preset, schema.OPTUNA_STUDY: optuna_study,
+            schema.AXES: ",".join(axes), schema.METRIC: self.objective, schema.DIRECTION: direction,
         }
         self.parent_id: str | None = None
+
+    @classmethod
+    def attach(cls, tracking_uri: str, parent_run_id: str) -> "Tracker":
+        """A writer for an existing study's parent run (launcher, report), read from the run's tags."""
+        tracker = cls.__new__(cls)
+        tracker.uri, tracker.client = tracking_uri, _connect(tracking_uri)
+        run = tracker.client.get_run(parent_run_id)
+        tracker.experiment_id, tracker.parent_id = run.info.experiment_id, parent_run_id
+        tracker.parent_tags = {k: v for k, v in run.data.tags.items() if k.startswith(("acon.", "optuna."))}
+        tracker.objective = tracker.parent_tags.get(schema.METRIC, schema.final_metric("val_acc"))
+        return tracker
 
     def _experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if schema.EXPERIMENT_KIND not in exp.tags:
+                self.client.set_experiment_tag(exp.experiment_id, schema.EXPERIMENT_KIND, schema.MODEL_TRAINING)
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_location(self.uri, name))
+            return self.client.create_experiment(name, artifact_location=artifact_location(self.uri, name),
+                                                 tags={schema.EXPERIMENT_KIND: schema.MODEL_TRAINING})
         except MlflowException:  # another worker created it first
             return self.client.get_experiment_by_name(name).experiment_id
 
+    # -- the parent run ------------------------------------------------------------------------------
     def open_parent(self, run_id: str | None = None, storage_url: str = "") -> str:
         """Reopen the study's parent run (by id, else by tags) or create it; mark it RUNNING."""
         run_id = run_id if run_id and self._exists(run_id) else self._find_parent()
         if run_id is None:
-            run = self.client.create_run(self.experiment_id, run_name=self.parent_tags["optuna.study_name"],
-                                         tags={**self.parent_tags, "acon.storage": mask_url(storage_url)})
+            run = self.client.create_run(self.experiment_id, run_name=self.parent_tags[schema.OPTUNA_STUDY],
+                                         tags={**self.parent_tags, schema.STORAGE: mask_url(storage_url)})
             run_id = run.info.run_id
         else:
             self.client.update_run(run_id, status="RUNNING")
@@ -70,15 +88,68 @@ class Tracker:
         if self.parent_id:
             self.client.set_terminated(self.parent_id, status=status)
 
+    def describe_parent(self, note: str, settings: dict[str, Any] | None = None) -> None:
+        """The parent run's description (Markdown) and its settings as params.
+
+        MLflow params are write-once: a setting that changed since (more seeds) keeps its
+        first value there; the description always shows the current one.
+        """
+        old = self.client.get_run(self.parent_id).data.params
+        params = [Param(k, _param_str(v)) for k, v in sorted((settings or {}).items())
+                  if k not in old or old[k] == _param_str(v)]
+        self.client.log_batch(self.parent_id, params=params, tags=[RunTag(schema.NOTE, _clip(note))])
+
+    def set_results(self, markdown: str) -> None:
+        """Replace the results section of the parent run's description (the report's table)."""
+        note = self.client.get_run(self.parent_id).data.tags.get(schema.NOTE, "")
+        head, _, rest = note.partition(schema.RESULTS_HEADING)
+        _, heading, settings = rest.partition(schema.SETTINGS_HEADING)
+        note = head + schema.RESULTS_HEADING + markdown + heading + settings
+        self.client.set_tag(self.parent_id, schema.NOTE, _clip(note))
+
+    def summarize(self, means: dict[str, float], best: str | None) -> None:
+        """Per-variant mean objective as parent metrics ``mean/<variant>``, the best variant as a tag."""
+        self.log_metrics(self.parent_id, {schema.mean_key(v): round(m, 6) for v, m in means.items()})
+        if best:
+            self.client.set_tag(self.parent_id, schema.BEST, best)
+
+    def log_artifacts(self, paths: list[Path], folder: str) -> None:
+        """Upload files to the parent run under ``folder`` (``report/tables``, ``report/plots``)."""
+        for path in paths:
+            self.client.log_artifact(self.parent_id, str(path), artifact_path=folder)
+
+    # -- child runs ----------------------------------------------------------------------------------
     def start_trial(self, number: int, cell: dict[str, Any], settings: dict[str, Any], label: str) -> str:
         """Create the child run of trial ``number`` with its design cell and settings as params."""
-        tags = {"mlflow.parentRunId": self.parent_id, "acon.role": "trial", "acon.study": self.parent_tags["acon.study"],
-                "optuna.study_name": self.parent_tags["optuna.study_name"], "optuna.trial_number": str(number),
-                "acon.state": "RUNNING", "acon.variant": label}
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}-{label}", tags=tags)
+        tags = {schema.PARENT_RUN: self.parent_id, schema.ROLE: schema.TRIAL, schema.STUDY: self.parent_tags[schema.STUDY],
+                schema.OPTUNA_STUDY: self.parent_tags[schema.OPTUNA_STUDY], schema.TRIAL_NUMBER: str(number),
+                schema.STATE: "RUNNING", schema.VARIANT: label, schema.METRIC: self.objective}
+        run = self.client.create_run(self.experiment_id, run_name=schema.run_name(cell), tags=tags)
         params = {**settings, **cell}
         self.client.log_batch(run.info.run_id, params=[Param(k, _param_str(v)) for k, v in sorted(params.items())])
         return run.info.run_id
+
+    def log_cost(self, run_id: str, overhead: dict[str, float]) -> None:
+        """Per-design constants (params, MACs, FLOPs, sites, overhead %) once, as ``cost.*`` params."""
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in schema.cost_params(overhead).items()])
+
+    def log_dataset(self, run_id: str, name: str, sizes: dict[str, int], meta: dict[str, Any]) -> None:
+        """The dataset as an MLflow dataset input: name, split sizes and shape (metadata only, no upload)."""
+        profile = json.dumps({**sizes, **meta}, sort_keys=True)
+        digest = hashlib.sha1(f"{name}:{profile}".encode()).hexdigest()[:8]
+        dataset = Dataset(name=name, digest=digest, source_type="code", source=json.dumps({"dataset": name}),
+                          profile=profile)
+        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
+
+    def log_epoch(self, run_id: str, values: dict[str, float | None], step: int) -> None:
+        """One epoch's metrics (``val/acc``, ``train/loss``, ...) at ``step``."""
+        self.log_metrics(run_id, schema.epoch_metrics(values), step=step)
+
+    def log_final(self, run_id: str, values: dict[str, float | None]) -> None:
+        """Final values as ``final/<name>``, the objective first."""
+        final = {schema.final_metric(k): v for k, v in values.items()}
+        ordered = {self.objective: final.pop(self.objective)} if self.objective in final else {}
+        self.log_metrics(run_id, {**ordered, **final})
 
     def log_metrics(self, run_id: str, metrics: dict[str, float | None], step: int | None = None) -> None:
         """Log finite metrics, at ``step`` (an epoch) or as final values."""
@@ -90,21 +161,26 @@ class Tracker:
 
     def end_trial(self, run_id: str, state: str, reason: str | None = None) -> None:
         """Close a child run: its status and ``acon.state`` tag mirror the Optuna trial state."""
-        tags = [RunTag("acon.state", "FAIL" if state == "INTERRUPTED" else state)]
+        tags = [RunTag(schema.STATE, "FAIL" if state == "INTERRUPTED" else state)]
         if reason:
-            tags.append(RunTag("acon.fail_reason", reason[:5000]))
+            tags.append(RunTag(schema.FAIL_REASON, reason[:5000]))
         self.client.log_batch(run_id, tags=tags)
-        self.client.set_terminated(run_id, status=RUN_STATUS[state])
+        self.client.set_terminated(run_id, status=schema.run_status(state))
 
     def fail_if_running(self, run_id: str, reason: str) -> None:
         """Mark a child run FAILED if it still says RUNNING (its worker died)."""
         if self._exists(run_id) and self.client.get_run(run_id).info.status == "RUNNING":
             self.end_trial(run_id, "FAIL", reason)
 
+    def parent_url(self) -> str:
+        """The parent run's address in the MLflow UI, relative to the UI's root."""
+        return f"#/experiments/{self.experiment_id}/runs/{self.parent_id}"
+
     def _find_parent(self) -> str | None:
-        name = self.parent_tags["optuna.study_name"].replace("'", "\\'")
+        name = self.parent_tags[schema.OPTUNA_STUDY].replace("'", "\\'")
         runs = self.client.search_runs([self.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-                                       filter_string=f"tags.`acon.role` = 'parent' and tags.`optuna.study_name` = '{name}'")
+                                       filter_string=f"tags.`{schema.ROLE}` = '{schema.PARENT}' and "
+                                                     f"tags.`{schema.OPTUNA_STUDY}` = '{name}'")
         return runs[0].info.run_id if runs else None
 
     def _exists(self, run_id: str) -> bool:
@@ -145,6 +221,11 @@ def _fast_http() -> Iterator[None]:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
+
+
+def _clip(text: str) -> str:
+    """A description within MLflow's tag limit, saying so when cut."""
+    return text if len(text) <= schema.NOTE_LIMIT else text[:schema.NOTE_LIMIT - 40] + "\n\n_(cut: see report/tables)_"
 
 
 def _param_str(value: Any) -> str:

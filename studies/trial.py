@@ -16,11 +16,15 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import TrialState
 
+from studies import schema
 from studies.interrupt import Interrupted, check
 from studies.settings import Settings
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, design_cell, variant_label
 from studies.storage import heartbeat_interval, record_heartbeat
 from studies.tracking import Tracker
+
+#: tqdm's layout without the rate and brackets: at 100 columns the bar keeps about 25 of them.
+BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {elapsed}<{remaining}{postfix}"
 
 
 @dataclass
@@ -41,11 +45,11 @@ class TrialContext:
 
     @contextmanager
     def progress_bar(self, total: int) -> Iterator[Any]:
-        """A tqdm bar over trials; epochs show in its postfix."""
+        """A tqdm bar over trials; the running trial shows in a short postfix (the bar stays visible)."""
         from tqdm.auto import tqdm
 
         with tqdm(total=total, desc=self.study.study_name, unit="trial", disable=not self.progress,
-                  dynamic_ncols=True) as bar:
+                  dynamic_ncols=True, bar_format=BAR_FORMAT) as bar:
             self.bar = bar
             yield bar
 
@@ -74,7 +78,7 @@ def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     label = variant_label(cell)
     logged = settings.logged()
     run_id = ctx.tracker.start_trial(trial.number, cell, logged, label)
-    trial.set_user_attr("mlflow_run_id", run_id)
+    trial.set_user_attr(schema.RUN_ID_ATTR, run_id)
     try:
         with _heartbeat(ctx.study, trial):
             value = _train_and_log(ctx, trial, cell, settings, run_id, label)
@@ -94,16 +98,48 @@ def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
 
 
 def _design(ctx: TrialContext, trial: optuna.Trial) -> tuple[dict[str, Any], Settings]:
-    """The trial's design cell and settings: enqueued user attrs (grid) or the search space (TPE)."""
+    """The trial's design cell and settings: the enqueued Optuna params (grid) or the search space (TPE)."""
     settings = ctx.settings
     if ctx.spec.is_grid:
-        cell = {k: trial.user_attrs.get(k, NOT_APPLICABLE) for k in DESIGN_AXES + ("seed",)}
+        cell = suggest_cell(trial, ctx.spec.cells(settings))
     else:
         cell = {**design_cell(ctx.spec.designs[0]), "seed": trial.number % int(settings["seeds"])}
         settings = settings.replace(**ctx.spec.search_space(trial))
-        for k, v in {**cell, "variant": variant_label(cell)}.items():
+        for k, v in cell_attrs(cell).items():
             trial.set_user_attr(k, v)
     return cell, settings
+
+
+def axis_choices(cells: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The axes (and seed) that vary across the study's cells, with their values: a grid trial's Optuna params."""
+    choices = {axis: sorted({c[axis] for c in cells}, key=str) for axis in DESIGN_AXES + (schema.SEED,)}
+    return {axis: values for axis, values in choices.items() if len(values) > 1}
+
+
+def suggest_cell(trial: optuna.Trial, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The grid cell enqueued for ``trial``, read back as Optuna params (so dashboards can analyse them)."""
+    cell = dict(cells[0])  # axes with one value keep it
+    for axis, values in axis_choices(cells).items():
+        cell[axis] = (trial.suggest_int(axis, 0, max(values)) if axis == schema.SEED
+                      else trial.suggest_categorical(axis, values))
+    if cell_key(cell) != trial.user_attrs.get("cell_key"):  # queued for another design space
+        raise ValueError(f"queued cell {trial.user_attrs.get('cell_key')!r} is not a cell of this study's designs")
+    return cell
+
+
+def enqueue_cell(study: optuna.Study, cell: dict[str, Any], varying: dict[str, list[Any]]) -> None:
+    """Queue a grid cell: its varying axes as Optuna params, a short key and the variant as user attrs."""
+    study.enqueue_trial(params={axis: cell[axis] for axis in varying}, user_attrs=cell_attrs(cell))
+
+
+def cell_attrs(cell: dict[str, Any]) -> dict[str, Any]:
+    """The readable user attrs of a trial: variant label, seed and the cell's identity."""
+    return {"variant": variant_label(cell), schema.SEED: cell[schema.SEED], "cell_key": cell_key(cell)}
+
+
+def cell_key(cell: dict[str, Any]) -> str:
+    """A stable, short identity of a (design, seed) cell: ``activation=relu,generator=-,...,seed=1``."""
+    return ",".join(f"{k}={v}" for k, v in sorted(cell.items()))
 
 
 def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any], settings: dict[str, Any],
@@ -112,25 +148,33 @@ def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any],
 
     data = ctx.data()
     model, sites = build_variant(cell, settings, data)
-    ctx.tracker.log_metrics(run_id, ctx.overhead(label, model, sites, settings, data))
+    shape = [data.in_channels, data.image_size, data.image_size]
+    ctx.tracker.log_dataset(run_id, data.name, data.sizes(), {"classes": data.num_classes, "shape": shape})
+    ctx.tracker.log_cost(run_id, ctx.overhead(label, model, sites, settings, data))
     cfg = train_config(settings, seed=int(cell["seed"]), device=ctx.device, threads=ctx.threads)
     metric = ctx.spec.metric
 
     def on_epoch(m) -> None:
         values = dataclasses.asdict(m)
-        ctx.tracker.log_metrics(run_id, {k: v for k, v in values.items() if k != "epoch"}, step=m.epoch)
+        del values["epoch"]
+        ctx.tracker.log_epoch(run_id, {metric: values[metric], **values}, step=m.epoch)  # the objective first
         if ctx.bar is not None:
-            ctx.bar.set_postfix_str(f"{label} seed {cell['seed']} epoch {m.epoch}/{cfg.epochs} "
-                                    f"{metric} {values.get(metric, float('nan')):.4f}")
+            ctx.bar.set_postfix_str(f"{schema.run_name(cell)} e{m.epoch}/{cfg.epochs} {_short(metric, values)}")
         trial.report(values[metric], m.epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
 
     result = train(model, data, cfg, on_epoch=on_epoch, progress=check)  # check: stop at a step on Ctrl-C
-    final = {f"final_{k}" if k in ("val_acc", "val_loss", "val_top5") else k: v for k, v in result.final.items()}
-    final["best_val_acc"] = max(h.val_acc for h in result.history)
-    ctx.tracker.log_metrics(run_id, final)
+    ctx.tracker.log_final(run_id, {**result.final, "best_val_acc": max(h.val_acc for h in result.history)})
     return float(result.final[metric])
+
+
+def _short(metric: str, values: dict[str, Any]) -> str:
+    """The objective for a progress bar: accuracy in percent (as ``report`` shows it)."""
+    value = values.get(metric)
+    if value is None:
+        return ""
+    return f"{100 * value:.1f}%" if "acc" in metric or "top" in metric else f"{value:.4g}"
 
 
 def build_variant(cell: dict[str, Any], settings: dict[str, Any], data) -> tuple[Any, list]:

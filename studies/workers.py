@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from acon.errors import UserError
 from studies.runner import DONE, RunOptions, StudyRun, missing_cells, optuna_study_name, prepare_study, resolve, \
     state_counts
+from studies.schema import PARENT_ATTR, RUN_ID_ATTR
 from studies.settings import Settings, to_argv
 from studies.spec import Study
 from studies.storage import mask_url, note_on_trial, resolve_storage, resolve_tracking_uri
@@ -137,9 +138,9 @@ def worker_command(study: str, options: RunOptions, threads: int) -> list[str]:
 
 def fail_trials_of(study: optuna.Study, worker_ids: set[str], tracking_uri: str, reason: str) -> list[int]:
     """Fail the RUNNING trials of dead workers and their MLflow child runs; return their numbers."""
-    from mlflow import MlflowClient
+    from studies.tracking import Tracker
 
-    failed = []
+    failed, tracker = [], None
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("worker") not in worker_ids:
             continue
@@ -149,16 +150,10 @@ def fail_trials_of(study: optuna.Study, worker_ids: set[str], tracking_uri: str,
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
             continue  # it finished (or a heartbeat check failed it) in between
         failed.append(t.number)
-        if t.user_attrs.get("mlflow_run_id"):
-            _fail_run(MlflowClient(tracking_uri), t.user_attrs["mlflow_run_id"], reason)
+        if t.user_attrs.get(RUN_ID_ATTR):
+            tracker = tracker or Tracker.attach(tracking_uri, study.user_attrs[PARENT_ATTR])
+            tracker.fail_if_running(t.user_attrs[RUN_ID_ATTR], reason)
     return failed
-
-
-def _fail_run(client: Any, run_id: str, reason: str) -> None:
-    if client.get_run(run_id).info.status == "RUNNING":
-        client.set_tag(run_id, "acon.state", "FAIL")
-        client.set_tag(run_id, "acon.fail_reason", reason)
-        client.set_terminated(run_id, status="FAILED")
 
 
 class _Launcher:
@@ -266,10 +261,13 @@ class _Launcher:
             raise self.errors[0]
 
     def _close_parent(self, status: str) -> None:
-        from mlflow import MlflowClient
+        from studies.summary import publish
+        from studies.tracking import Tracker
 
-        MlflowClient(resolve_tracking_uri(self.options.tracking_uri)).set_terminated(self.prepared.parent_run_id,
-                                                                                      status=status)
+        tracker = Tracker.attach(resolve_tracking_uri(self.options.tracking_uri), self.prepared.parent_run_id)
+        spec, settings = resolve(self.study, self.options)
+        publish(tracker, spec, settings, self.prepared.study)
+        tracker.close_parent(status)
 
     def _progress(self):
         from tqdm.auto import tqdm

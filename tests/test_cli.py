@@ -170,7 +170,7 @@ def test_sigterm_mid_trial_records_it_and_the_same_command_resumes_to_completion
     assert done.returncode == 0, done.stderr
     study = optuna.load_study(study_name="my_study-quick", storage=storage)
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL"]
-    cells = sorted(t.user_attrs["activation"] for t in study.trials if t.state.name == "COMPLETE")
+    cells = sorted(t.params["activation"] for t in study.trials if t.state.name == "COMPLETE")
     assert cells == ["relu", "slow_relu"]
     runs = mlflow.search_runs(experiment_names=["my_study"])
     assert sorted(runs["status"]) == ["FINISHED", "FINISHED", "FINISHED", "KILLED"]

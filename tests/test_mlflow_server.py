@@ -50,7 +50,7 @@ def test_workers_log_through_the_server_and_a_killed_worker_is_replaced(tmp_path
         children = [r for r in runs if tags[r["info"]["run_id"]].get("acon.role") == "trial"]
         parents = [r for r in runs if tags[r["info"]["run_id"]].get("acon.role") == "parent"]
         done = [c for c in children if c["info"]["status"] == "FINISHED"]
-        history = rest(url, "metrics/get-history", run_id=done[0]["info"]["run_id"], metric_key="val_acc")
+        history = rest(url, "metrics/get-history", run_id=done[0]["info"]["run_id"], metric_key="val/acc")
 
     assert result.counts == {"COMPLETE": 4, "FAIL": 1} and result.missing == 0
     trials = result.study.trials
@@ -74,5 +74,5 @@ def test_workers_log_through_the_server_and_a_killed_worker_is_replaced(tmp_path
     assert [m["step"] for m in history["metrics"]] == [1, 2]
     values = {t.user_attrs["mlflow_run_id"]: t.value for t in complete}
     for c in done:
-        final = {m["key"]: m["value"] for m in c["data"]["metrics"]}["final_val_acc"]
+        final = {m["key"]: m["value"] for m in c["data"]["metrics"]}["final/val_acc"]
         assert final == pytest.approx(values[c["info"]["run_id"]])

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from _tracked import grid, write_study
 from report import build_report
 from report.plots import complexity_weights, edf, plot_param_importance
-from report.synthetic import grid_trials, sqlite_store, write_study
 
 CELLS = [{"activation": "relu", "generator": "-", "r": "-"},
          {"activation": "meta_acon", "generator": "channel", "r": "16"},
@@ -18,12 +18,12 @@ GAIN = {"-": 0.0, "channel": 0.02, "layer": 0.0}
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("build")
-    uri = sqlite_store(root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
     # channel gains 2 + 0.1 * seed points over relu: a real, not constant, paired gain
-    trials = grid_trials(CELLS, range(4), lambda c, s: 0.7 + GAIN[c["generator"]] * (1 + 0.05 * s) + 0.003 * ((s * 7) % 3),
-                         extra={"flops": 1e6})
-    parent = write_study("abl", trials, axes=["activation", "generator", "r"], tracking_uri=uri,
-                         artifact_location=(root / "artifacts").as_uri())
+    trials = grid(CELLS, range(4), lambda c, s: 0.7 + GAIN[c["generator"]] * (1 + 0.05 * s) + 0.003 * ((s * 7) % 3))
+    for t in trials:  # meta-ACON costs 10% more FLOPs than ReLU
+        t.cost = {"flops": 1.1e6 if t.cell["activation"] == "meta_acon" else 1e6, "params": 1000}
+    parent = write_study(uri, "abl", trials, axes=["activation", "generator", "r"]).parent_id
     return uri, parent, root
 
 
@@ -36,11 +36,44 @@ def test_report_writes_every_format_and_logs_them_to_the_parent_run(store):
     csv = pd.read_csv(out / "abl_table.csv").set_index("generator")
     # seeds 0..3 add 0.3 * (0, 1, 2, 0) points: mean 70 + 2.15 + 0.225
     assert csv.loc["channel", "mean"] == pytest.approx(72.375) and csv.loc["channel", "n"] == 4
-    logged = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(parent, "report")}
-    for name in ("abl_table.txt", "abl_table.md", "abl_table.csv", "abl_table.tex", "abl_table.html",
-                 "edf_generator.png", "edf_generator.svg", "edf_generator_by_flops.png", "curves_val_acc.png"):
+    client = MlflowClient(tracking_uri=uri)
+    logged = {a.path for folder in ("report/tables", "report/plots") for a in client.list_artifacts(parent, folder)}
+    for name in ("tables/abl_table.txt", "tables/abl_table.md", "tables/abl_table.csv", "tables/abl_table.tex",
+                 "tables/abl_table.html", "plots/edf_generator.png", "plots/edf_generator.svg",
+                 "plots/edf_generator_by_flops.png", "plots/curves_val_acc.png"):
         assert f"report/{name}" in logged
-    assert (out / "edf_r.png").stat().st_size > 5000
+    # activation has two values (relu, meta_acon): drawn; an axis with one value would be skipped
+    assert (out / "edf_r.png").stat().st_size > 5000 and (out / "edf_activation.png").exists()
+    page = (out / "abl_table.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page and "<title>abl: ablation" in page
+    assert "72.38 ± 0.33" in page and "standard deviation is across seeds" in page and "<td>tiny_cnn</td>" in page
+    assert page.count('src="data:image/png;base64,') == len(list(out.glob("*.png")))
+
+
+def test_report_updates_the_parent_run_description_and_summary_metrics(store):
+    uri, parent, _ = store
+    build_report("abl", tracking_uri=uri, group_by="generator")
+    run = MlflowClient(tracking_uri=uri).get_run(parent)
+    note = run.data.tags["mlflow.note.content"]
+    assert "## Results" in note and "| channel" in note and "+2.15" in note
+    # the mean objective per row (a fraction, as logged) and the best row
+    assert run.data.metrics["mean/channel"] == pytest.approx(0.72375)
+    assert run.data.tags["acon.best_variant"] == "channel"
+
+
+def test_terminal_table_fits_100_columns_with_the_baseline_first(store):
+    uri, _, _ = store
+    text = build_report("abl", tracking_uri=uri, log_to_mlflow=False)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    rows = [ln for ln in text.splitlines() if ln.startswith(("relu", "meta_acon"))]
+    assert rows[0].startswith("relu") and "baseline" in rows[0] and "±" in text
+
+
+@pytest.mark.parametrize("fmt, first", [("md", "study abl"), ("csv", "activation,generator,r"),
+                                        ("html", "<!DOCTYPE html>")])
+def test_the_first_format_is_what_build_report_returns(store, fmt, first):
+    uri, _, _ = store
+    assert build_report("abl", tracking_uri=uri, formats=(fmt,), log_to_mlflow=False).startswith(first)
 
 
 def test_group_by_one_axis_and_another_baseline(store):

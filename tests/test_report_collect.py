@@ -1,8 +1,8 @@
-"""Collecting a study from a real MLflow SQLite store written in the tracking bridge's layout."""
+"""Collecting a study from a real MLflow SQLite store written by the real writer (``Tracker``)."""
 import pytest
 
+from _tracked import Trial, grid, write_study
 from report import EmptyStudyError, MetricNotFoundError, StudyNotFoundError, build_report, collect
-from report.synthetic import SyntheticTrial, grid_trials, sqlite_store, write_study
 
 AXES = ["activation", "generator", "r"]
 RELU = {"activation": "relu", "generator": "-", "r": "-"}
@@ -11,16 +11,16 @@ META = {"activation": "meta_acon", "generator": "channel", "r": "16"}
 
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory):
-    uri = sqlite_store(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
-    trials = grid_trials([RELU, META], range(3), lambda c, s: 0.70 + (0.02 if c is META else 0.0) + 0.001 * s)
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    trials = grid([RELU, META], range(3), lambda c, s: 0.70 + (0.02 if c is META else 0.0) + 0.001 * s)
     trials += [
-        SyntheticTrial(6, dict(META), 3, state="PRUNED", curves={"val_acc": [0.3]}),
-        SyntheticTrial(7, dict(RELU), 4, state="FAIL", fail_reason="loss is nan"),
-        SyntheticTrial(2, dict(RELU), 2, final={"final_val_acc": 0.99}),  # trial 2 logged twice
-        SyntheticTrial(8, dict(META), 0, final={"final_val_acc": 0.10}),  # cell+seed completed twice
+        Trial(6, {**META, "seed": 3}, state="PRUNED", curves={"val_acc": [0.3]}),
+        Trial(7, {**RELU, "seed": 4}, state="FAIL", reason="loss is nan"),
+        Trial(2, {**RELU, "seed": 2}, final={"val_acc": 0.99}),  # trial 2 logged twice
+        Trial(8, {**META, "seed": 0}, final={"val_acc": 0.10}),  # cell+seed completed twice
     ]
-    write_study("abl", trials, axes=AXES, tracking_uri=uri)
-    write_study("empty", [], axes=AXES, tracking_uri=uri)
+    write_study(uri, "abl", trials, axes=AXES)
+    write_study(uri, "empty", [], axes=AXES)
     return uri
 
 
@@ -31,15 +31,15 @@ def test_collect_counts_states_and_duplicates_once(uri):
     dup = runs.trials.set_index("duplicate")
     assert sorted(dup.index) == ["", "", "", "", "", "", "", "", "cell+seed", "trial_number"]
     # The earliest completed run is kept, the late repeat with its odd value is not averaged in.
-    assert 0.99 not in runs.kept["final_val_acc"].tolist() and 0.10 not in runs.kept["final_val_acc"].tolist()
-    assert runs.axes == AXES and runs.metric == "val_acc" and runs.direction == "maximize"
+    assert 0.99 not in runs.kept["final/val_acc"].tolist() and 0.10 not in runs.kept["final/val_acc"].tolist()
+    assert runs.axes == AXES and runs.metric == "final/val_acc" and runs.direction == "maximize"
 
 
 def test_collect_reads_axes_seed_params_and_fail_reason(uri):
     kept = collect("abl", tracking_uri=uri).kept.set_index("trial")
     assert kept.loc[1, "activation"] == "relu" and kept.loc[1, "generator"] == "-"
     assert kept.loc[4, "r"] == "16" and kept.loc[4, "seed"] == 1
-    assert kept.loc[4, "final_val_acc"] == pytest.approx(0.721)
+    assert kept.loc[4, "final/val_acc"] == pytest.approx(0.721)
     assert kept.loc[7, "fail_reason"] == "loss is nan" and kept.loc[7, "status"] == "FAILED"
     assert kept.loc[6, "status"] == "KILLED" and kept.loc[0, "param.lr"] == "0.1"
 
@@ -47,7 +47,7 @@ def test_collect_reads_axes_seed_params_and_fail_reason(uri):
 def test_history_is_a_long_frame_of_per_epoch_values(uri):
     from report import history
 
-    hist = history(collect("abl", tracking_uri=uri), keys=("val_acc",))
+    hist = history(collect("abl", tracking_uri=uri), keys=("val/acc",))
     one = hist[hist["trial"] == 3].sort_values("step")
     # trial 3 is meta_acon seed 0 (final 0.72); the synthetic curve climbs linearly over 3 epochs.
     assert one["step"].tolist() == [1, 2, 3]

@@ -35,7 +35,7 @@ def test_grid_study_runs_every_cell_once_and_mirrors_it_in_mlflow(tmp_path):
     result = run_study(tiny_study(), stores(tmp_path))
     assert result.counts == {"COMPLETE": 4}
     study = optuna.load_study(study_name="tiny-quick", storage=f"sqlite:///{tmp_path}/optuna.db")
-    cells = sorted((t.user_attrs["activation"], t.user_attrs["seed"]) for t in study.trials)
+    cells = sorted((t.params["activation"], t.params["seed"]) for t in study.trials)
     assert cells == [("meta_acon", 0), ("meta_acon", 1), ("relu", 0), ("relu", 1)]
     children, parents = child_runs(tmp_path, "tiny")
     assert len(parents) == 1 and parents.iloc[0]["status"] == "FINISHED"
@@ -45,14 +45,14 @@ def test_grid_study_runs_every_cell_once_and_mirrors_it_in_mlflow(tmp_path):
     # design axes and settings as params, metrics per epoch and final, overhead vs ReLU
     meta = children[children["params.activation"] == "meta_acon"].iloc[0]
     assert meta["params.generator"] == "channel" and meta["params.r"] == "4" and meta["params.epochs"] == "2"
-    assert meta["metrics.params_extra"] > 0 and meta["metrics.sites"] >= 1
+    assert int(meta["params.cost.params_extra"]) > 0 and int(meta["params.cost.sites"]) >= 1
     relu = children[children["params.activation"] == "relu"].iloc[0]
-    assert relu["params.generator"] == "-" and relu["metrics.params_extra"] == 0
-    history = mlflow.MlflowClient().get_metric_history(meta["run_id"], "val_acc")
+    assert relu["params.generator"] == "-" and relu["params.cost.params_extra"] == "0"
+    history = mlflow.MlflowClient().get_metric_history(meta["run_id"], "val/acc")
     assert [m.step for m in history] == [1, 2]
-    assert meta["metrics.final_val_acc"] == pytest.approx(history[-1].value)
+    assert meta["metrics.final/val_acc"] == pytest.approx(history[-1].value)
     trial_values = {t.user_attrs["mlflow_run_id"]: t.value for t in study.trials}
-    assert trial_values[meta["run_id"]] == pytest.approx(meta["metrics.final_val_acc"])
+    assert trial_values[meta["run_id"]] == pytest.approx(meta["metrics.final/val_acc"])
 
 
 def test_rerun_of_a_finished_study_runs_nothing_and_more_seeds_run_only_new_cells(tmp_path):

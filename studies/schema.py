@@ -1,0 +1,113 @@
+"""The tracking layout, defined once: MLflow tags, params, metrics, run statuses and artifact folders.
+
+``studies.tracking`` (the one writer) writes it, ``report.collect`` reads it and
+``benchmarks/synthetic.py`` fakes it in bulk; no other module spells these names.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# Experiment tag: MLflow 3's UI opens a "model training" experiment on its runs table, not the GenAI overview.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+# Tags of the parent run (one per Optuna study) and the child runs (one per trial).
+ROLE, PARENT, TRIAL = "acon.role", "parent", "trial"
+STUDY, PRESET, OPTUNA_STUDY, STORAGE = "acon.study", "acon.preset", "optuna.study_name", "acon.storage"
+AXES, METRIC, DIRECTION, BEST = "acon.axes", "acon.metric", "acon.direction", "acon.best_variant"
+TRIAL_NUMBER, STATE, VARIANT, FAIL_REASON = "optuna.trial_number", "acon.state", "acon.variant", "acon.fail_reason"
+PARENT_RUN, NOTE = "mlflow.parentRunId", "mlflow.note.content"  # MLflow's own: nesting and the description
+
+# Optuna state <-> MLflow run status. INTERRUPTED is our name for a FAIL caused by Ctrl-C/SIGTERM.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED",
+              "RUNNING": "RUNNING"}
+TRIAL_STATE = {"FINISHED": "COMPLETE", "KILLED": "PRUNED", "FAILED": "FAIL", "RUNNING": "RUNNING"}
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
+
+# Metrics: per epoch (step = epoch) in sections MLflow draws by prefix; final values under "final/".
+EPOCH_METRICS = {"train_loss": "train/loss", "lr": "train/lr", "val_loss": "val/loss", "val_acc": "val/acc",
+                 "val_top5": "val/top5", "epoch_time_s": "time/epoch_s", "images_per_s": "time/images_per_s"}
+FINAL = "final/"
+# Per-design constants, logged once as params "cost.<name>" (not metric series).
+COST = "cost."
+COST_KEYS = ("params", "params_extra", "params_extra_pct", "macs", "elementwise_ops", "flops", "flops_extra_pct",
+             "sites")
+SEED = "seed"
+# The parent run's per-variant summary: metric "mean/<variant>" (the objective's mean over seeds).
+MEAN = "mean/"
+
+# The parent run's description: question, results (run summary, then the report's table), settings.
+RESULTS_HEADING, SETTINGS_HEADING = "\n\n## Results\n\n", "\n\n## Settings\n\n"
+NOTE_LIMIT = 7900  # MLflow keeps tag values up to 8,000 characters
+
+# Artifacts of the parent run.
+TABLES_DIR, PLOTS_DIR = "report/tables", "report/plots"
+
+# Optuna study and trial user attrs that link to MLflow.
+PARENT_ATTR, RUN_ID_ATTR = "mlflow_parent_run_id", "mlflow_run_id"
+
+
+def run_status(state: str) -> str:
+    """The MLflow run status of an Optuna trial state (COMPLETE -> FINISHED, PRUNED -> KILLED, FAIL -> FAILED)."""
+    return RUN_STATUS[state]
+
+
+def trial_state(status: str, tag: str | None = None) -> str:
+    """The trial state a child run stands for: its ``acon.state`` tag, else derived from its status."""
+    return tag or TRIAL_STATE.get(status, "RUNNING")
+
+
+def epoch_metrics(values: dict[str, Any]) -> dict[str, Any]:
+    """Per-epoch values keyed as logged (``val_acc`` -> ``val/acc``); unknown names keep theirs."""
+    return {EPOCH_METRICS.get(k, k): v for k, v in values.items()}
+
+
+def final_metric(name: str) -> str:
+    """The key of a final value: ``val_acc`` -> ``final/val_acc``."""
+    return name if name.startswith(FINAL) else FINAL + name
+
+
+def metric_key(name: str) -> str:
+    """The key a report reads for ``name``: a final value (``val_acc``, ``val/acc``, ``final_val_acc`` alike)."""
+    inverse = {v: k for k, v in EPOCH_METRICS.items()}
+    name = inverse.get(name, name)
+    return final_metric(name.removeprefix("final_") if name.startswith("final_") else name)
+
+
+def epoch_key(metric: str) -> str:
+    """The per-epoch key behind a metric or objective: ``final/val_acc`` or ``val_acc`` -> ``val/acc``."""
+    name = metric.removeprefix(FINAL)
+    return EPOCH_METRICS.get(name, name)
+
+
+def cost_params(overhead: dict[str, float]) -> dict[str, str]:
+    """Complexity counts as params ``cost.*``: integers as integers, percentages to 2 decimals."""
+    out = {}
+    for key in COST_KEYS:
+        value = overhead.get(key)
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            continue
+        out[COST + key] = f"{value:.2f}" if key.endswith("_pct") else str(int(round(value)))
+    return out
+
+
+def axis_name(cell: dict[str, Any]) -> str:
+    """A variant in a narrow column: the values of the axes that apply, ``meta_acon·channel·r8``."""
+    parts = [str(cell["activation"])]
+    if cell.get("generator", "-") != "-":
+        parts.append(str(cell["generator"]))
+    if cell.get("r", "-") != "-":
+        parts.append(f"r{cell['r']}")
+    if cell.get("placement", "-") not in ("-", "all"):
+        parts.append(str(cell["placement"]))
+    return "·".join(parts)
+
+
+def run_name(cell: dict[str, Any]) -> str:
+    """A child run's name, variant and seed first: ``meta_acon·channel·r8 s1``."""
+    return f"{axis_name(cell)} s{cell[SEED]}"
+
+
+def mean_key(variant: str) -> str:
+    """The parent-run metric holding a variant's mean objective (MLflow keys take no ``·`` or ``/`` runs)."""
+    return MEAN + variant.replace("/", ".").replace("·", ".")

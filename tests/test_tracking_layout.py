@@ -1,0 +1,112 @@
+"""What a real ``run`` leaves in MLflow and Optuna, read back through their own clients.
+
+One tiny real study (2 designs x 2 seeds, tiny_cnn on 240 digits, 1 epoch) is run once for
+the module; the tests read what a person would see in the MLflow UI and optuna-dashboard.
+"""
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.distributions import CategoricalDistribution, IntDistribution
+
+from _services import cli, write_study
+from report import build_report
+from studies import schema
+from studies.runner import RunOptions, run_study
+from studies.spec import Study
+
+TINY = {"model": "tiny_cnn", "dataset": "digits", "limit": 240, "epochs": 1, "seeds": 2, "batch_size": 64}
+DESIGNS = ({"activation": "relu", "placement": "all"},
+           {"activation": "meta_acon", "generator": "channel", "r": 4, "placement": "all"})
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    root = tmp_path_factory.mktemp("layout")
+    options = RunOptions(storage=f"sqlite:///{root}/optuna.db", tracking_uri=f"sqlite:///{root}/mlflow.db",
+                         progress=False, device="cpu")
+    study = Study(name="layout", doc="Does channel-wise meta-ACON beat ReLU?", designs=DESIGNS, fixed=dict(TINY))
+    result = run_study(study, options)
+    client = MlflowClient(tracking_uri=options.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("layout").experiment_id])
+    parent = next(r for r in runs if r.data.tags[schema.ROLE] == schema.PARENT)
+    children = [r for r in runs if r.data.tags[schema.ROLE] == schema.TRIAL]
+    return result, client, parent, children, options, root
+
+
+def test_child_runs_are_named_by_variant_and_seed(real):
+    _, _, _, children, _, _ = real
+    assert sorted(r.info.run_name for r in children) == ["meta_acon·channel·r4 s0", "meta_acon·channel·r4 s1",
+                                                         "relu s0", "relu s1"]
+
+
+def test_child_metrics_come_in_sections_and_costs_are_rounded_params(real):
+    _, client, _, children, _, _ = real
+    meta = next(r for r in children if r.data.params["activation"] == "meta_acon")
+    keys = set(meta.data.metrics)
+    assert {"train/loss", "train/lr", "val/acc", "val/loss", "final/val_acc", "final/best_val_acc"} <= keys
+    assert not keys & {"params", "flops", "macs", "sites", "val_acc", "final_val_acc"}  # no constants as series
+    assert [m.step for m in client.get_metric_history(meta.info.run_id, "val/acc")] == [1]
+    params = meta.data.params
+    assert int(params["cost.params_extra"]) > 0 and int(params["cost.sites"]) >= 1
+    assert len(params["cost.flops_extra_pct"].split(".")[1]) == 2  # 6.63, not 6.63349783...
+    assert meta.data.tags[schema.METRIC] == "final/val_acc" and params["seed"] in ("0", "1")
+    dataset = meta.inputs.dataset_inputs[0]
+    assert dataset.dataset.name == "digits" and '"train"' in dataset.dataset.profile
+
+
+def test_parent_run_has_a_description_settings_and_a_mean_per_variant(real):
+    result, client, parent, children, _, _ = real
+    note = parent.data.tags[schema.NOTE]
+    assert note.startswith("**Does channel-wise meta-ACON beat ReLU?**") and "| model | tiny_cnn |" in note
+    assert "## Results" in note and "meta_acon/channel/r4/all" in note
+    assert parent.data.params["epochs"] == "1" and parent.data.params["dataset"] == "digits"
+    assert parent.data.tags[schema.METRIC] == "final/val_acc"
+    relu = [t.value for t in result.study.trials if t.params["activation"] == "relu"]
+    assert parent.data.metrics["mean/relu.all"] == pytest.approx(sum(relu) / 2, abs=1e-6)
+    assert parent.data.tags[schema.BEST] in ("relu/all", "meta_acon/channel/r4/all")
+
+
+def test_optuna_trials_carry_the_design_axes_as_params_with_fixed_distributions(real):
+    result, _, _, _, _, _ = real
+    study = result.study
+    assert study.metric_names == ["val_acc"]
+    for t in study.trials:
+        assert set(t.params) == {"activation", "generator", "r", "seed"}  # placement: one value, no param
+        assert t.distributions["activation"] == CategoricalDistribution(["meta_acon", "relu"])
+        assert t.distributions["r"] == CategoricalDistribution(["-", 4])
+        assert isinstance(t.distributions["seed"], IntDistribution)
+        assert len(str(t.user_attrs)) < 250  # readable in `optuna trials`: no settings JSON
+    cells = sorted((t.params["activation"], t.params["seed"]) for t in study.trials)
+    assert cells == [("meta_acon", 0), ("meta_acon", 1), ("relu", 0), ("relu", 1)]
+    assert set(optuna.importance.get_param_importances(study)) == {"activation", "generator", "r", "seed"}
+
+
+def test_report_on_the_real_study_logs_a_utf8_page_to_the_parent_run(real, tmp_path):
+    _, client, parent, _, options, _ = real
+    build_report("layout", tracking_uri=options.tracking_uri, plots=True)
+    tables = {a.path for a in client.list_artifacts(parent.info.run_id, schema.TABLES_DIR)}
+    assert tables == {f"{schema.TABLES_DIR}/layout_table.{x}" for x in ("txt", "html", "csv")}
+    page = client.download_artifacts(parent.info.run_id, f"{schema.TABLES_DIR}/layout_table.html", str(tmp_path))
+    text = open(page, encoding="utf-8").read()
+    assert '<meta charset="utf-8">' in text and "±" in text and "data:image/png;base64," in text
+    plots = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(parent.info.run_id, schema.PLOTS_DIR)}
+    assert "edf_activation.png" in plots and "edf_placement.png" not in plots  # one placement: no plot
+    after = client.get_run(parent.info.run_id).data
+    assert "| relu" in after.tags[schema.NOTE] and "standard deviation is across seeds" in after.tags[schema.NOTE]
+    assert "## Settings" in after.tags[schema.NOTE]  # the report replaced the results only
+    # the report's mean per row lands on the same keys the run wrote, not on a second set
+    assert set(after.metrics) == {"mean/relu.all", "mean/meta_acon.channel.r4.all"}
+
+
+def test_a_partial_run_lists_what_is_left_exits_0_and_says_how_to_browse(tmp_path):
+    study_file = write_study(tmp_path, "partial", epochs=1, seeds=1)
+    proc = cli("run", study_file, "--max-trials", "1", "--no-progress", "--storage", f"sqlite:///{tmp_path}/o.db",
+               "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 cell(s) not run yet: acon_c/all s0" in proc.stdout and "nan" not in proc.stdout
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/m.db" in proc.stdout
+    assert "#/experiments/1/runs/" in proc.stdout
+    rep = cli("report", "partial", "--format", "csv", "--no-log", "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
+    assert rep.returncode == 0 and rep.stdout.startswith("activation,generator,r,placement,"), rep.stderr
