@@ -38,7 +38,7 @@ if [[ $DEVICE == cpu && $SMOKE == 0 ]]; then
   exit 2
 fi
 if [[ $SMOKE == 1 ]]; then
-  TT=(--smoke) ACT=(--smoke) WORK=(--seeds 1 --epochs 1 --limit 128 --workers 1,2) N50=(--smoke)
+  TT=(--smoke) ACT=(--smoke) WORK=(--seeds 1 --epochs 1 --dataset digits --workers 1,2) N50=(--smoke)
 else
   TT=(--images 20480 --epochs 3 --rounds 3) ACT=(--shape 128,64,56,56 --rounds 5)
   WORK=(--seeds 2 --workers 1,2,4) N50=(--model resnet50 --image-size 224 --batch 64 --placement bottleneck_3x3 --images 2048 --epochs 3 --rounds 3)

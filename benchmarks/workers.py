@@ -4,7 +4,7 @@ Each count runs the same study from empty stores (a journal file for Optuna, SQL
 through ``studies.workers.run_workers``: ``trials_per_hour`` includes starting the workers,
 ``steady_per_hour`` counts from the first trial's start to the last one's end. The cores are
 split between the workers (torch threads per worker). Usage: ``python benchmarks/workers.py
-[--study variants] [--preset quick] [--seeds 2] [--workers 1,2,4] [--device cuda] [--limit 256]``.
+[--study variants] [--preset quick] [--seeds 2] [--workers 1,2,4] [--device cuda] [--dataset digits]``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", default="quick", help="preset (default quick: the embedded dataset, CPU)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per design cell (default 2)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the preset's)")
-    p.add_argument("--limit", type=int, help="training examples per trial (default: the preset's; small for a smoke run)")
+    p.add_argument("--dataset", help="dataset (default: the preset's; digits, the smallest embedded one, for a smoke run)")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts, the first is the baseline")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     return p.parse_args(argv)
@@ -62,7 +62,7 @@ def main(argv=None) -> pd.DataFrame:
     counts = [int(w) for w in args.workers.split(",") if w.strip()]
     rows = []
     for workers in counts:
-        options = RunOptions(preset=args.preset, overrides={"seeds": args.seeds, "epochs": args.epochs, "limit": args.limit},
+        options = RunOptions(preset=args.preset, overrides={"seeds": args.seeds, "epochs": args.epochs, "dataset": args.dataset},
                              device=args.device, progress=False)
         rows.append(measure(args.study, options, workers))
         print(f"{workers} worker(s): {rows[-1]['trials']} trials in {rows[-1]['seconds']} s", flush=True)

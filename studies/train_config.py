@@ -47,8 +47,9 @@ class TrainConfig:
     workers: int = 0  # DataLoader workers for folder datasets
     eval_batch_size: int = 1024
     nonfinite: str = "raise"  # "stop": return the partial result with stopped_reason set
-    # torch.compile the model for training: False/"off", True/"on" or a mode (COMPILE_MODES). Off by
-    # default on CPU and CUDA: on the quick study's model compiling costs more than it saves (benchmarks/README.md).
+    # torch.compile the model for training: False/"off", True/"on" or a mode (COMPILE_MODES). Off by default:
+    # on CPU the quick study's model paid 10-16 s to compile (4-8 s once torch's caches are warm) for no faster
+    # step (benchmarks/README.md); on CUDA it is not measured yet (benchmarks/gpu.sh measures it).
     compile: bool | str = False
 
     def __post_init__(self) -> None:
