@@ -1,15 +1,16 @@
 """``build_model``: one call from a design-space point to a model and the sites it changed."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 from torch import nn
 
-from acon.activations import create_activation
+from acon.activations import create_activation, get_activation
 from ablation.generators import takes_option
 from ablation.models import create_model, default_input_size
 from ablation.sites import Site
-from ablation.surgery import apply_placement
+from ablation.surgery import apply_placement, declares_keyword
 
 
 def build_model(
@@ -23,7 +24,7 @@ def build_model(
     in_channels: int = 3,
     small_input: bool = False,
     input_size: int | None = None,
-    kinds: Sequence[str] = ("relu",),
+    kinds: Sequence[str] | None = None,
     **options: Any,
 ) -> tuple[nn.Module, list[Site]]:
     """Build model ``name`` with ``activation`` at the sites ``placement`` selects; return (model, sites).
@@ -31,27 +32,45 @@ def build_model(
     ``activation="relu", placement="none"`` is the baseline (sites == []). ``options`` (width_rule,
     bn, bias, beta ...) go to ``acon.create_activation(activation, width, generator=, r=, ...)``;
     ``r`` is passed only to generators that take it. ``input_size`` (default: 32 if small_input,
-    else the model's native size) is used only for shape propagation; ``kinds`` names the call
-    kinds that count as sites (see ``ablation.sites.SITE_KINDS``).
+    else the model's native size) is used only for shape propagation; ``kinds`` limits the
+    activations that count as sites (default: all of ``ablation.sites.SITE_KINDS``, whichever
+    the model uses). An activation factory that declares ``original`` gets the module it replaces.
     """
     model = create_model(name, num_classes=num_classes, in_channels=in_channels, small_input=small_input)
     size = input_size or default_input_size(name, small_input)
     make = _activation_factory(activation, generator, r, options)
-    return apply_placement(model, make, placement, input_shape=(1, in_channels, size, size), kinds=kinds, model_name=str(name))
+    # The model was made here, so surgery may change it in place instead of copying it.
+    return apply_placement(model, make, placement, input_shape=(1, in_channels, size, size), kinds=kinds,
+                           model_name=str(name), copy_model=False)
 
 
 def _activation_factory(activation: Any, generator: Any, r: int | None, options: dict[str, Any]):
-    """``make(site) -> nn.Module``; a bad option for one site names that site."""
+    """``make(site, original=module) -> nn.Module``; a bad option for one site names that site."""
     kwargs = dict(options)
     if activation == "meta_acon":
         kwargs["generator"] = generator
         if r is not None and takes_option(generator, "r"):
             kwargs["r"] = r
+    factory = get_activation(activation)
+    wants_original = declares_keyword(factory, "original")
+    # channel_dim goes where a site is channels-last (ViT, Swin, ConvNeXt MLPs) and the factory
+    # takes it: an elementwise baseline does not need it.
+    takes_axis = declares_keyword(factory, "channel_dim") or _takes_any_keyword(factory)
 
-    def make(site: Site) -> nn.Module:
+    def make(site: Site, original: nn.Module | None = None) -> nn.Module:
+        extra = {"channel_dim": site.channel_dim} if site.channel_dim != 1 and takes_axis else {}
+        if wants_original:
+            extra["original"] = original
         try:
-            return create_activation(activation, site.width, **kwargs)
+            return create_activation(activation, site.width, **kwargs, **extra)
         except ValueError as e:
             raise ValueError(f"site {site.path} (width {site.width}): {e}") from e
 
     return make
+
+
+def _takes_any_keyword(fn: Any) -> bool:
+    try:
+        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False

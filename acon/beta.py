@@ -32,11 +32,11 @@ def hidden_width(channels: int, r: int, width_rule: str = "official") -> int:
 
 
 def check_reduction(channels: int, r: int) -> None:
-    """Refuse a reduction ratio outside ``1 <= r <= channels``."""
+    """Refuse a reduction ratio below 1 (any r >= 1 fits any width, as in the official release)."""
     if not isinstance(r, int) or isinstance(r, bool):
         raise ValueError(f"reduction ratio r must be an integer, got {r!r}")
-    if r < 1 or r > channels:
-        raise ValueError(f"reduction ratio r={r} is out of range for {channels} channels; allowed: 1..{channels}")
+    if r < 1:
+        raise ValueError(f"reduction ratio r={r} is out of range for {channels} channels; allowed: r >= 1")
 
 
 class ChannelBeta(nn.Module):
