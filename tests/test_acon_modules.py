@@ -377,11 +377,8 @@ def test_reduction_below_one_raises_value_error(r):
 
 
 @pytest.mark.parametrize("r", [9, 16])
-def test_reduction_above_channels_raises_value_error(r):
-    with pytest.raises(ValueError, match=f"r={r} is out of range for 8 channels"):
-        MetaAconC(8, r=r)
-    with pytest.raises(ValueError, match=f"r={r}"):
-        create_activation("meta_acon", 8, generator="channel", r=r)
+def test_reduction_above_channels_builds_the_official_hidden_width(r):
+    assert MetaAconC(8, r=r).fc1.out_channels == r  # max(r, C // r), as in the official release
 
 
 @pytest.mark.parametrize("r", [2.0, True, "4"])
