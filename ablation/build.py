@@ -1,16 +1,14 @@
 """``build_model``: one call from a design-space point to a model and the sites it changed."""
 from __future__ import annotations
 
-import inspect
 from typing import Any, Sequence
 
 from torch import nn
 
-from acon.activations import create_activation, get_activation
-from ablation.generators import takes_option
+from acon.activations import activation_options, create_activation
 from ablation.models import create_model, default_input_size
 from ablation.sites import Site
-from ablation.surgery import apply_placement, declares_keyword
+from ablation.surgery import apply_placement
 
 
 def build_model(
@@ -29,12 +27,13 @@ def build_model(
 ) -> tuple[nn.Module, list[Site]]:
     """Build model ``name`` with ``activation`` at the sites ``placement`` selects; return (model, sites).
 
-    ``activation="relu", placement="none"`` is the baseline (sites == []). ``options`` (width_rule,
-    bn, bias, beta ...) go to ``acon.create_activation(activation, width, generator=, r=, ...)``;
-    ``r`` is passed only to generators that take it. ``input_size`` (default: 32 if small_input,
-    else the model's native size) is used only for shape propagation; ``kinds`` limits the
-    activations that count as sites (default: all of ``ablation.sites.SITE_KINDS``, whichever
-    the model uses). An activation factory that declares ``original`` gets the module it replaces.
+    ``activation="relu", placement="none"`` is the baseline (sites == []). ``generator`` and ``r`` are
+    design axes, passed only where the activation (and its generator) takes them; ``options`` (width_rule,
+    bn, bias, beta ...) go to ``acon.create_activation(activation, width, ...)``, which refuses unknown
+    ones. ``input_size`` (default: 32 if small_input, else the model's native size) is used only for
+    shape propagation; ``kinds`` limits the activations that count as sites (default: all of
+    ``ablation.sites.SITE_KINDS``, whichever the model uses). An activation factory that declares
+    ``original`` gets the module it replaces.
     """
     model = create_model(name, num_classes=num_classes, in_channels=in_channels, small_input=small_input)
     size = input_size or default_input_size(name, small_input)
@@ -46,16 +45,13 @@ def build_model(
 
 def _activation_factory(activation: Any, generator: Any, r: int | None, options: dict[str, Any]):
     """``make(site, original=module) -> nn.Module``; a bad option for one site names that site."""
-    kwargs = dict(options)
-    if activation == "meta_acon":
-        kwargs["generator"] = generator
-        if r is not None and takes_option(generator, "r"):
-            kwargs["r"] = r
-    factory = get_activation(activation)
-    wants_original = declares_keyword(factory, "original")
-    # channel_dim goes where a site is channels-last (ViT, Swin, ConvNeXt MLPs) and the factory
-    # takes it: an elementwise baseline does not need it.
-    takes_axis = declares_keyword(factory, "channel_dim") or _takes_any_keyword(factory)
+    accepted = activation_options(activation, generator)  # None: takes anything
+    axes = {"generator": generator, "r": r}
+    kwargs = {**{k: v for k, v in axes.items() if v is not None and k in (accepted or ())}, **options}
+    # ``original`` only to a factory that names it; channel_dim only where a site is channels-last
+    # (ViT, Swin, ConvNeXt MLPs) and the factory takes it: an elementwise baseline does not need it.
+    wants_original = accepted is not None and "original" in accepted
+    takes_axis = accepted is None or "channel_dim" in accepted
 
     def make(site: Site, original: nn.Module | None = None) -> nn.Module:
         extra = {"channel_dim": site.channel_dim} if site.channel_dim != 1 and takes_axis else {}
@@ -67,10 +63,3 @@ def _activation_factory(activation: Any, generator: Any, r: int | None, options:
             raise ValueError(f"site {site.path} (width {site.width}): {e}") from e
 
     return make
-
-
-def _takes_any_keyword(fn: Any) -> bool:
-    try:
-        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return False

@@ -58,22 +58,14 @@ _FREE = {
 }
 
 
-def _acon_c_fused_ops(x, p1, p2, beta, *_) -> dict[str, int]:
-    """The fused ACON-C kernel does the reference formula's arithmetic in one pass; count that arithmetic:
-    ``dpx = (p1 - p2) x; dpx * sigmoid(beta dpx) + p2 x`` is 4 muls, 1 sigmoid, 1 add per element, 1 sub per channel."""
-    n = x.numel()
-    return {"sigmoid": n, "mul": 4 * n, "add": n + torch.broadcast_shapes(p1.shape, p2.shape).numel()}
-
-
 def _batch_norm_ops(x, *_) -> dict[str, int]:
     """Eval-mode BN is ``x * scale + shift``: one mul and one add per element (as ablation.generators counts it)."""
     return {"mul": x.numel(), "add": x.numel()}
 
 
-# Ops that stand for several elementwise ops: the fused ACON custom op (acon/_fused.py) and BN.
-_FUSED = {"acon_c_fused": _acon_c_fused_ops}
-_FUSED.update(dict.fromkeys(("native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training"),
-                            _batch_norm_ops))
+# Ops that stand for several elementwise ops: BN (``count`` runs the reference ACON formula, never the fused op).
+_FUSED = dict.fromkeys(("native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training"),
+                       _batch_norm_ops)
 
 
 @dataclass(frozen=True)

@@ -19,22 +19,14 @@ from ablation import small_models
 
 MODELS = Registry(
     "model",
-    doc="factory(*, num_classes: int, in_channels: int, small_input: bool) -> nn.Module taking (N, in_channels, H, W)",
+    doc="factory(*, num_classes: int, in_channels: int, small_input: bool) -> nn.Module taking (N, in_channels, H, W). "
+    "Metadata: input_size (native side, for shape propagation), native_small (built for small images: "
+    "small_input changes nothing).",
+    meta={"input_size": 224, "native_small": False},
 )
 
-#: Native input size per model (default 224); used only for shape propagation.
-_INPUT_SIZE: dict[str, int] = {"inception_v3": 299, "tiny_cnn": 8}
-#: Names natively built for small images: small_input changes nothing for them.
-_NATIVE_SMALL = {"tiny_cnn", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"}
-
-
-def register_model(name: str, factory: Callable | None = None, *, input_size: int = 224, help: str | None = None, override: bool = False):
-    """Register ``factory(*, num_classes, in_channels, small_input)``; usable as a decorator."""
-    if factory is None:
-        return lambda f: register_model(name, f, input_size=input_size, help=help, override=override)
-    MODELS.register(name, factory, help=help, override=override)
-    _INPUT_SIZE[name] = input_size
-    return factory
+#: ``register_model(name, factory=None, *, input_size=224, native_small=False, help=None, override=False)``.
+register_model = MODELS.register
 
 
 def create_model(name: Any, *, num_classes: int = 10, in_channels: int = 3, small_input: bool = False) -> nn.Module:
@@ -46,11 +38,8 @@ def create_model(name: Any, *, num_classes: int = 10, in_channels: int = 3, smal
 
 def default_input_size(name: Any, small_input: bool = False) -> int:
     """The input side used for shape propagation: 32 for small inputs, else the model's native size."""
-    if not isinstance(name, str):
-        return 32 if small_input else 224
-    if name in _NATIVE_SMALL or not small_input:
-        return _INPUT_SIZE.get(name, 224)
-    return 32
+    meta = MODELS.entry(name).meta
+    return meta["input_size"] if meta["native_small"] or not small_input else 32
 
 
 def list_models() -> list[str]:
@@ -162,7 +151,7 @@ def _like(conv: nn.Conv2d, **changes: Any) -> nn.Conv2d:
 
 
 for _name in torchvision.models.list_models(module=torchvision.models):
-    register_model(_name, _torchvision_factory(_name), input_size=_INPUT_SIZE.get(_name, 224))
+    register_model(_name, _torchvision_factory(_name), input_size=299 if _name == "inception_v3" else 224)
 
 
 # ---- written here ------------------------------------------------------------------------------
@@ -176,9 +165,9 @@ def _cifar_resnet(depth: int) -> Callable[..., nn.Module]:
 
 
 for _depth in (20, 32, 44, 56, 110):
-    register_model(f"resnet{_depth}", _cifar_resnet(_depth), input_size=32)
+    register_model(f"resnet{_depth}", _cifar_resnet(_depth), input_size=32, native_small=True)
 
 
-@register_model("tiny_cnn", input_size=8, help="3 conv-bn-relu blocks + MLP head (~26k params) for 8x8/28x28 digits")
+@register_model("tiny_cnn", input_size=8, native_small=True, help="3 conv-bn-relu blocks + MLP head (~26k params) for 8x8/28x28 digits")
 def _tiny_cnn(*, num_classes: int = 10, in_channels: int = 1, small_input: bool = True) -> nn.Module:
     return small_models.TinyCNN(num_classes=num_classes, in_channels=in_channels)

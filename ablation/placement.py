@@ -14,21 +14,13 @@ from ablation.sites import Site
 PLACEMENTS = Registry(
     "placement policy",
     doc="policy(sites: list[Site], arg: str | None) -> list[Site], a subset of sites; "
-    "'name:arg' passes arg (None when there is no ':').",
+    "'name:arg' passes arg (None when there is no ':'). Metadata: arg, how its argument is written "
+    "in messages ('K', 'I', 'PATTERN'); None: it takes none.",
+    meta={"arg": None},
 )
 
-#: name -> how its argument is written in messages ("K", "I", "PATTERN"); absent: takes none.
-_ARGS: dict[str, str] = {}
-
-
-def register_policy(name: str, policy: Callable | None = None, *, arg: str | None = None, help: str | None = None, override: bool = False):
-    """Register ``policy(sites, arg) -> list[Site]``; ``arg`` names its parameter (e.g. ``"K"``) if it takes one."""
-    if policy is None:
-        return lambda p: register_policy(name, p, arg=arg, help=help, override=override)
-    PLACEMENTS.register(name, policy, help=help, override=override)
-    if arg is not None:
-        _ARGS[name] = arg
-    return policy
+#: ``register_policy(name, policy=None, *, arg=None, help=None, override=False)``; usable as a decorator.
+register_policy = PLACEMENTS.register
 
 
 def parse_placement(spec: Any) -> tuple[Callable, str | None]:
@@ -36,12 +28,13 @@ def parse_placement(spec: Any) -> tuple[Callable, str | None]:
     if not isinstance(spec, str):
         return spec, None
     name, sep, arg = spec.partition(":")
-    policy = PLACEMENTS.get(name)
-    if name in _ARGS and not sep:
-        raise ValueError(f"placement {name}:{_ARGS[name]} needs its {_ARGS[name]}, e.g. '{name}:{_example(name)}'")
-    if name not in _ARGS and sep:
+    entry = PLACEMENTS.entry(name)
+    letter = entry.meta["arg"]
+    if letter is not None and not sep:
+        raise ValueError(f"placement {name}:{letter} needs its {letter}, e.g. '{name}:{_example(name)}'")
+    if letter is None and sep:
         raise ValueError(f"placement {name!r} takes no parameter, got {spec!r}")
-    return policy, (arg if sep else None)
+    return entry.obj, (arg if sep else None)
 
 
 def select_sites(spec: Any, sites: Sequence[Site]) -> list[Site]:

@@ -1,15 +1,16 @@
 """ACON and meta-ACON activations ("Activate or Not", CVPR 2021) as PyTorch modules.
 
 ``acon.functional`` holds the formulas, ``acon.modules`` the layers, ``acon.beta`` the beta
-generators and ``acon.activations`` the registry that builds any of them by name.
+generator modules, ``acon.generators`` and ``acon.activations`` the registries that build them by name.
 """
-from acon.activations import ACTIVATIONS, create_activation, create_meta_acon, get_activation
-from acon.beta import BETA_GENERATORS, ChannelBeta, FixedBeta, LayerBeta, LearnedBeta, PixelBeta, hidden_width
+from acon.activations import ACTIVATIONS, activation_options, create_activation, get_activation
+from acon.beta import ChannelBeta, LayerBeta, PixelBeta, hidden_width
+from acon.generators import GENERATORS, register_generator
 from acon.modules import AconA, AconB, AconC, MetaAcon, MetaAconC
-from acon.registry import Registry, UnknownNameError
+from acon.registry import Registry, UnknownNameError, UnknownOptionError
 
 __all__ = [
-    "ACTIVATIONS", "BETA_GENERATORS", "AconA", "AconB", "AconC", "ChannelBeta", "FixedBeta", "LayerBeta",
-    "LearnedBeta", "MetaAcon", "MetaAconC", "PixelBeta", "Registry", "UnknownNameError", "create_activation",
-    "create_meta_acon", "get_activation", "hidden_width",
+    "ACTIVATIONS", "GENERATORS", "AconA", "AconB", "AconC", "ChannelBeta", "LayerBeta", "MetaAcon", "MetaAconC",
+    "PixelBeta", "Registry", "UnknownNameError", "UnknownOptionError", "activation_options", "create_activation",
+    "get_activation", "hidden_width", "register_generator",
 ]

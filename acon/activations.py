@@ -1,7 +1,8 @@
 """The activation registry: ACON variants and the baselines they are compared with.
 
-Every entry is ``factory(channels, **options) -> nn.Module``; baselines ignore ``channels``
-except PReLU (one slope per channel). ``create_activation`` is the one way to build them.
+Every entry is ``factory(channels, **options) -> nn.Module`` and accepts exactly the options
+``activation_options`` lists: baselines none, PReLU ``channel_dim``, ACON-A/B/C their constructor's,
+meta-ACON ``generator`` plus that generator's. ``create_activation`` builds them and refuses any other keyword.
 """
 from __future__ import annotations
 
@@ -11,21 +12,20 @@ from typing import Any
 from torch import Tensor, nn
 
 from acon import _layout
-from acon.beta import BETA_GENERATORS
-from acon.modules import AconA, AconB, AconC, MetaAcon, MetaAconC
-from acon.registry import Registry
+from acon.generators import generator_entry
+from acon.modules import AconA, AconB, AconC
+from acon.registry import Registry, check_options
 
 ACTIVATIONS = Registry(
     "activation",
-    doc="factory(channels, **options) -> nn.Module acting elementwise on (N, C, ...) inputs",
+    doc="factory(channels, **options) -> nn.Module acting elementwise on (N, C, ...) inputs. "
+    "Metadata: options (accepted keywords; default: read from the factory's signature).",
+    meta={"options": None},
 )
-
-#: Options a design-space sweep passes to every activation; factories without them ignore them.
-DESIGN_OPTIONS = ("generator", "r", "width_rule", "bn", "bias", "channel_dim")
 
 
 def _baseline(module_cls: type[nn.Module], **fixed: Any):
-    def factory(channels: int, **_: Any) -> nn.Module:
+    def factory(channels: int) -> nn.Module:
         return module_cls(**fixed)
 
     factory.__doc__ = module_cls.__doc__
@@ -54,55 +54,46 @@ class _PReLUOnAxis(nn.PReLU):
 
 
 @ACTIVATIONS.register("prelu", help="PReLU with one learned slope per channel")
-def _prelu(channels: int, *, channel_dim: int = 1, **_: Any) -> nn.Module:
+def _prelu(channels: int, *, channel_dim: int = 1) -> nn.Module:
     return nn.PReLU(channels) if channel_dim == 1 else _PReLUOnAxis(channels, channel_dim)
 
 
-@ACTIVATIONS.register("acon_a", help="ACON-A: x * sigmoid(beta x), learned per-channel beta")
-def _acon_a(channels: int, *, channel_dim: int = 1, **_: Any) -> nn.Module:
-    return AconA(channels, channel_dim=channel_dim)
+ACTIVATIONS.register("acon_a", AconA, help="ACON-A: x * sigmoid(beta x), learned per-channel beta")
+ACTIVATIONS.register("acon_b", AconB, help="ACON-B: smooth max of x and p x, learned p and beta")
+ACTIVATIONS.register("acon_c", AconC, help="ACON-C: smooth max of p1 x and p2 x, learned p1, p2, beta")
 
 
-@ACTIVATIONS.register("acon_b", help="ACON-B: smooth max of x and p x, learned p and beta")
-def _acon_b(channels: int, *, channel_dim: int = 1, **_: Any) -> nn.Module:
-    return AconB(channels, channel_dim=channel_dim)
+@ACTIVATIONS.register("meta_acon", options=("generator",),
+                      help="meta-ACON: ACON-C with beta = G(x); generator=layer|channel|pixel|... and its options")
+def _meta_acon(channels: int, *, generator: Any = "channel", **options: Any) -> nn.Module:
+    """meta-ACON built by the generator's registry entry; a beta module factory is wrapped in ``MetaAcon``."""
+    return generator_entry(generator).obj(channels, **options)
 
 
-@ACTIVATIONS.register("acon_c", help="ACON-C: smooth max of p1 x and p2 x, learned p1, p2, beta")
-def _acon_c(channels: int, *, channel_dim: int = 1, **_: Any) -> nn.Module:
-    return AconC(channels, channel_dim=channel_dim)
+def activation_options(name: Any, generator: Any = None) -> frozenset[str] | None:
+    """The keywords ``create_activation(name, C, ...)`` accepts (None: any). An activation that takes
+    ``generator`` also takes that generator's options (``generator=None``: the activation's default)."""
+    return _accepted(name, generator)[1]
 
 
-@ACTIVATIONS.register("meta_acon", help="meta-ACON: ACON-C with beta = G(x); generator=layer|channel|pixel|...")
-def _meta_acon(channels: int, *, generator: Any = "channel", channel_dim: int = 1, **options: Any) -> nn.Module:
-    return create_meta_acon(channels, generator=generator, channel_dim=channel_dim, **options)
+def _accepted(name: Any, generator: Any) -> tuple[str, frozenset[str] | None]:
+    """(how to name the activation in an error, its accepted options)."""
+    entry = ACTIVATIONS.entry(name)
+    own = entry.options
+    if own is None or "generator" not in own:
+        return f"activation {entry.name!r}", own
+    if generator is None:
+        generator = _default(entry.obj, "generator")
+        if generator is None:  # no default to read: the factory itself decides
+            return f"activation {entry.name!r}", None
+    gen = generator_entry(generator)
+    return f"activation {entry.name!r} with generator {gen.name!r}", None if gen.options is None else own | gen.options
 
 
-def create_meta_acon(channels: int, *, generator: Any = "channel", channel_dim: int = 1, **options: Any) -> nn.Module:
-    """meta-ACON with the named (or given) beta generator.
-
-    ``channel`` gives the official ``MetaAconC`` layout; ``learned`` gives ``AconC``; ``fixed``
-    gives ``AconC`` with a constant beta (``beta=``); any other generator wraps ``MetaAcon``.
-    """
-    if generator == "channel":
-        return MetaAconC(channels, channel_dim=channel_dim, **_accepted(MetaAconC, options))
-    if generator == "learned":
-        return AconC(channels, channel_dim=channel_dim, beta=options.get("beta"))
-    if generator == "fixed":
-        return AconC(channels, channel_dim=channel_dim, beta=options.get("beta", 1.0), learn_beta=False)
-    factory = BETA_GENERATORS.get(generator)
-    return MetaAcon(channels, factory(channels, **_accepted(factory, options)), channel_dim=channel_dim)
-
-
-def _accepted(factory: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """Keep the options ``factory`` accepts; the shared design options others lack are dropped."""
-    params = inspect.signature(factory).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return dict(options)
-    unknown = [k for k in options if k not in params and k not in DESIGN_OPTIONS and k != "beta"]
-    if unknown:
-        raise TypeError(f"{getattr(factory, '__name__', factory)} does not accept option(s): {', '.join(sorted(unknown))}")
-    return {k: v for k, v in options.items() if k in params}
+def _default(factory: Any, param: str) -> Any:
+    """The default value of ``factory``'s parameter ``param``, or None."""
+    found = inspect.signature(factory).parameters.get(param)
+    return None if found is None or found.default is found.empty else found.default
 
 
 def get_activation(name: Any) -> Any:
@@ -111,5 +102,7 @@ def get_activation(name: Any) -> Any:
 
 
 def create_activation(name: Any, channels: int, **options: Any) -> nn.Module:
-    """Build the activation ``name`` for ``channels`` channels."""
+    """Build the activation ``name`` for ``channels`` channels; an option it does not accept is an error."""
+    what, accepted = _accepted(name, options.get("generator"))
+    check_options(what, options, accepted)
     return get_activation(name)(channels, **options)

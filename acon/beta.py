@@ -3,27 +3,27 @@
 A generator is an ``nn.Module`` built from the channel count; its ``forward`` takes the
 channels-first input ``x`` (N, C, ...) and returns a beta that broadcasts against ``x``.
 Formulas: "Activate or Not" (CVPR 2021), section 3.3 and the official ``MetaAconC``.
+The registry that builds meta-ACON from a generator name is ``acon.generators``.
 """
 from __future__ import annotations
+
+import numbers
 
 import torch
 from torch import Tensor, nn
 
 from acon import _layout
-from acon.registry import Registry
 
 WIDTH_RULES = ("official", "plain")
 
-BETA_GENERATORS = Registry(
-    "beta generator",
-    doc="factory(channels, **options) -> nn.Module mapping channels-first x to a beta broadcastable "
-    "against x. Options a factory may accept: r, width_rule, bn, bias (and its own).",
-)
-
 
 def hidden_width(channels: int, r: int, width_rule: str = "official") -> int:
-    """Hidden width of the channel-wise generator: ``max(r, C // r)`` or plain ``max(1, C // r)``."""
-    check_reduction(channels, r)
+    """Hidden width of the channel-wise generator: ``max(r, C // r)`` or plain ``max(1, C // r)``.
+
+    As in the official release, any integer r >= 1 suits any width (C = 8, r = 16: hidden 16).
+    """
+    check_reduction(r)
+    r = int(r)
     if width_rule == "official":
         return max(r, channels // r)
     if width_rule == "plain":
@@ -31,12 +31,12 @@ def hidden_width(channels: int, r: int, width_rule: str = "official") -> int:
     raise ValueError(f"unknown width_rule {width_rule!r}; valid choices: {', '.join(WIDTH_RULES)}")
 
 
-def check_reduction(channels: int, r: int) -> None:
-    """Refuse a reduction ratio below 1 (any r >= 1 fits any width, as in the official release)."""
-    if not isinstance(r, int) or isinstance(r, bool):
-        raise ValueError(f"reduction ratio r must be an integer, got {r!r}")
+def check_reduction(r: int) -> None:
+    """Refuse a reduction ratio that is not an integer >= 1 (bools included)."""
+    if not isinstance(r, numbers.Integral) or isinstance(r, bool):
+        raise ValueError(f"reduction ratio r must be an integer >= 1, got {r!r}")
     if r < 1:
-        raise ValueError(f"reduction ratio r={r} is out of range for {channels} channels; allowed: r >= 1")
+        raise ValueError(f"reduction ratio r={r} is out of range; allowed: integers >= 1")
 
 
 class ChannelBeta(nn.Module):
@@ -94,34 +94,3 @@ class PixelBeta(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(x)
-
-
-BETA_GENERATORS.register("channel", ChannelBeta, help="one beta per sample and channel (official MetaAconC; r, width_rule, bn, bias)")
-BETA_GENERATORS.register("layer", LayerBeta, help="one beta per sample and layer: sigmoid(sum of x)")
-BETA_GENERATORS.register("pixel", PixelBeta, help="one beta per element: sigmoid(x)")
-
-
-class LearnedBeta(nn.Module):
-    """A learned per-channel beta (ACON-C's): not generated from the input."""
-
-    def __init__(self, channels: int, *, init: float = 1.0):
-        super().__init__()
-        self.beta = nn.Parameter(torch.full((1, channels, 1, 1), float(init)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _layout.per_channel(self.beta, x)
-
-
-class FixedBeta(nn.Module):
-    """A constant beta given by the user (``beta=...``), kept as a buffer, never trained."""
-
-    def __init__(self, channels: int, *, beta: float = 1.0):
-        super().__init__()
-        self.register_buffer("beta", torch.full((1, channels, 1, 1), float(beta)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _layout.per_channel(self.beta, x)
-
-
-BETA_GENERATORS.register("learned", LearnedBeta, help="a learned per-channel beta, not input-dependent (ACON-C)")
-BETA_GENERATORS.register("fixed", FixedBeta, help="a constant beta you give (beta=...)")

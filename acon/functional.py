@@ -14,12 +14,6 @@ from torch import Tensor
 from acon import _fused
 
 
-def smooth_max(a: Tensor, b: Tensor, beta: Tensor | float) -> Tensor:
-    """``S_beta(a, b) = (a - b) * sigmoid(beta * (a - b)) + b``."""
-    d = a - b
-    return d * torch.sigmoid(beta * d) + b
-
-
 def acon_c_reference(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> Tensor:
     """ACON-C in plain PyTorch, written as in the official release."""
     dpx = (p1 - p2) * x
@@ -60,11 +54,6 @@ def acon_a(x: Tensor, beta: Tensor | float) -> Tensor:
 def meta_acon(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
     """meta-ACON: ACON-C with a generated ``beta`` (per sample, channel or element)."""
     return acon_c(x, p1, p2, beta)
-
-
-def meta_acon_reference(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
-    """meta-ACON in plain PyTorch."""
-    return acon_c_reference(x, p1, p2, beta)
 
 
 # Symbolic traces record these calls as single nodes instead of branching on Proxy shapes;

@@ -95,7 +95,9 @@ def test_empty_selection_names_the_kinds_the_model_has():
 
 
 def test_reduction_ratio_errors_name_the_site():
-    with pytest.raises(ValueError, match=r"site block1.2 \(width 16\): reduction ratio r=0 .*allowed: r >= 1"):
+    with pytest.raises(ValueError, match=r"site block1.2 \(width 16\): reduction ratio r must be an integer >= 1, got 2.5"):
+        ablation.build_model("tiny_cnn", r=2.5, in_channels=1)
+    with pytest.raises(ValueError, match=r"site block1.2 \(width 16\): reduction ratio r=0"):
         ablation.build_model("tiny_cnn", r=0, in_channels=1)
     # The official rule: any r >= 1 at any width, hidden width max(r, C // r).
     model, sites = ablation.build_model("tiny_cnn", r=32, in_channels=1)
@@ -103,8 +105,9 @@ def test_reduction_ratio_errors_name_the_site():
 
 
 def test_user_policy_registered_by_name():
-    ablation.register_policy("test_even", lambda sites, arg: [s for s in sites if s.index % 2 == 0], override=True)
-    _, sites = ablation.build_model("resnet20", placement="test_even", r=4)
+    with ablation.PLACEMENTS.temporary("test_even", lambda sites, arg: [s for s in sites if s.index % 2 == 0]):
+        _, sites = ablation.build_model("resnet20", placement="test_even", r=4)
+    assert "test_even" not in ablation.PLACEMENTS
     assert [s.index for s in sites] == list(range(0, 19, 2))
 
 
@@ -218,12 +221,6 @@ def tiny_vit(*, num_classes=10, in_channels=3, small_input=False):
                                                 mlp_dim=32, num_classes=num_classes)
 
 
-def _unregister(registry, name):
-    """Remove a test entry again (``Registry.unregister`` where the registry has one)."""
-    remove = getattr(registry, "unregister", None)
-    remove(name) if remove else registry._items.pop(name)
-
-
 class _Originals(nn.Module):
     """One site of each call form: a ReLU module, F.gelu with a keyword, and a tensor method."""
 
@@ -248,14 +245,9 @@ def test_surgery_hands_the_replaced_module_to_factories_that_declare_original():
         got.append((channels, sorted(options)))
         return nn.Identity()
 
-    acon.ACTIVATIONS.register("test_recording", recording)
-    acon.ACTIVATIONS.register("test_plain", plain)
-    try:
+    with acon.ACTIVATIONS.temporary("test_recording", recording), acon.ACTIVATIONS.temporary("test_plain", plain):
         _, sites = ablation.build_model(lambda **_: _Originals(), activation="test_recording", input_size=4)
         ablation.build_model(lambda **_: _Originals(), activation="test_plain", input_size=4)
-    finally:
-        _unregister(acon.ACTIVATIONS, "test_recording")
-        _unregister(acon.ACTIVATIONS, "test_plain")
     assert [s.replaced for s in sites] == ["relu", "gelu", "relu"]
     originals = [o for _, o in got[:3]]
     assert [type(o) for o in originals] == [nn.ReLU, nn.GELU, nn.ReLU] and [c for c, _ in got[:3]] == [8, 8, 8]

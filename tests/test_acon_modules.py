@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from acon import (
-    ACTIVATIONS, BETA_GENERATORS, AconA, AconB, AconC, ChannelBeta, LayerBeta, MetaAcon, MetaAconC, PixelBeta,
-    create_activation, hidden_width,
+    ACTIVATIONS, GENERATORS, AconA, AconB, AconC, ChannelBeta, LayerBeta, MetaAcon, MetaAconC, PixelBeta,
+    UnknownOptionError, activation_options, create_activation, hidden_width,
 )
 
 
@@ -101,10 +101,10 @@ def test_channel_dim_last_on_nc_input_is_the_same_axis(name):
     torch.testing.assert_close(last(x), first(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", sorted(ACTIVATIONS.names()))
+@pytest.mark.parametrize("name", [n for n in ACTIVATIONS.names() if "channel_dim" in activation_options(n)])
 def test_every_registered_activation_honours_channel_dim_last(name):
-    first = create_activation(name, C, r=2)
-    last = create_activation(name, C, r=2, channel_dim=-1)
+    first = create_activation(name, C)
+    last = create_activation(name, C, channel_dim=-1)
     last.load_state_dict(first.state_dict(), strict=True)
     with torch.no_grad():  # give PReLU distinct slopes so a wrong axis shows
         for p in first.parameters():
@@ -208,7 +208,7 @@ def _official_keys_and_shapes(width, r):
     return {k: tuple(v.shape) for k, v in OfficialMetaAconC(width, r).state_dict().items()}
 
 
-@pytest.mark.parametrize("width,r", [(32, 8), (24, 16), (64, 16)])
+@pytest.mark.parametrize("width,r", [(32, 8), (24, 16), (64, 16), (8, 16), (1, 16), (3, 5)])
 def test_meta_acon_c_keys_and_shapes_equal_the_official_module(width, r):
     ours = {k: tuple(v.shape) for k, v in MetaAconC(width, r=r).state_dict().items()}
     assert ours == _official_keys_and_shapes(width, r)
@@ -226,7 +226,7 @@ def _randomise_bn(module, x):
         module(x + torch.randn_like(x))
 
 
-@pytest.mark.parametrize("width,r", [(32, 8), (24, 16)])
+@pytest.mark.parametrize("width,r", [(32, 8), (24, 16), (8, 16)])
 def test_meta_acon_c_loads_official_state_dict_strict(width, r, device, ieee_fp32):
     x = torch.randn(4, width, 3, 3).to(device)
     official = OfficialMetaAconC(width, r).to(device)
@@ -242,7 +242,7 @@ def test_meta_acon_c_loads_official_state_dict_strict(width, r, device, ieee_fp3
     torch.testing.assert_close(ours(x), official(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("width,r", [(32, 8), (24, 16)])
+@pytest.mark.parametrize("width,r", [(32, 8), (24, 16), (8, 16)])
 def test_official_meta_acon_c_loads_our_state_dict_strict(width, r, device, ieee_fp32):
     x = torch.randn(4, width, 3, 3).to(device)
     ours = MetaAconC(width, r=r).to(device)
@@ -264,7 +264,7 @@ def test_meta_acon_c_without_bias_drops_fc_biases_only():
     assert ours == set(_official_keys_and_shapes(32, 8)) - {"fc1.bias", "fc2.bias"}
 
 
-@pytest.mark.parametrize("width,r,hidden", [(32, 8, 4), (24, 16, 1), (64, 16, 4)])
+@pytest.mark.parametrize("width,r,hidden", [(32, 8, 4), (24, 16, 1), (64, 16, 4), (8, 16, 1)])
 def test_meta_acon_c_plain_width_rule_uses_c_over_r(width, r, hidden):
     sd = MetaAconC(width, r=r, width_rule="plain").state_dict()
     assert sd["fc1.weight"].shape == (hidden, width, 1, 1)
@@ -290,7 +290,7 @@ def test_meta_acon_c_without_bn_trains_on_batch_of_one():
 
 @pytest.mark.parametrize("generator", ["layer", "pixel"])
 def test_meta_acon_with_parameter_free_generator_has_only_p1_p2(generator):
-    module = create_activation("meta_acon", C, generator=generator, r=2)
+    module = create_activation("meta_acon", C, generator=generator)
     assert isinstance(module, MetaAcon)
     assert list(module.state_dict()) == ["p1", "p2"]
 
@@ -310,7 +310,7 @@ def test_meta_acon_with_channel_generator_module_equals_meta_acon_c():
 @pytest.mark.parametrize("generator,cls", [("channel", MetaAconC), ("learned", AconC), ("fixed", AconC),
                                            ("layer", MetaAcon), ("pixel", MetaAcon)])
 def test_meta_acon_generator_name_selects_the_module(generator, cls):
-    module = create_activation("meta_acon", 8, generator=generator, r=2)
+    module = create_activation("meta_acon", 8, generator=generator)
     assert type(module) is cls
     assert module(torch.randn(2, 8, 3, 3)).shape == (2, 8, 3, 3)
 
@@ -320,29 +320,81 @@ def test_meta_acon_generator_factory_is_passed_through():
     assert isinstance(module.generator, PixelBeta)
 
 
-def test_meta_acon_learned_generator_has_a_learned_beta():
-    module = create_activation("meta_acon", C, generator="learned", beta=0.5)
+def test_meta_acon_learned_generator_has_a_learned_beta_starting_at_init():
+    module = create_activation("meta_acon", 16, generator="learned", init=3.0)
     assert isinstance(module.beta, nn.Parameter)
-    assert torch.equal(module.beta, torch.full((1, C, 1, 1), 0.5))
+    assert torch.equal(module.beta, torch.full((1, 16, 1, 1), 3.0))
+    assert list(module.state_dict()) == ["p1", "p2", "beta"]  # AconC's keys: an official AconC checkpoint loads
 
 
-@pytest.mark.parametrize("generator", sorted(BETA_GENERATORS.names()))
-def test_every_generator_builds_a_meta_acon_that_backpropagates(generator):
-    module = create_activation("meta_acon", C, generator=generator, r=2)
-    x = torch.randn(2, C, 3, 3, requires_grad=True)
+def test_meta_acon_fixed_generator_gives_a_constant_beta():
+    module = create_activation("meta_acon", 16, generator="fixed", beta=2.0)
+    x = torch.randn(2, 16, 3, 3)
+    module(x).sum().backward()
+    assert torch.equal(module.beta, torch.full((1, 16, 1, 1), 2.0)) and not module.beta.requires_grad
+    learned = AconC(16)
+    learned.load_state_dict(module.state_dict(), strict=True)  # same keys; beta 2.0 loaded into the parameter
+    torch.testing.assert_close(module(x), learned(x))
+
+
+@pytest.mark.parametrize("name, options, attr, value", [
+    ("acon_a", {"beta": 0.5}, "beta", 0.5),
+    ("acon_b", {"p": -0.25, "beta": 2.0}, "p", -0.25),
+    ("acon_c", {"p1": 1.5, "p2": 0.25, "beta": 4.0}, "p2", 0.25),
+    ("meta_acon", {"generator": "layer", "p1": 0.75}, "p1", 0.75),
+    ("meta_acon", {"generator": "channel", "p2": -1.0}, "p2", -1.0),
+])
+def test_documented_init_options_are_honoured(name, options, attr, value):
+    module = create_activation(name, 6, **options)
+    assert torch.equal(getattr(module, attr), torch.full((1, 6, 1, 1), value))
+
+
+def test_meta_acon_channel_options_reach_the_module():
+    module = create_activation("meta_acon", 64, generator="channel", r=4, width_rule="plain", bn=False, bias=False)
+    assert module.fc1.weight.shape == (16, 64, 1, 1) and module.fc1.bias is None
+    assert isinstance(module.bn1, nn.Identity) and isinstance(module.bn2, nn.Identity)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS.names()))
+def test_every_activation_refuses_an_unknown_option_listing_the_valid_ones(name):
+    valid = ", ".join(sorted(activation_options(name))) or "none"
+    with pytest.raises(UnknownOptionError, match=f"does not accept option 'bogus'; valid options: {valid}$"):
+        create_activation(name, 16, bogus=1)
+
+
+def test_acon_c_unknown_option_message():
+    with pytest.raises(UnknownOptionError) as info:
+        create_activation("acon_c", 16, bogus=1)
+    assert str(info.value) == ("activation 'acon_c' does not accept option 'bogus'; "
+                               "valid options: beta, channel_dim, learn_beta, p1, p2")
+
+
+@pytest.mark.parametrize("generator, bad", [("layer", "r"), ("pixel", "bn"), ("learned", "beta"), ("fixed", "init")])
+def test_meta_acon_refuses_an_option_its_generator_does_not_take(generator, bad):
+    with pytest.raises(UnknownOptionError, match=f"generator '{generator}' does not accept option '{bad}'"):
+        create_activation("meta_acon", 8, generator=generator, **{bad: 1})
+
+
+@pytest.mark.parametrize("channels", [1, 8, 64])
+@pytest.mark.parametrize("generator", sorted(GENERATORS.names()))
+def test_every_generator_builds_a_meta_acon_that_backpropagates(generator, channels):
+    module = create_activation("meta_acon", channels, generator=generator)
+    x = torch.randn(2, channels, 3, 3, requires_grad=True)
     module(x).square().sum().backward()
     assert x.grad.abs().sum() > 0
     for name, p in module.named_parameters():
         assert torch.isfinite(p.grad).all(), name
-        # a conv bias right before train-mode BN gets a zero gradient by construction
-        if name not in ("fc1.bias", "fc2.bias"):
+        # a bias followed (through linear maps only) by train-mode BN gets a zero gradient by construction:
+        # BN removes any per-channel constant; bn1.bias reaches bn2 through fc2 (exactly 0 at C=1, rounding noise else)
+        if name not in ("fc1.bias", "fc2.bias", "bn1.bias"):
             assert p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("channels", [1, 8, 64])
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS.names()))
-def test_every_registered_activation_maps_shape_to_shape_with_gradients(name, device):
-    module = create_activation(name, C, r=2).to(device)
-    x = torch.randn(2, C, 3, 3).to(device).requires_grad_()
+def test_every_registered_activation_maps_shape_to_shape_with_gradients(name, channels, device):
+    module = create_activation(name, channels).to(device)
+    x = torch.randn(2, channels, 3, 3).to(device).requires_grad_()
     y = module(x)
     assert y.shape == x.shape and torch.isfinite(y).all()
     y.sum().backward()
@@ -365,7 +417,7 @@ def test_wrong_channel_count_raises_value_error_naming_both_numbers(name, channe
 @pytest.mark.parametrize("name", [n for n in ACTIVATIONS.names() if n.startswith(("acon_", "meta_acon"))])
 def test_registered_acon_activation_refuses_wrong_channel_count(name):
     with pytest.raises(ValueError, match=r"\b6\b.*\b4\b"):
-        create_activation(name, C, r=2)(torch.randn(2, 6, 3, 3))
+        create_activation(name, C)(torch.randn(2, 6, 3, 3))
 
 
 @pytest.mark.parametrize("r", [0, -1])
@@ -376,14 +428,17 @@ def test_reduction_below_one_raises_value_error(r):
         create_activation("meta_acon", 8, r=r)
 
 
-@pytest.mark.parametrize("r", [9, 16])
-def test_reduction_above_channels_builds_the_official_hidden_width(r):
-    assert MetaAconC(8, r=r).fc1.out_channels == r  # max(r, C // r), as in the official release
+@pytest.mark.parametrize("channels, r, hidden", [(8, 16, 16), (8, 9, 9), (1, 1, 1), (3, 64, 64), (64, 3, 21)])
+def test_any_reduction_of_one_or_more_suits_any_width_as_in_the_official_release(channels, r, hidden):
+    module = MetaAconC(channels, r=r)  # hidden width max(r, C // r)
+    assert module.fc1.out_channels == hidden == hidden_width(channels, r)
+    assert module(torch.randn(2, channels, 3, 3)).shape == (2, channels, 3, 3)
+    assert create_activation("meta_acon", channels, generator="channel", r=r).fc1.out_channels == hidden
 
 
-@pytest.mark.parametrize("r", [2.0, True, "4"])
-def test_non_integer_reduction_raises_value_error(r):
-    with pytest.raises(ValueError, match="integer"):
+@pytest.mark.parametrize("r", [2.0, True, "4", None])
+def test_non_integer_reduction_raises_value_error_naming_the_allowed_range(r):
+    with pytest.raises(ValueError, match=f"reduction ratio r must be an integer >= 1, got {r!r}"):
         MetaAconC(8, r=r)
 
 
@@ -405,6 +460,6 @@ def test_channel_dim_on_batch_axis_or_a_1d_input_raises_value_error():
         AconC(C)(torch.randn(C))
 
 
-def test_unknown_option_for_the_channel_generator_raises_type_error():
-    with pytest.raises(TypeError, match="reduce"):
+def test_unknown_option_for_the_channel_generator_raises_type_error_listing_valid_options():
+    with pytest.raises(TypeError, match="'reduce'; valid options: bias, bn, channel_dim, generator, p1, p2, r, width_rule"):
         create_activation("meta_acon", 8, generator="channel", reduce="mean")

@@ -89,8 +89,8 @@ class _Crash(nn.Module):
 
 @pytest.fixture
 def crash_activation():
-    ACTIVATIONS.register("test_crash", lambda channels, **_: _Crash(), override=True)
-    yield _Crash
+    with ACTIVATIONS.temporary("test_crash", lambda channels, **_: _Crash()):
+        yield _Crash
     _Crash.armed = None
 
 

@@ -18,7 +18,8 @@ from studies.train import EpochMetrics, NonFiniteLossError, TrainConfig, param_g
 
 def tiny_cnn(activation: str = "relu", in_channels: int = 1, classes: int = 10) -> nn.Module:
     """conv-bn-act x2, pool, linear: a few thousand parameters."""
-    act = lambda c: acon.create_activation(activation, c, r=4)  # noqa: E731
+    options = {"r": 4} if activation == "meta_acon" else {}  # baselines take no option
+    act = lambda c: acon.create_activation(activation, c, **options)  # noqa: E731
     return nn.Sequential(
         nn.Conv2d(in_channels, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), act(8), nn.MaxPool2d(2),
         nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), act(16),
