@@ -164,8 +164,11 @@ def check_kinds(kinds: Sequence[str] | None) -> list[str]:
 
 def kind_of(gm: fx.GraphModule, n: fx.Node) -> str | None:
     """The ``SITE_KINDS`` name of the activation node ``n`` calls, or None if it calls none."""
+    if n.op not in ("call_module", "call_function", "call_method"):
+        return None
+    module = gm.get_submodule(n.target) if n.op == "call_module" else None
     for kind, (modules, functions, methods) in SITE_KINDS.items():
-        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), modules):
+        if module is not None and isinstance(module, modules):
             return kind
         if n.op == "call_function" and any(n.target is f for f in functions):
             return kind
