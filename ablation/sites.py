@@ -51,9 +51,11 @@ class Site:
 
     ``index``: position among all candidate sites in execution order; ``path``: module path of the
     original call, ``#k`` (1-based) when that module is called several times; ``width``: channels
-    (dim 1 of the output); ``spatial``: the output's trailing dims; ``stage``: see ``assign_stages``;
-    ``target``: module path of the activation in the changed model; ``source``: what produced the
-    input (module path or op name); ``block``/``block_type``: the enclosing module and its class.
+    (the output's size on ``channel_dim``: 1, or the last dim after a Linear/LayerNorm);
+    ``spatial``: the output's other non-batch dims; ``stage``: see ``assign_stages``; ``target``:
+    module path of the activation in the changed model; ``source``: what produced the input
+    (module path or op name); ``block``/``block_type``: the enclosing module and its class;
+    ``replaced``: the ``SITE_KINDS`` name of the activation the site had.
     """
 
     index: int
