@@ -142,6 +142,7 @@ def _add_overhead(sub: Any) -> None:
     p.add_argument("--input-size", type=int, help="input image size (default: the model's)")
     p.add_argument("--format", default="terminal", help="terminal, markdown, csv, latex, html")
     p.add_argument("--latency", action="store_true", help="also measure forward/backward time ratios")
+    p.add_argument("--export", choices=["onnx"], help="also check ONNX export + onnxruntime outputs (needs .[export])")
     p.set_defaults(func=cmd_overhead)
 
 
@@ -232,7 +233,8 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
     rs = [_int("--r", v) for v in split(args.r)]
     table = overhead_table(split(args.model), split(args.generator), rs, split(args.placement),
-                           input_size=args.input_size, activation=args.activation, latency=args.latency)
+                           input_size=args.input_size, activation=args.activation, latency=args.latency,
+                           export=args.export)
     print(format_table(table, args.format))
     print(table.attrs.get("convention", ""))
     for line in table.attrs.get("skipped", []):

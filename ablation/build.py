@@ -22,7 +22,7 @@ def build_model(
     in_channels: int = 3,
     small_input: bool = False,
     input_size: int | None = None,
-    kinds: Sequence[str] = ("relu",),
+    kinds: Sequence[str] | None = None,
     **options: Any,
 ) -> tuple[nn.Module, list[Site]]:
     """Build model ``name`` with ``activation`` at the sites ``placement`` selects; return (model, sites).
@@ -31,23 +31,34 @@ def build_model(
     design axes, passed only where the activation (and its generator) takes them; ``options`` (width_rule,
     bn, bias, beta ...) go to ``acon.create_activation(activation, width, ...)``, which refuses unknown
     ones. ``input_size`` (default: 32 if small_input, else the model's native size) is used only for
-    shape propagation; ``kinds`` names the call kinds that count as sites (see ``ablation.sites.SITE_KINDS``).
+    shape propagation; ``kinds`` limits the activations that count as sites (default: all of
+    ``ablation.sites.SITE_KINDS``, whichever the model uses). An activation factory that declares
+    ``original`` gets the module it replaces.
     """
     model = create_model(name, num_classes=num_classes, in_channels=in_channels, small_input=small_input)
     size = input_size or default_input_size(name, small_input)
     make = _activation_factory(activation, generator, r, options)
-    return apply_placement(model, make, placement, input_shape=(1, in_channels, size, size), kinds=kinds, model_name=str(name))
+    # The model was made here, so surgery may change it in place instead of copying it.
+    return apply_placement(model, make, placement, input_shape=(1, in_channels, size, size), kinds=kinds,
+                           model_name=str(name), copy_model=False)
 
 
 def _activation_factory(activation: Any, generator: Any, r: int | None, options: dict[str, Any]):
-    """``make(site) -> nn.Module``; a bad option for one site names that site."""
-    accepted = activation_options(activation, generator) or ()  # None (takes anything): no axis is forced on it
+    """``make(site, original=module) -> nn.Module``; a bad option for one site names that site."""
+    accepted = activation_options(activation, generator)  # None: takes anything
     axes = {"generator": generator, "r": r}
-    kwargs = {**{k: v for k, v in axes.items() if v is not None and k in accepted}, **options}
+    kwargs = {**{k: v for k, v in axes.items() if v is not None and k in (accepted or ())}, **options}
+    # ``original`` only to a factory that names it; channel_dim only where a site is channels-last
+    # (ViT, Swin, ConvNeXt MLPs) and the factory takes it: an elementwise baseline does not need it.
+    wants_original = accepted is not None and "original" in accepted
+    takes_axis = accepted is None or "channel_dim" in accepted
 
-    def make(site: Site) -> nn.Module:
+    def make(site: Site, original: nn.Module | None = None) -> nn.Module:
+        extra = {"channel_dim": site.channel_dim} if site.channel_dim != 1 and takes_axis else {}
+        if wants_original:
+            extra["original"] = original
         try:
-            return create_activation(activation, site.width, **kwargs)
+            return create_activation(activation, site.width, **kwargs, **extra)
         except ValueError as e:
             raise ValueError(f"site {site.path} (width {site.width}): {e}") from e
 

@@ -6,8 +6,11 @@ images for the families in ``SMALL_INPUT_FAMILIES``; other torchvision models re
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
+from unittest import mock
 
+import torch
 import torchvision
 from torch import nn
 
@@ -91,7 +94,8 @@ _EXTRA: dict[str, dict[str, Any]] = {
 
 def _torchvision_factory(name: str) -> Callable[..., nn.Module]:
     def factory(*, num_classes: int = 10, in_channels: int = 3, small_input: bool = False) -> nn.Module:
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **_EXTRA.get(name, {}))
+        with _regnet_widths_on_cpu() if name.startswith("regnet") else contextlib.nullcontext():
+            model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **_EXTRA.get(name, {}))
         if in_channels != 3:
             _set_input_channels(model, in_channels)
         if small_input:
@@ -100,6 +104,21 @@ def _torchvision_factory(name: str) -> Callable[..., nn.Module]:
 
     factory.__doc__ = f"torchvision.models.{name} (weights=None)"
     return factory
+
+
+@contextlib.contextmanager
+def _regnet_widths_on_cpu() -> Iterator[None]:
+    """RegNet computes its block widths with tensor ops and ``.tolist()``: under ``torch.device("meta")``
+    those tensors hold no data. Compute them on the CPU; the model's own tensors keep the ambient device."""
+    params = torchvision.models.regnet.BlockParams
+    compute = params.from_init_params.__func__
+
+    def on_cpu(cls, *args: Any, **kwargs: Any):
+        with torch.device("cpu"):
+            return compute(cls, *args, **kwargs)
+
+    with mock.patch.object(params, "from_init_params", classmethod(on_cpu)):
+        yield
 
 
 def _small_stem(name: str) -> Callable[[nn.Module], None]:

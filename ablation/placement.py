@@ -58,7 +58,7 @@ def _positive_int(name: str, letter: str, arg: str) -> int:
     return value
 
 
-@register_policy("all", help="every ReLU-like call site")
+@register_policy("all", help="every activation call site (the model's own activations, never gates)")
 def _all(sites: list[Site], arg: None) -> list[Site]:
     return sites
 

@@ -1,11 +1,15 @@
 """Activation call sites of a model, found with torch.fx and shape propagation.
 
-A site is one CALL of a ReLU-like op, not a module instance: torchvision's ResNet blocks call
-one ``self.relu`` several times (at two widths in Bottleneck), and each call is its own site.
+A site is one CALL of the model's own activation (ReLU, GELU, SiLU, ... as a module, a function
+or a tensor method), not a module instance: torchvision's ResNet blocks call one ``self.relu``
+several times (at two widths in Bottleneck), and each call is its own site. Gates (an
+activation whose output scales another tensor, as in squeeze-excite) are never sites.
 """
 from __future__ import annotations
 
+import operator
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -15,12 +19,28 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
-#: kind -> (module classes, functions, tensor method names) that count as activation sites.
+#: kind -> (module classes, functions, tensor method names) that count as activation sites. The
+#: first kind that matches names a call (relu6 before hardtanh: nn.ReLU6 subclasses nn.Hardtanh).
+#: Sigmoid, hard-sigmoid, tanh and softmax are left out: in classifiers they gate or normalise.
 SITE_KINDS: dict[str, tuple[tuple[type, ...], tuple[Any, ...], tuple[str, ...]]] = {
-    "relu": ((nn.ReLU, nn.ReLU6), (F.relu, F.relu_, torch.relu, torch.relu_, F.relu6), ("relu", "relu_")),
-    "swish": ((nn.SiLU, nn.Hardswish), (F.silu, F.hardswish), ()),
+    "relu": ((nn.ReLU,), (F.relu, F.relu_, torch.relu, torch.relu_), ("relu", "relu_")),
+    "relu6": ((nn.ReLU6,), (F.relu6,), ()),
+    "hardtanh": ((nn.Hardtanh,), (F.hardtanh, F.hardtanh_), ()),
+    "leaky_relu": ((nn.LeakyReLU,), (F.leaky_relu, F.leaky_relu_), ()),
+    "prelu": ((nn.PReLU,), (F.prelu, torch.prelu), ()),
+    "elu": ((nn.ELU,), (F.elu, F.elu_), ()),
+    "selu": ((nn.SELU,), (F.selu, F.selu_, torch.selu, torch.selu_), ()),
+    "celu": ((nn.CELU,), (F.celu, F.celu_), ()),
     "gelu": ((nn.GELU,), (F.gelu,), ()),
+    "silu": ((nn.SiLU,), (F.silu,), ()),
+    "hardswish": ((nn.Hardswish,), (F.hardswish,), ()),
+    "mish": ((nn.Mish,), (F.mish,), ()),
 }
+
+#: Calls that decide which axis holds the channels: (modules, functions) with features last, or at dim 1.
+_LAST_AXIS = ((nn.Linear, nn.LayerNorm), (F.linear, F.layer_norm))
+_AXIS_ONE = ((nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm), (F.conv1d, F.conv2d, F.conv3d, F.batch_norm))
+_MULTIPLY = (operator.mul, operator.imul, torch.mul)
 
 _STAGE_NAME = re.compile(r"^(layer|stage|denseblock|block)(\d+)$")
 
@@ -31,9 +51,11 @@ class Site:
 
     ``index``: position among all candidate sites in execution order; ``path``: module path of the
     original call, ``#k`` (1-based) when that module is called several times; ``width``: channels
-    (dim 1 of the output); ``spatial``: the output's trailing dims; ``stage``: see ``assign_stages``;
-    ``target``: module path of the activation in the changed model; ``source``: what produced the
-    input (module path or op name); ``block``/``block_type``: the enclosing module and its class.
+    (the output's size on ``channel_dim``: 1, or the last dim after a Linear/LayerNorm);
+    ``spatial``: the output's other non-batch dims; ``stage``: see ``assign_stages``; ``target``:
+    module path of the activation in the changed model; ``source``: what produced the input
+    (module path or op name); ``block``/``block_type``: the enclosing module and its class;
+    ``replaced``: the ``SITE_KINDS`` name of the activation the site had.
     """
 
     index: int
@@ -46,10 +68,18 @@ class Site:
     block: str = ""
     block_type: str = ""
     inplace: bool = False
+    replaced: str = ""
+    channel_dim: int = 1
 
     def as_row(self) -> list:
-        """A JSON-friendly row: index, path, width, spatial, stage, target."""
-        return [self.index, self.path, self.width, list(self.spatial), self.stage, self.target]
+        """A JSON-friendly row: index, path, width, spatial, stage, target, replaced."""
+        return [self.index, self.path, self.width, list(self.spatial), self.stage, self.target, self.replaced]
+
+
+def describe_replaced(sites: Sequence[Site]) -> str:
+    """The kinds ``sites`` replaced, most common first: ``"relu x16"``, ``"gelu x12, silu x3"``."""
+    counts = Counter(s.replaced for s in sites)
+    return ", ".join(f"{kind} x{n}" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 class SiteTracer(fx.Tracer):
@@ -77,48 +107,138 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 
 def propagate_shapes(gm: fx.GraphModule, input_shape: Sequence[int]) -> None:
-    """Annotate every node with its output shape, on fake tensors (no real compute, any size)."""
+    """Annotate every node with its output shape, on fake or meta tensors (no real compute, any size)."""
     ref = next(iter(gm.parameters()), None)
     device = ref.device if ref is not None else torch.device("cpu")
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
     was_training = gm.training
     gm.eval()  # BatchNorm on a batch of one is only legal in eval mode
     try:
-        fake = FakeTensorMode(allow_non_fake_inputs=True)
-        ShapeProp(gm, fake_mode=fake).propagate(torch.empty(tuple(input_shape), device=device, dtype=dtype))
+        # A model on the meta device already computes nothing, and meta tensors propagate
+        # about four times faster than fake ones.
+        fake = None if device.type == "meta" else FakeTensorMode(allow_non_fake_inputs=True)
+        _ShapeProp(gm, fake_mode=fake).propagate(torch.empty(tuple(input_shape), device=device, dtype=dtype))
     finally:
         gm.train(was_training)
 
 
-def find_sites(gm: fx.GraphModule, kinds: Sequence[str] = ("relu",)) -> list[tuple[Site, fx.Node]]:
-    """Every candidate site of a shape-propagated graph, in execution order, with its node."""
-    matchers = [_kind(k) for k in kinds]
+class _ShapeProp(ShapeProp):
+    """ShapeProp that passes BatchNorm's input through: the output has its shape, and BN's meta and
+    fake kernels are Python decompositions (about a third of a ResNet's propagation time)."""
+
+    def call_module(self, target, args, kwargs):
+        if isinstance(self.fetch_attr(target), nn.modules.batchnorm._BatchNorm) and not kwargs:
+            return args[0]
+        return super().call_module(target, args, kwargs)
+
+
+def find_sites(gm: fx.GraphModule, kinds: Sequence[str] | None = None) -> list[tuple[Site, fx.Node]]:
+    """Every candidate site of a shape-propagated graph, in execution order, with its node.
+
+    ``kinds`` (default: every kind in ``SITE_KINDS``) limits which activations count.
+    """
+    wanted = set(check_kinds(kinds))
     live = _input_dependent(gm.graph)
-    nodes = [n for n in gm.graph.nodes if n in live and any(_matches(gm, n, m) for m in matchers)]
+    found = [(n, kind_of(gm, n)) for n in gm.graph.nodes if n in live]
+    found = [(n, k) for n, k in found if k in wanted and not _is_gate(n, live)]
+    nodes = [n for n, _ in found]
     paths = _paths(gm, nodes)
-    stages = assign_stages([p for p, _ in paths], [_spatial(n) for n in nodes])
+    axes = [_channel_dim(gm, n) for n in nodes]
+    stages = assign_stages([p for p, _ in paths], [_spatial(n, a) for n, a in zip(nodes, axes)])
     out = []
-    for i, (n, (path, count), stage) in enumerate(zip(nodes, paths, stages)):
+    for i, ((n, kind), (path, count), stage, axis) in enumerate(zip(found, paths, stages, axes)):
         block, block_type = _block(n)
-        site = Site(i, path, _width(n, path), _spatial(n), stage, "", _source(n.args[0]), block, block_type, _inplace(gm, n))
+        site = Site(i, path, _width(n, path, axis), _spatial(n, axis), stage, "", _source(n.args[0]), block, block_type,
+                    _inplace(gm, n), kind, axis)
         out.append((site, n))
     return out
 
 
-def _kind(name: str):
-    try:
-        return SITE_KINDS[name]
-    except KeyError:
-        raise ValueError(f"unknown site kind {name!r}; valid choices: {', '.join(sorted(SITE_KINDS))}") from None
+def check_kinds(kinds: Sequence[str] | None) -> list[str]:
+    """``kinds`` as a list (None: every kind); an unknown kind is a ValueError listing the valid ones."""
+    if kinds is None:
+        return list(SITE_KINDS)
+    unknown = [k for k in kinds if k not in SITE_KINDS]
+    if unknown:
+        raise ValueError(f"unknown site kind {unknown[0]!r}; valid choices: {', '.join(sorted(SITE_KINDS))}")
+    return list(kinds)
 
 
-def _matches(gm: fx.GraphModule, n: fx.Node, matcher) -> bool:
-    modules, functions, methods = matcher
-    if n.op == "call_module":
-        return isinstance(gm.get_submodule(n.target), modules)
-    if n.op == "call_function":
-        return any(n.target is f for f in functions)
-    return n.op == "call_method" and n.target in methods
+def kind_of(gm: fx.GraphModule, n: fx.Node) -> str | None:
+    """The ``SITE_KINDS`` name of the activation node ``n`` calls, or None if it calls none."""
+    if n.op not in ("call_module", "call_function", "call_method"):
+        return None
+    module = gm.get_submodule(n.target) if n.op == "call_module" else None
+    for kind, (modules, functions, methods) in SITE_KINDS.items():
+        if module is not None and isinstance(module, modules):
+            return kind
+        if n.op == "call_function" and any(n.target is f for f in functions):
+            return kind
+        if n.op == "call_method" and n.target in methods:
+            return kind
+    return None
+
+
+def _is_gate(n: fx.Node, live: set[fx.Node]) -> bool:
+    """Whether ``n``'s output scales another input-dependent tensor that it did not produce.
+
+    Squeeze-excite's ``scale * x`` broadcasts a pooled gate over ``x``; a GLU multiplies two
+    branches. The tensor that is scaled (``x``, from which the gate was computed) is no gate.
+    """
+    for user in n.users:
+        if not _is_multiply(user):
+            continue
+        others = [a for a in user.args if isinstance(a, fx.Node) and a is not n and a in live]
+        shape = _shape_of(user)
+        if shape is not None and any(_shape_of(o) == shape and not _depends_on(o, n) for o in others):
+            return True
+    return False
+
+
+def _is_multiply(n: fx.Node) -> bool:
+    return (n.op == "call_function" and n.target in _MULTIPLY) or (n.op == "call_method" and n.target in ("mul", "mul_"))
+
+
+def _depends_on(node: fx.Node, ancestor: fx.Node) -> bool:
+    """Whether ``ancestor`` is among the nodes ``node`` is computed from."""
+    seen, stack = set(), [node]
+    while stack:
+        cur = stack.pop()
+        if cur is ancestor:
+            return True
+        if cur not in seen:
+            seen.add(cur)
+            stack.extend(cur.all_input_nodes)
+    return False
+
+
+def _channel_dim(gm: fx.GraphModule, n: fx.Node) -> int:
+    """The channel axis of the activation's input: last after a Linear or LayerNorm (ViT, Swin and
+    ConvNeXt MLPs run on (N, ..., C)), else 1. Walks back through shape-keeping ops to find out."""
+    ndim = len(_shape_of(n) or ())
+    cur = n.args[0] if n.args else None
+    for _ in range(8):
+        if not isinstance(cur, fx.Node) or cur.op not in ("call_module", "call_function", "call_method"):
+            break
+        op = gm.get_submodule(cur.target) if cur.op == "call_module" else cur.target
+        if _is_layer_norm_2d(op):
+            return 1
+        if _is_call_of(op, _LAST_AXIS):
+            return max(ndim - 1, 1)
+        if _is_call_of(op, _AXIS_ONE):
+            return 1
+        cur = next((a for a in cur.args if isinstance(a, fx.Node)), None)
+    return 1
+
+
+def _is_call_of(op: Any, calls: tuple[tuple[type, ...], tuple[Any, ...]]) -> bool:
+    modules, functions = calls
+    return isinstance(op, modules) or any(op is f for f in functions)
+
+
+def _is_layer_norm_2d(op: Any) -> bool:
+    # torchvision's ConvNeXt LayerNorm2d subclasses nn.LayerNorm but normalises channels at dim 1.
+    return isinstance(op, nn.LayerNorm) and type(op).__name__ == "LayerNorm2d"
 
 
 def _input_dependent(graph: fx.Graph) -> set[fx.Node]:
@@ -186,15 +306,22 @@ def _inplace(gm: fx.GraphModule, n: fx.Node) -> bool:
     return bool(n.kwargs.get("inplace", n.args[1] if len(n.args) > 1 else False))
 
 
-def _spatial(n: fx.Node) -> tuple[int, ...]:
-    return tuple(int(s) for s in _shape(n)[2:])
+def _spatial(n: fx.Node, channel_dim: int = 1) -> tuple[int, ...]:
+    """The output's dims other than batch and channels."""
+    return tuple(int(s) for i, s in enumerate(_shape(n)) if i not in (0, channel_dim))
 
 
-def _width(n: fx.Node, path: str) -> int:
+def _width(n: fx.Node, path: str, channel_dim: int = 1) -> int:
     shape = _shape(n)
     if len(shape) < 2:
         raise ValueError(f"site {path} has output shape {tuple(shape)}: an activation site needs (N, C, ...)")
-    return int(shape[1])
+    return int(shape[channel_dim])
+
+
+def _shape_of(n: fx.Node) -> tuple[int, ...] | None:
+    """``n``'s output shape, or None where it is not one tensor."""
+    meta = n.meta.get("tensor_meta")
+    return tuple(meta.shape) if hasattr(meta, "shape") else None
 
 
 def _shape(n: fx.Node) -> torch.Size:

@@ -1,24 +1,26 @@
 """Call-site model surgery: give each selected activation call its own new module.
 
 The model is traced with torch.fx; each selected call node is replaced by a call of a fresh
-module built for that site's width. The result is an ``fx.GraphModule`` that keeps the original
+module built for that site's width. A maker that declares an ``original`` keyword also gets
+the activation module it replaces (a module made from the call for a functional site). The result is an ``fx.GraphModule`` that keeps the original
 parameter names, so a freshly built model of the same spec loads its state_dict (strict).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Callable, Sequence
+import inspect
+from typing import Any, Callable, Sequence
 
 from torch import fx, nn
 
 from ablation.placement import select_sites
-from ablation.sites import Site, find_sites, propagate_shapes, trace
+from ablation.sites import SITE_KINDS, Site, describe_replaced, find_sites, propagate_shapes, trace
 
-MakeActivation = Callable[[Site], nn.Module]
+MakeActivation = Callable[..., nn.Module]  # make(site) or make(site, *, original)
 
 
-def list_sites(model: nn.Module, input_shape: Sequence[int], *, kinds: Sequence[str] = ("relu",)) -> list[Site]:
+def list_sites(model: nn.Module, input_shape: Sequence[int], *, kinds: Sequence[str] | None = None) -> list[Site]:
     """Every candidate activation site of ``model`` for an input of ``input_shape`` (batch included)."""
     gm = trace(model)
     propagate_shapes(gm, input_shape)
@@ -31,7 +33,7 @@ def apply_placement(
     placement: object = "all",
     *,
     input_shape: Sequence[int],
-    kinds: Sequence[str] = ("relu",),
+    kinds: Sequence[str] | None = None,
     model_name: str | None = None,
     copy_model: bool = True,
 ) -> tuple[nn.Module, list[Site]]:
@@ -39,6 +41,8 @@ def apply_placement(
 
     ``placement`` is a policy name (``"first:4"``) or a callable policy. A policy that selects no
     site is refused (use ``"none"`` for the baseline, which returns the model untouched).
+    ``kinds`` limits the candidate activations (default: every kind in ``SITE_KINDS``).
+    ``make_activation(site, original=module)`` is called when it declares ``original``.
     In-place calls are handled: later readers of an in-place call's input read the new output.
     """
     if placement == "none":
@@ -48,23 +52,47 @@ def apply_placement(
     candidates = _with_targets(gm, find_sites(gm, kinds))
     chosen = select_sites(placement, [s for s, _ in candidates])
     if not chosen:
-        raise ValueError(_no_site_message(model_name or type(model).__name__, placement, [s for s, _ in candidates]))
+        every = [s for s, _ in find_sites(gm)] if kinds is not None else [s for s, _ in candidates]
+        raise ValueError(_no_site_message(model_name or type(model).__name__, placement, [s for s, _ in candidates], every))
     nodes = {s.index: n for s, n in candidates}
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    wants_original = declares_keyword(make_activation, "original")
     for site in chosen:
-        _replace(gm, nodes[site.index], site, make_activation(site), order)
+        node = nodes[site.index]
+        extra = {"original": original_module(gm, node, site)} if wants_original else {}
+        _replace(gm, node, site, make_activation(site, **extra), order)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm, chosen
 
 
-def _no_site_message(name: str, placement: object, sites: list[Site]) -> str:
+def _no_site_message(name: str, placement: object, sites: list[Site], every: list[Site]) -> str:
     stages = sorted({s.stage for s in sites})
+    kinds = describe_replaced(every) or "none"
     return (
         f"placement {placement!r} selects no activation site of model {name!r} "
-        f"({len(sites)} candidate sites, stages {stages}); use placement='none' for the baseline"
+        f"({len(sites)} candidate sites, stages {stages}; its activations: {kinds}); use placement='none' for the baseline"
     )
+
+
+def declares_keyword(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` names the keyword ``name`` in its signature (a bare ``**kwargs`` does not count)."""
+    try:
+        param = inspect.signature(fn).parameters.get(name)
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    return param is not None and param.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def original_module(gm: fx.GraphModule, node: fx.Node, site: Site) -> nn.Module:
+    """The activation module a site calls; for a function or method call, the module of its kind made
+    from the call's keyword arguments (``F.gelu(x, approximate="tanh")`` -> ``nn.GELU(approximate="tanh")``)."""
+    if node.op == "call_module":
+        return gm.get_submodule(node.target)
+    cls = SITE_KINDS[site.replaced][0][0]
+    accepted = inspect.signature(cls).parameters
+    return cls(**{k: v for k, v in node.kwargs.items() if k in accepted and k != "inplace" and not isinstance(v, fx.Node)})
 
 
 def _with_targets(gm: fx.GraphModule, found: list[tuple[Site, fx.Node]]) -> list[tuple[Site, fx.Node]]:

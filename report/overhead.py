@@ -1,8 +1,9 @@
-"""The overhead table: params and FLOPs of meta-ACON variants against the ReLU model, no training.
+"""The overhead table: params and FLOPs of meta-ACON variants against the unmodified model, no training.
 
 Models are built on the ``meta`` device by default (shapes only), so ResNet-50 at 224 costs
 no arithmetic. FLOPs follow ``ablation.complexity.FLOP_CONVENTION`` (1 multiply-add = 1 FLOP,
-elementwise ops counted separately and named as such).
+elementwise ops counted separately and named as such). ``replaces`` names the model's own
+activations the variant replaced (``relu x16``, ``gelu x12``).
 """
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import pandas as pd
 import torch
 
 from ablation import complexity
+from ablation.sites import Site, describe_replaced
+
+EXPORTS = ("onnx",)
 
 
 def _default_builder():
-    """``ablation.build_model``, imported late: it lives in another engineer's module."""
+    """``ablation.build_model``, imported on first use."""
     import ablation
 
     return ablation.build_model
@@ -30,16 +34,24 @@ def _uses_r(generator) -> bool:
 
 def overhead_table(models, generators, rs, placements, *, input_size=None, activation="meta_acon",
                    num_classes: int = 1000, in_channels: int = 3, builder=None, device="meta",
-                   latency: bool = False, latency_device=None) -> pd.DataFrame:
-    """One row per (model, generator, r, placement): params and FLOPs against the ReLU model.
+                   latency: bool = False, latency_device=None, export: str | None = None) -> pd.DataFrame:
+    """One row per (model, generator, r, placement): params and FLOPs against the unmodified model.
 
     ``input_size`` None means each model's native ImageNet size (``small_input=False``); a size
     under 64 builds the small-input (CIFAR-style) stem. ``builder`` defaults to
     ``ablation.build_model``; the baseline is ``activation="relu", placement="none"``. Cells a
     model cannot take (a placement selecting no site) are left out and listed in ``.attrs["skipped"]``.
     ``latency`` adds measured forward and forward+backward time ratios (variant / baseline, batch 1)
-    on ``latency_device`` (default: this machine's accelerator, else the CPU).
+    on ``latency_device`` (default: this machine's accelerator, else the CPU). ``export="onnx"``
+    adds whether each variant exports to ONNX and runs in onnxruntime with the same outputs
+    (``report.export``; needs the ``export`` extra).
     """
+    if export is not None and export not in EXPORTS:
+        raise ValueError(f"unknown export format {export!r}; valid choices: {', '.join(EXPORTS)}")
+    if export is not None:
+        from report.export import require_export_extra
+
+        require_export_extra()
     builder = builder or _default_builder()
     rows, skipped, baselines = [], [], {}
     for model, gen, r, place in _cells(models, generators, rs, placements):
@@ -56,6 +68,8 @@ def overhead_table(models, generators, rs, placements, *, input_size=None, activ
         rows.append(_row(model, gen, r, place, variant, baselines[model], sites, (in_channels, size, size)))
         if latency:
             rows[-1].update(_latency(builder, model, gen, r, place, activation, common, latency_device))
+        if export is not None:
+            rows[-1].update(_export(builder, model, gen, r, place, activation, common))
     table = pd.DataFrame(rows)
     table.attrs["skipped"] = skipped
     table.attrs["convention"] = complexity.FLOP_CONVENTION
@@ -71,6 +85,14 @@ def _latency(builder, model, gen, r, place, activation, common, device) -> dict:
     fwd = complexity.latency(variant, base, shape)
     both = complexity.latency(variant, base, shape, backward=True)
     return {"latency_fwd_ratio": fwd["ratio"], "latency_fwd_bwd_ratio": both["ratio"]}
+
+
+def _export(builder, model, gen, r, place, activation, common) -> dict:
+    """The ONNX check of one cell, on CPU weights (a meta model cannot run)."""
+    from report.export import onnx_check
+
+    variant = _build(builder, model, "cpu", activation=activation, generator=gen, r=r, placement=place, **common)[0]
+    return onnx_check(variant, (1, common["in_channels"], common["input_size"], common["input_size"]))
 
 
 def _local_device() -> torch.device:
@@ -115,6 +137,7 @@ def _row(model, gen, r, place, variant, baseline, sites, shape) -> dict:
     return {
         "model": model, "generator": gen, "r": "-" if r is None else r, "placement": place,
         "sites": len(sites) if not isinstance(sites, int) else sites,
+        "replaces": describe_replaced(sites) if _all_sites(sites) else "-",
         "params_M": a.params / 1e6, "params_baseline_M": b.params / 1e6,
         "params_extra": extra, "params_extra_pct": complexity.percent(extra, b.params),
         "macs_M": a.macs / 1e6, "elementwise_ops_M": a.elementwise_ops / 1e6,
@@ -122,3 +145,8 @@ def _row(model, gen, r, place, variant, baseline, sites, shape) -> dict:
         "flops_M": a.flops / 1e6, "flops_baseline_M": b.flops / 1e6,
         "flops_extra_pct": complexity.percent(a.flops - b.flops, b.flops),
     }
+
+
+def _all_sites(sites) -> bool:
+    """Whether a builder returned ``Site`` records (a custom builder may return a count or names)."""
+    return not isinstance(sites, int) and all(isinstance(s, Site) for s in sites)

@@ -1,18 +1,22 @@
-"""Models and build_model: golden counts, the paper's parameter figures, training, compile, state_dict."""
+"""Models and build_model: every registered model with the defaults, snapshots, training, compile, state_dict."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
+import _snapshots
 import ablation
-from ablation import golden
+from ablation.build import _activation_factory
+from ablation.sites import SITE_KINDS
 from acon import MetaAconC
 
-GOLDEN = Path(__file__).parent / "golden"
+SNAPSHOTS = Path(__file__).parent / "snapshots"
 
 
 def _params(m: nn.Module) -> int:
@@ -21,23 +25,99 @@ def _params(m: nn.Module) -> int:
 
 @pytest.fixture(scope="module")
 def records():
-    """Golden records rebuilt from the code (resnet50 is built twice here and nowhere else)."""
-    return {name: golden.record(spec) for name, spec in golden.SPECS.items()}
+    """Snapshot records rebuilt from the code (resnet50 is built twice here and nowhere else)."""
+    return {name: _snapshots.record(spec) for name, spec in _snapshots.SPECS.items()}
 
 
-@pytest.mark.parametrize("name", sorted(golden.SPECS))
-def test_golden_files_match(records, name):
-    expected = json.loads((GOLDEN / f"{name}.json").read_text())
-    assert records[name] == expected, "regenerate with `python -m ablation.golden` if the change is intended"
+@pytest.mark.parametrize("name", sorted(_snapshots.SPECS))
+def test_snapshots_match(records, name):
+    expected = json.loads((SNAPSHOTS / f"{name}.json").read_text())
+    assert records[name] == expected, f"if the change is intended, regenerate with `{_snapshots.REGENERATE}`"
 
 
-def test_paper_parameter_figures(records):
-    r50 = records["resnet50_bottleneck_3x3_r16"]
-    assert round(r50["params_baseline"] / 1e6, 1) == 25.6 and round(r50["params"] / 1e6, 1) == 25.7
-    assert len(r50["sites"]) == 16  # paper table: 25.5M (truncated) -> 25.7M
-    shuffle = records["shufflenet_v2_x0_5_all_r8"]
-    assert round(shuffle["params_baseline"] / 1e6, 1) == 1.4 and round(shuffle["params"] / 1e6, 1) == 1.7
-    assert len(shuffle["sites"]) == 37
+# ---- every model, every design (timm-style, parametrized over the registries) -----------------
+
+#: ACON-A/B/C and meta-ACON with each registered beta generator.
+DESIGNS = [("acon_a", None), ("acon_b", None), ("acon_c", None)] + [("meta_acon", g) for g in ablation.list_generators()]
+
+#: Forward+backward in CI: the smallest model of each torchvision family (fewest parameters; ViT
+#: and MaxViT, which take only 224x224, by toy-size instances of the same torchvision classes
+#: below), the CIFAR ResNet and tiny_cnn. The rest run with ACON_TEST_ALL_MODELS=1.
+SAMPLE = [
+    "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s", "googlenet", "inception_v3",
+    "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small", "regnet_x_400mf", "regnet_y_400mf", "resnet18", "resnext50_32x4d",
+    "shufflenet_v2_x0_5", "squeezenet1_1", "swin_t", "swin_v2_t", "vgg11", "resnet20", "tiny_cnn",
+]
+#: The smallest input side each model takes (default 32): shape checks, pools and patch sizes.
+SMALLEST = {"alexnet": 64, "inception_v3": 75, "maxvit_t": 224, "tiny_cnn": 8, **{m: 224 for m in ablation.list_models() if m.startswith("vit_")}}
+ALL_MODELS = os.environ.get("ACON_TEST_ALL_MODELS") == "1"
+
+
+def tiny_vit(**_):
+    """torchvision's VisionTransformer at toy size (GELU sites on (N, L, C) tokens)."""
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                                                mlp_dim=32, num_classes=10)
+
+
+def tiny_maxvit(**_):
+    """torchvision's MaxVit at toy size (SiLU/GELU sites, channels first and last, squeeze-excite)."""
+    return torchvision.models.MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[8, 16],
+                                     block_layers=[1, 1], head_dim=4, stochastic_depth_prob=0.0, num_classes=10)
+
+
+@pytest.mark.parametrize("name", ablation.list_models())
+def test_every_model_builds_with_the_defaults_for_every_design(name):
+    """build_model(name, num_classes=10) on the meta device (tracing and shape propagation, no
+    arithmetic), then every design's activation for every (width, axis) of its sites."""
+    with torch.device("meta"):
+        model, sites = ablation.build_model(name, num_classes=10)
+        assert sites and {s.replaced for s in sites} <= set(SITE_KINDS)
+        for site in sites:
+            module = model.get_submodule(site.target)
+            assert type(module) is MetaAconC and (module.channels, module.channel_dim) == (site.width, site.channel_dim)
+        shapes = list({(s.width, s.channel_dim): s for s in sites}.values())
+        for activation, generator in DESIGNS:
+            make = _activation_factory(activation, generator or "channel", 16, {})
+            assert [make(s).channels for s in shapes] == [s.width for s in shapes], (activation, generator)
+
+
+def _forward_backward(name, activation="meta_acon", generator="channel", *, finite_grads=False):
+    """A training-mode forward and backward at the smallest input, batch 2; returns (sites, model).
+
+    Every new activation must be on the gradient path. Finite gradients are asserted only where
+    asked: a deep random-init net whose BatchNorms see 2 values per channel (1x1 maps at the
+    smallest input) can overflow its gradients whatever the activation.
+    """
+    size = SMALLEST.get(name, 32) if isinstance(name, str) else 32
+    model, sites = ablation.build_model(name, activation=activation, generator=generator, num_classes=10, input_size=size)
+    out = model(torch.randn(2, 3, size, size))
+    out.pow(2).mean().backward()
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    for site in sites:
+        grads = [p.grad for p in model.get_submodule(site.target).parameters()]
+        assert grads and all(g is not None for g in grads), site.path
+        assert not finite_grads or all(torch.isfinite(g).all() for g in grads), site.path
+    return sites, model
+
+
+@pytest.mark.parametrize("name", SAMPLE + [tiny_vit, tiny_maxvit], ids=lambda n: getattr(n, "__name__", n))
+def test_sampled_models_run_forward_and_backward(name, single_thread):
+    _forward_backward(name)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ALL_MODELS, reason="the big models' forward+backward: set ACON_TEST_ALL_MODELS=1 (minutes on a CPU)")
+@pytest.mark.parametrize("name", [m for m in ablation.list_models() if m not in SAMPLE])
+def test_every_model_runs_forward_and_backward(name):
+    _forward_backward(name)
+
+
+@pytest.mark.parametrize("activation, generator", DESIGNS, ids=lambda v: str(v))
+@pytest.mark.parametrize("name", ["tiny_cnn", tiny_vit], ids=lambda n: getattr(n, "__name__", n))
+def test_every_design_trains_on_channels_first_and_last_sites(name, activation, generator, single_thread):
+    sites, model = _forward_backward(name, activation, generator, finite_grads=True)
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert len(sites) == (4 if name == "tiny_cnn" else 2)
 
 
 def test_resnet50_sites_are_the_bn2_relus_at_bottleneck_widths(records):

@@ -1,7 +1,8 @@
-"""Golden records of the design space: exact parameter counts and site lists for a few models.
+"""Snapshots of the design space: exact parameter counts and site lists our code gives for a few models.
 
-``python -m ablation.golden`` rewrites ``tests/golden/*.json``; ``--check`` compares instead and
-exits 1 on a difference. Shape propagation runs on fake tensors, so big models stay cheap.
+They pin today's behaviour, not the paper (``test_complexity`` checks the paper's figures).
+``python tests/_snapshots.py`` rewrites ``tests/snapshots/*.json``; ``--check`` compares instead
+and exits 1 on a difference. Shape propagation runs on fake tensors, so big models stay cheap.
 """
 from __future__ import annotations
 
@@ -22,18 +23,19 @@ SPECS: dict[str, dict[str, Any]] = {
 }
 
 _MODEL_ARGS = ("name", "num_classes", "in_channels", "small_input", "input_size")
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "tests" / "golden"
+DEFAULT_DIR = Path(__file__).resolve().parent / "snapshots"
+REGENERATE = "python tests/_snapshots.py"
 
 
 def record(spec: dict[str, Any]) -> dict[str, Any]:
-    """The golden record of one spec: params before/after and the changed sites."""
+    """The snapshot of one spec: params before/after and the changed sites."""
     baseline, _ = build_model(**{k: v for k, v in spec.items() if k in _MODEL_ARGS}, activation="relu", placement="none")
     model, sites = build_model(**spec)
     return {
         "spec": spec,
         "params_baseline": _count(baseline),
         "params": _count(model),
-        "site_columns": ["index", "path", "width", "spatial", "stage", "target"],
+        "site_columns": ["index", "path", "width", "spatial", "stage", "target", "replaced"],
         "sites": [s.as_row() for s in sites],
     }
 
@@ -50,8 +52,8 @@ def _dumps(rec: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write (or with --check, compare) every golden record."""
-    parser = argparse.ArgumentParser(prog="python -m ablation.golden", description=__doc__)
+    """Write (or with --check, compare) every snapshot."""
+    parser = argparse.ArgumentParser(prog=REGENERATE, description=__doc__)
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--check", action="store_true", help="compare with the files instead of writing them")
     args = parser.parse_args(argv)
