@@ -59,12 +59,36 @@ def _needed(row: pd.Series) -> float:
     return math.inf if math.isnan(row["seeds_needed"]) else float(row["seeds_needed"])
 
 
+def rerun_flags(study: str, preset: str, recorded: dict) -> str:
+    """The flags that give again the recorded settings that change results where they differ from the preset's
+    (a rerun with other values is refused), e.g. `` --epochs 2``; "" when the study cannot be loaded by name."""
+    from studies.settings import FIELDS, flag
+    from studies.spec import load_study
+
+    try:
+        defaults = load_study(study).settings(preset or "quick", {})
+    except (LookupError, ValueError, OSError):  # a user's study file is not found by its name: no flags
+        return ""
+    out = []
+    for f in FIELDS:
+        got = recorded.get(f.name)
+        if not f.metadata["results"] or got in (None, "-") or got == str(defaults[f.name]):
+            continue
+        if f.metadata["kind"] is bool:
+            out.append(flag(f) if got == "True" else "--no-" + flag(f)[2:])
+        else:
+            out += [flag(f), got]
+    return "".join(f" {a}" for a in out)
+
+
 def next_run_line(table: pd.DataFrame, *, study: str, group_by: list[str], seeds: int, direction: str = "maximize",
                   effect: float | None = None, preset: str = "", accuracy: bool = True,
-                  control: pd.DataFrame | None = None) -> str:
-    """The command to run next (``python run_study.py run STUDY --seeds N``) and why; a rerun adds only new seeds."""
+                  control: pd.DataFrame | None = None, flags: str = "") -> str:
+    """The command to run next (``python run_study.py run STUDY --seeds N``) and why; a rerun adds only new seeds.
+
+    ``flags`` (from ``rerun_flags``) repeat the settings the study ran with, so the rerun resumes it."""
     unit = " points" if accuracy else ""
-    flags = f" --preset {preset}" if preset and preset != "quick" else ""
+    flags = (f" --preset {preset}" if preset and preset != "quick" else "") + flags
     command = f"`python run_study.py run {study} --seeds {{n}}{flags}`"
     if not table["is_baseline"].any():
         return ""  # nothing is compared, so there is no difference to plan seeds for

@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from report.plan import next_run_line
+from report.plan import next_run_line, rerun_flags
 from report.rows import CONTROL, acon_rows, best_row, label
 
 
@@ -111,7 +111,8 @@ def conclusions(runs, table: pd.DataFrame, group_by: list[str], column: str, bas
     control = control_table(runs.kept, group_by, column, direction=runs.direction, scale=scale)
     seeds = int(runs.kept["seed"].nunique())
     next_run = next_run_line(table, study=runs.study, group_by=group_by, seeds=seeds, direction=runs.direction,
-                             effect=effect, preset=getattr(runs, "preset", ""), accuracy=accuracy, control=control)
+                             effect=effect, preset=getattr(runs, "preset", ""), accuracy=accuracy, control=control,
+                             flags=rerun_flags(runs.study, getattr(runs, "preset", ""), getattr(runs, "settings", {})))
     paragraph = summary_paragraph(table, group_by=group_by, baseline_label=baseline_label, direction=runs.direction,
                                   accuracy=accuracy, control=control, next_run=next_run)
     return paragraph, next_run

@@ -147,3 +147,13 @@ def test_cli_refuses_a_non_positive_effect_in_one_line(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["error: effect must be a positive number (a difference in the table's units), got -0.5"]
     assert not (tmp_path / "m.db").exists()  # refused before any store is opened
+
+
+def test_rerun_flags_repeat_the_settings_that_differ_from_the_preset_so_the_rerun_resumes():
+    from report.plan import rerun_flags
+
+    # design_space's quick preset trains 5 epochs without augmentation; this study ran 2 epochs with it
+    recorded = {"epochs": "2", "augment": "True", "lr": "0.1", "seeds": "2", "channels_last": "True"}
+    assert rerun_flags("design_space", "quick", recorded) == " --epochs 2 --augment"
+    assert rerun_flags("design_space", "quick", {"epochs": "5"}) == ""
+    assert rerun_flags("no_such_study_file", "quick", recorded) == ""  # a user's file is not found by name
