@@ -16,10 +16,10 @@ from matplotlib.figure import Figure
 
 from report.plots import save
 from report.rows import label
+from studies import schema
 
 COSTS = ("params_extra_pct", "flops_extra_pct", "flops")
 THROUGHPUT = "images_per_s"
-COST_PREFIX = "cost."  # studies.schema.COST, where that module exists
 
 
 def cost_value(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -32,8 +32,8 @@ def cost_value(frame: pd.DataFrame, name: str) -> pd.Series:
 
 def _columns(name: str) -> tuple[str, ...]:
     """Where ``name`` may be logged: as is, as a per-design cost param, or under a section prefix."""
-    stem = name.removeprefix(COST_PREFIX)
-    prefixed = (stem, COST_PREFIX + stem, f"time/{stem}")
+    stem = name.removeprefix(schema.COST)
+    prefixed = (stem, schema.COST + stem, schema.EPOCH_METRICS.get(stem, stem))
     return prefixed + tuple(f"param.{c}" for c in prefixed)
 
 

@@ -91,16 +91,22 @@ def cost_params(overhead: dict[str, float]) -> dict[str, str]:
     return out
 
 
+def variant_parts(cell: dict[str, Any], *, all_placement: bool = True) -> list[str]:
+    """The values of the design axes that apply to a cell, in axis order (``-``: does not apply; r as ``r8``).
+
+    ``all_placement=False`` leaves out the default placement ``all``."""
+    parts = [str(cell["activation"])]
+    for axis in ("generator", "r", "placement", "gate"):
+        value = cell.get(axis, "-")
+        if value == "-" or (axis == "placement" and value == "all" and not all_placement):
+            continue
+        parts.append(f"r{value}" if axis == "r" else str(value))
+    return parts
+
+
 def axis_name(cell: dict[str, Any]) -> str:
     """A variant in a narrow column: the values of the axes that apply, ``meta_acon·channel·r8``."""
-    parts = [str(cell["activation"])]
-    if cell.get("generator", "-") != "-":
-        parts.append(str(cell["generator"]))
-    if cell.get("r", "-") != "-":
-        parts.append(f"r{cell['r']}")
-    if cell.get("placement", "-") not in ("-", "all"):
-        parts.append(str(cell["placement"]))
-    return "·".join(parts)
+    return "·".join(variant_parts(cell, all_placement=False))
 
 
 def run_name(cell: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ import optuna
 
 from acon.errors import UserError
 from acon.registry import Registry
+from studies.schema import variant_parts
 from studies.settings import Preset, Settings, check_keys
 from studies.train_config import check_choice
 
@@ -130,16 +131,7 @@ def _takes_r(activation: Any) -> bool:
 
 def variant_label(cell: dict[str, Any]) -> str:
     """A readable label of a design cell, e.g. ``meta_acon/channel/r16/all``."""
-    parts = [str(cell["activation"])]
-    if cell.get("generator", NOT_APPLICABLE) != NOT_APPLICABLE:
-        parts.append(str(cell["generator"]))
-    if cell.get("r", NOT_APPLICABLE) != NOT_APPLICABLE:
-        parts.append(f"r{cell['r']}")
-    if cell.get("placement", NOT_APPLICABLE) != NOT_APPLICABLE:
-        parts.append(str(cell["placement"]))
-    if cell.get("gate", NOT_APPLICABLE) != NOT_APPLICABLE:
-        parts.append(str(cell["gate"]))
-    return "/".join(parts)
+    return "/".join(variant_parts(cell))
 
 
 def load_study(name_or_path: str) -> Study:

@@ -62,3 +62,16 @@ def test_counted_formula_has_the_gate_it_runs(gate):
     counted = complexity.count(AconC(6, gate=gate), shape).elementwise  # runs the reference formula
     kind = "other" if gate == "hard_sigmoid" else "sigmoid"  # FlopCounter-style kinds: hardsigmoid is "other"
     assert {k: v for k, v in counted.items() if v} == {kind: n, "mul": 4 * n, "add": n + 6}
+
+
+def test_the_gate_tells_apart_run_names_and_variant_labels():
+    from studies import schema
+    from studies.spec import design_cell, variant_label
+
+    soft, hard = (dict(design_cell({"activation": "acon_c", "placement": "all", "gate": g}), seed=1)
+                  for g in ("sigmoid", "hard_sigmoid"))
+    assert (schema.run_name(soft), schema.run_name(hard)) == ("acon_c·sigmoid s1", "acon_c·hard_sigmoid s1")
+    assert (variant_label(soft), variant_label(hard)) == ("acon_c/all/sigmoid", "acon_c/all/hard_sigmoid")
+    plain = dict(design_cell({"activation": "meta_acon", "generator": "channel", "r": 8, "placement": "last_stage"}), seed=0)
+    assert (schema.run_name(plain), variant_label(plain)) == ("meta_acon·channel·r8·last_stage s0",
+                                                             "meta_acon/channel/r8/last_stage")
