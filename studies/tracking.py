@@ -139,7 +139,18 @@ class Tracker:
         digest = hashlib.sha1(f"{name}:{profile}".encode()).hexdigest()[:8]
         dataset = Dataset(name=name, digest=digest, source_type="code", source=json.dumps({"dataset": name}),
                           profile=profile)
-        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
+        inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])]
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(run_id, inputs)
+                return
+            except MlflowException:
+                # MLflow looks the dataset up, then inserts it: a worker that logged the same dataset
+                # in between makes the insert break the store's unique key. The failed write was rolled
+                # back, and the next attempt finds the other worker's row and only links it to this run.
+                if attempt == 2:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def log_epoch(self, run_id: str, values: dict[str, float | None], step: int) -> None:
         """One epoch's metrics (``val/acc``, ``train/loss``, ...) at ``step``."""

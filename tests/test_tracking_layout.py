@@ -15,6 +15,7 @@ from report import build_report
 from studies import schema
 from studies.runner import RunOptions, run_study
 from studies.spec import Study
+from studies.tracking import Tracker
 
 TINY = {"model": "tiny_cnn", "dataset": "digits", "limit": 240, "epochs": 1, "seeds": 2, "batch_size": 64}
 DESIGNS = ({"activation": "relu", "placement": "all"},
@@ -110,3 +111,34 @@ def test_a_partial_run_lists_what_is_left_exits_0_and_says_how_to_browse(tmp_pat
     assert "#/experiments/1/runs/" in proc.stdout
     rep = cli("report", "partial", "--format", "csv", "--no-log", "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
     assert rep.returncode == 0 and rep.stdout.startswith("activation,generator,r,placement,"), rep.stderr
+
+
+def test_two_workers_logging_the_same_dataset_at_once_both_get_it(tmp_path):
+    """MLflow looks a dataset up, then inserts it. Another worker (its own engine on the same SQLite
+    file) inserts the same dataset in between: the real store raises, and the trial must not fail."""
+    import sqlalchemy
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    def tracker(uri):
+        return Tracker(uri, "race", study="race", optuna_study="race-quick", preset="quick",
+                       axes=("activation",), metric="val_acc", direction="maximize")
+
+    ours, theirs = tracker(f"sqlite:///{tmp_path}/mlflow.db"), tracker(f"sqlite:///{tmp_path}/./mlflow.db")
+    our_run = ours.client.create_run(ours.experiment_id).info.run_id
+    their_run = theirs.client.create_run(theirs.experiment_id).info.run_id
+    engine = SqlAlchemyStore._engine_map[ours.uri]
+    raced = []
+
+    def other_worker_first(conn, cursor, statement, *_):
+        if statement.startswith("INSERT INTO datasets") and not raced:
+            raced.append(statement)
+            theirs.log_dataset(their_run, "digits", {"train": 8}, {"classes": 10})
+
+    sqlalchemy.event.listen(engine, "before_cursor_execute", other_worker_first)
+    try:
+        ours.log_dataset(our_run, "digits", {"train": 8}, {"classes": 10})
+    finally:
+        sqlalchemy.event.remove(engine, "before_cursor_execute", other_worker_first)
+    assert raced  # the other worker really got in between our lookup and our insert
+    inputs = [ours.client.get_run(r).inputs.dataset_inputs for r in (our_run, their_run)]
+    assert [[(d.dataset.name, d.dataset.digest) for d in i] for i in inputs] == [[("digits", inputs[1][0].dataset.digest)]] * 2
