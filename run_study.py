@@ -95,7 +95,7 @@ def _add_worker(sub: Any) -> None:
 def _add_study_flags(p: argparse.ArgumentParser, study_help: str) -> None:
     """What `run` and `worker` share: the study, its stores, how to run, and a flag per study setting."""
     from studies.settings import cli_flags
-    from studies.train_config import DEVICES
+    from studies.training.config import DEVICES
 
     p.add_argument("study", help=study_help)
     _add_store_flags(p)
@@ -172,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run or resume a study, then print its summary table."""
     from studies.runner import run_study
     from studies.storage import resolve_tracking_uri
-    from studies.summary import summary_text, unfinished
+    from studies.tracking.summary import summary_text, unfinished
 
     if args.workers != 1 or args.gpus:
         from studies.workers import parse_gpus, run_workers
@@ -188,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Join an existing study and run trials until none is left."""
     from studies.runner import run_study
-    from studies.summary import summary_text
+    from studies.tracking.summary import summary_text
 
     print(summary_text(run_study(args.study, _run_options(args), join=True)))
     return 0

@@ -1,8 +1,8 @@
-"""Write a large synthetic study into a real MLflow SQL store, fast, in the layout ``studies.schema`` defines.
+"""Write a large synthetic study into a real MLflow SQL store, fast, in the layout ``studies.tracking.schema`` defines.
 
-For ``report_speed.py``: the parent run goes through ``studies.tracking.Tracker``; the
+For ``report_speed.py``: the parent run goes through ``studies.tracking.writer.Tracker``; the
 5,000 child runs are inserted through MLflow's own ORM models in one transaction, with
-every tag, param and metric name taken from ``studies.schema`` so the two cannot drift.
+every tag, param and metric name taken from ``studies.tracking.schema`` so the two cannot drift.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from studies import schema
-from studies.tracking import Tracker
+from studies.tracking import schema
+from studies.tracking.writer import Tracker
 
 SETTINGS = {"model": "tiny_cnn", "dataset": "digits", "epochs": "3", "lr": "0.1", "batch_size": "64", "optimizer": "sgd"}
 

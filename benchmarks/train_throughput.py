@@ -29,7 +29,7 @@ from torch import nn
 import acon
 from ablation import build_model
 from studies.data import DataSplits, TensorSplit, load_dataset
-from studies.train import TrainConfig, resolve_device, train
+from studies.training.loop import TrainConfig, resolve_device, train
 
 
 class ReferenceMetaAconC(nn.Module):

@@ -20,8 +20,8 @@ from report.collect import StudyRuns, collect, history
 from report.errors import EmptyStudyError
 from report.stats import ablation_stats, is_accuracy, parse_baseline, resolve_metric
 from report.tables import SUFFIX, check_formats, compact_frame, display_frame, format_table, group_labels, html_page, wrap
-from studies import schema
-from studies.tracking import Tracker
+from studies.tracking import schema
+from studies.tracking.writer import Tracker
 
 DEFAULT_BASELINE = "activation=relu"
 

@@ -1,6 +1,6 @@
 """Collect a study's trials from MLflow into one tidy DataFrame (one row per trial).
 
-Reads the layout ``studies.schema`` defines and ``studies.tracking`` writes: an experiment
+Reads the layout ``studies.tracking.schema`` defines and ``studies.tracking.writer`` writes: an experiment
 per study, one parent run tagged ``acon.role=parent`` and one child run per Optuna trial.
 Failed, pruned and duplicated trials stay in the frame, marked, so a report can count them.
 """
@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 
 from report.errors import EmptyStudyError, StudyNotFoundError
-from studies import schema
+from studies.tracking import schema
 
 STATES = schema.STATES
 _STATE_RANK = {s: i for i, s in enumerate(STATES)}

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from report.plots import save
 from report.rows import label
-from studies import schema
+from studies.tracking import schema
 
 COSTS = ("params_extra_pct", "flops_extra_pct", "flops")
 THROUGHPUT = "images_per_s"

@@ -22,8 +22,8 @@ from studies.settings import Settings
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study
 from studies.storage import (first_line, heartbeat_interval, open_storage, record_heartbeat, require_existing,
                              resolve_storage, resolve_tracking_uri)
-from studies.summary import publish
-from studies.tracking import PARENT_ATTR, Tracker
+from studies.tracking.summary import publish
+from studies.tracking.writer import PARENT_ATTR, Tracker
 from studies.trial import TrialContext, axis_choices, cell_key, enqueue_cell, execute_trial, load_data
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from acon.errors import UserError
-from studies.schedules import SCHEDULES
-from studies.train_config import COMPILE_MODES, NONFINITE_ACTIONS, OPTIMIZERS, TrainConfig, check_choice, check_int
+from studies.training.schedules import SCHEDULES
+from studies.training.config import COMPILE_MODES, NONFINITE_ACTIONS, OPTIMIZERS, TrainConfig, check_choice, check_int
 
 
 def setting(default: Any, help: str, *, kind: type | None = None, results: bool = True, logged: bool = True,

@@ -18,9 +18,9 @@ import optuna
 
 from acon.errors import UserError
 from acon.registry import Registry
-from studies.schema import variant_parts
+from studies.tracking.schema import variant_parts
 from studies.settings import Preset, Settings, check_keys
-from studies.train_config import check_choice
+from studies.training.config import check_choice
 
 #: The design axes every cell names; an axis that does not apply to a cell is "-".
 DESIGN_AXES = ("activation", "generator", "r", "placement", "gate")

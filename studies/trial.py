@@ -16,12 +16,12 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import TrialState
 
-from studies import schema
+from studies.tracking import schema
 from studies.interrupt import Interrupted, check
 from studies.settings import Settings
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, design_cell, variant_label
 from studies.storage import heartbeat_interval, record_heartbeat
-from studies.tracking import Tracker
+from studies.tracking.writer import Tracker
 
 #: tqdm's layout without the rate and brackets: at 100 columns the bar keeps about 25 of them.
 BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {elapsed}<{remaining}{postfix}"
@@ -144,7 +144,7 @@ def cell_key(cell: dict[str, Any]) -> str:
 
 def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any], settings: dict[str, Any],
                    run_id: str, label: str) -> float:
-    from studies.train import train
+    from studies.training.loop import train
 
     data = ctx.data()
     model, sites = build_variant(cell, settings, data)
@@ -214,7 +214,7 @@ def complexity(model, baseline, data, n_sites: int) -> dict[str, float]:
 
 def train_config(settings: dict[str, Any], *, seed: int, device: str, threads: int | None):
     """A validated ``TrainConfig`` from the study settings."""
-    from studies.train import TrainConfig
+    from studies.training.loop import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in settings.items() if k in names}

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from acon.errors import UserError
 from studies.runner import DONE, RunOptions, StudyRun, missing_cells, optuna_study_name, prepare_study, resolve, \
     state_counts
-from studies.schema import PARENT_ATTR, RUN_ID_ATTR
+from studies.tracking.schema import PARENT_ATTR, RUN_ID_ATTR
 from studies.settings import Settings, to_argv
 from studies.spec import Study
 from studies.storage import mask_url, note_on_trial, resolve_storage, resolve_tracking_uri
@@ -138,7 +138,7 @@ def worker_command(study: str, options: RunOptions, threads: int) -> list[str]:
 
 def fail_trials_of(study: optuna.Study, worker_ids: set[str], tracking_uri: str, reason: str) -> list[int]:
     """Fail the RUNNING trials of dead workers and their MLflow child runs; return their numbers."""
-    from studies.tracking import Tracker
+    from studies.tracking.writer import Tracker
 
     failed, tracker = [], None
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -261,8 +261,8 @@ class _Launcher:
             raise self.errors[0]
 
     def _close_parent(self, status: str) -> None:
-        from studies.summary import publish
-        from studies.tracking import Tracker
+        from studies.tracking.summary import publish
+        from studies.tracking.writer import Tracker
 
         tracker = Tracker.attach(resolve_tracking_uri(self.options.tracking_uri), self.prepared.parent_run_id)
         spec, settings = resolve(self.study, self.options)

@@ -1,9 +1,9 @@
-"""Runs for the report tests, written by the real writer (``studies.tracking.Tracker``), not a copy of it."""
+"""Runs for the report tests, written by the real writer (``studies.tracking.writer.Tracker``), not a copy of it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from studies.tracking import Tracker
+from studies.tracking.writer import Tracker
 
 SETTINGS = {"model": "tiny_cnn", "dataset": "digits", "epochs": 3, "lr": 0.1}
 

@@ -219,7 +219,7 @@ def test_adapt_converts_grey_to_rgb_and_resizes():
 # Batches: one rule for in-memory and folder splits ------------------------------------------------
 
 def test_batch_slices_drop_a_lone_last_training_sample_only():
-    from studies.batches import batch_slices, steps_per_epoch
+    from studies.data.batches import batch_slices, steps_per_epoch
 
     assert batch_slices(129, 128, train=True) == [slice(0, 128)]
     assert batch_slices(129, 128, train=False) == [slice(0, 128), slice(128, 129)]
@@ -230,7 +230,7 @@ def test_batch_slices_drop_a_lone_last_training_sample_only():
 
 @pytest.mark.parametrize("kind", ["tensor", "folder"])
 def test_tensor_and_folder_splits_yield_the_batches_the_schedule_counts(tmp_path, kind):
-    from studies.batches import DeviceData, steps_per_epoch
+    from studies.data.batches import DeviceData, steps_per_epoch
 
     _write_tree(tmp_path / "train", per_class=5, size=6)  # 10 images: 10 % 3 == 1
     _write_tree(tmp_path / "val", per_class=1, size=6)

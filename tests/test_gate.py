@@ -65,7 +65,7 @@ def test_counted_formula_has_the_gate_it_runs(gate):
 
 
 def test_the_gate_tells_apart_run_names_and_variant_labels():
-    from studies import schema
+    from studies.tracking import schema
     from studies.spec import design_cell, variant_label
 
     soft, hard = (dict(design_cell({"activation": "acon_c", "placement": "all", "gate": g}), seed=1)

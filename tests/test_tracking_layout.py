@@ -12,10 +12,10 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from _services import cli, write_study
 from report import build_report
-from studies import schema
+from studies.tracking import schema
 from studies.runner import RunOptions, run_study
 from studies.spec import Study
-from studies.tracking import Tracker
+from studies.tracking.writer import Tracker
 
 TINY = {"model": "tiny_cnn", "dataset": "digits", "limit": 240, "epochs": 1, "seeds": 2, "batch_size": 64}
 DESIGNS = ({"activation": "relu", "placement": "all"},

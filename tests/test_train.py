@@ -10,10 +10,10 @@ from PIL import Image
 from torch import nn
 
 import acon
-from studies.augment import random_crop, random_hflip
+from studies.data.augment import random_crop, random_hflip
 from studies.data import DataSplits, TensorSplit, load_dataset
-from studies.schedules import lr_factor
-from studies.train import EpochMetrics, NonFiniteLossError, TrainConfig, param_groups, resolve_device, train
+from studies.training.schedules import lr_factor
+from studies.training.loop import EpochMetrics, NonFiniteLossError, TrainConfig, param_groups, resolve_device, train
 
 
 def tiny_cnn(activation: str = "relu", in_channels: int = 1, classes: int = 10) -> nn.Module:
@@ -226,7 +226,7 @@ def test_cuda_mixed_precision_channels_last_with_augmentation():
 def test_split_of_129_with_batch_128_trains_meta_acon_and_ends_the_schedule_on_its_last_step(tmp_path, monkeypatch, kind):
     # 129 % 128 == 1: a lone last training sample would be a BatchNorm batch of one ("Expected more
     # than 1 value per channel when training") and an extra step past the end of the linear schedule.
-    import studies.train as train_module
+    import studies.training.loop as train_module
     from ablation import build_model
 
     for split, n in (("train", 129), ("val", 4)):

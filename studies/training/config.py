@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 
 from acon.errors import UserError
-from studies.schedules import SCHEDULES
+from studies.training.schedules import SCHEDULES
 
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")

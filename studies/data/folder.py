@@ -11,7 +11,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Subset
 
-from studies.data import DATASETS, DataSplits, DatasetFormatError, DatasetNotFoundError, split_indices
+from studies.data.core import DATASETS, DataSplits, DatasetFormatError, DatasetNotFoundError, split_indices
 
 # ImageNet statistics in 0..255 units: folders are too big to scan for their own.
 _MEAN = (123.675, 116.28, 103.53)

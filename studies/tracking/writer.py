@@ -2,7 +2,7 @@
 
 Written against ``MlflowClient`` (no global active run), so trials in other processes or
 machines attach to the same parent by its run id. Every name it writes comes from
-``studies.schema``; the launcher, the runner and the report all write through ``Tracker``.
+``studies.tracking.schema``; the launcher, the runner and the report all write through ``Tracker``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from studies import schema
+from studies.tracking import schema
 from studies.storage import StorageError, first_line, mask_url
 
 PARENT_ATTR = schema.PARENT_ATTR  # the Optuna study's user attr holding the parent run id

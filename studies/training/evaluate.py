@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from studies.batches import DeviceData
+from studies.data.batches import DeviceData
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from studies.data import DataSplits, Split, TensorSplit
+from studies.data.core import DataSplits, Split, TensorSplit
 
 
 def batch_slices(n: int, batch_size: int, *, train: bool) -> list[slice]:

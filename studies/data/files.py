@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from studies.data import DATASETS, DatasetFormatError, DatasetNotFoundError, TensorSplit, tensor_splits
+from studies.data.core import DATASETS, DatasetFormatError, DatasetNotFoundError, TensorSplit, tensor_splits
 
 _MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

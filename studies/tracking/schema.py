@@ -1,6 +1,6 @@
 """The tracking layout, defined once: MLflow tags, params, metrics, run statuses and artifact folders.
 
-``studies.tracking`` (the one writer) writes it, ``report.collect`` reads it and
+``studies.tracking.writer`` (the one writer) writes it, ``report.collect`` reads it and
 ``benchmarks/synthetic.py`` fakes it in bulk; no other module spells these names.
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 from optuna.trial import TrialState
 
-from studies import schema
+from studies.tracking import schema
 
 DONE = ("COMPLETE", "PRUNED")
 
@@ -95,7 +95,7 @@ def parent_note(spec, optuna_study: str, settings: dict, results: str) -> str:
 def _browse(tracking_uri: str, parent_run_id: str) -> list[str]:
     """The command that opens the MLflow UI on this store, and the parent run's address in it."""
     from studies.storage import mask_url
-    from studies.tracking import Tracker
+    from studies.tracking.writer import Tracker
 
     url = Tracker.attach(tracking_uri, parent_run_id).parent_url()
     if tracking_uri.startswith(("http://", "https://")):

@@ -15,12 +15,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from studies.augment import augment_batch, default_padding
-from studies.batches import DeviceData, steps_per_epoch
+from studies.data.augment import augment_batch, default_padding
+from studies.data.batches import DeviceData, steps_per_epoch
 from studies.data import DataSplits
-from studies.evaluate import evaluate
-from studies.schedules import make_scheduler
-from studies.train_config import COMPILE_MODES, DEVICES, NO_DECAY_NAMES, TrainConfig, check_choice
+from studies.training.evaluate import evaluate
+from studies.training.schedules import make_scheduler
+from studies.training.config import COMPILE_MODES, DEVICES, NO_DECAY_NAMES, TrainConfig, check_choice
 
 __all__ = ["EpochMetrics", "NonFiniteLossError", "TrainConfig", "TrainResult", "param_groups", "resolve_device", "train"]
 

@@ -1,4 +1,4 @@
-"""Datasets for short-schedule studies: a registry of loaders that return seeded train/val/test splits.
+"""The dataset registry, the split types and the embedded loaders (digits, mnist5k).
 
 Small datasets come back as ``TensorSplit`` (raw pixels as a uint8 tensor, moved to the device once by
 the trainer); folder datasets come back as ``torch.utils.data.Dataset`` splits read through a DataLoader.
@@ -204,8 +204,3 @@ def _reshape_pixels(x: Tensor, channels: int, size: int) -> Tensor:
     if size != x.shape[-1]:
         xf = torch.nn.functional.interpolate(xf, size=(size, size), mode="bilinear", align_corners=False)
     return xf.round().clamp(0, 255).to(x.dtype) if not x.dtype.is_floating_point else xf
-
-
-# Registering the file-based loaders; imported last because they use the helpers above.
-from studies import data_files as _data_files  # noqa: E402,F401
-from studies import data_folder as _data_folder  # noqa: E402,F401
