@@ -183,7 +183,28 @@ def _create_or_load(spec: Study, name: str, storage: Any, settings: Settings, *,
         study.set_user_attr("acon_study", spec.name)
     elif not join:
         _check_same_settings(name, recorded, settings.results())
+    if spec.is_grid:
+        _check_same_axes(name, study, axis_choices(spec.cells(settings)))
     return study
+
+
+def _check_same_axes(name: str, study: optuna.Study, wanted: dict[str, list[Any]]) -> None:
+    """Refuse design cells whose axis values the study's recorded Optuna params cannot take.
+
+    A grid trial's axes are categorical params, and Optuna fixes a categorical's choices for a whole
+    study: a design with a new value on an axis that already varies would fail every trial. A new axis
+    and more seeds are fine.
+    """
+    recorded: dict[str, list[Any]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for axis, dist in trial.distributions.items():
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                recorded.setdefault(axis, list(dist.choices))
+    diff = [f"{axis} in {recorded[axis]} (now {values})" for axis, values in wanted.items()
+            if axis in recorded and recorded[axis] != values]
+    if diff:
+        raise UserError(f"study {name!r} was run with {'; '.join(diff)}, and an Optuna study cannot change an "
+                        f"axis's values; pass --study-name NEW to run these designs as a new study")
 
 
 def _check_same_settings(name: str, recorded: dict[str, Any], wanted: dict[str, Any]) -> None:

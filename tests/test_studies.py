@@ -75,6 +75,23 @@ def test_resume_with_different_results_settings_is_refused(tmp_path):
         run_study(tiny_study(designs=[{"activation": "relu", "placement": "all"}]), changed)
 
 
+def test_a_design_on_a_new_axis_resumes_but_a_new_value_on_a_varying_axis_is_refused_up_front(tmp_path):
+    from acon.errors import UserError
+
+    relu, acon_c = {"activation": "relu", "placement": "all"}, {"activation": "acon_c", "placement": "all"}
+    run_study(tiny_study(designs=[relu]), stores(tmp_path))
+    grown = run_study(tiny_study(designs=[relu, acon_c]), stores(tmp_path))  # activation starts to vary: fine
+    assert grown.ran == 2 and grown.counts == {"COMPLETE": 4}
+    before = [(t.number, t.state.name) for t in grown.study.trials]
+    silu = {"activation": "silu", "placement": "all"}
+    with pytest.raises(UserError, match=r"activation in \['acon_c', 'relu'\] \(now \['acon_c', 'relu', 'silu'\]\)"):
+        run_study(tiny_study(designs=[relu, acon_c, silu]), stores(tmp_path))
+    study = optuna.load_study(study_name="tiny-quick", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [(t.number, t.state.name) for t in study.trials] == before  # nothing queued, nothing failed
+    children, parents = child_runs(tmp_path, "tiny")
+    assert len(children) == 4 and list(parents["status"]) == ["FINISHED"]
+
+
 class _Crash(nn.Module):
     """An activation that raises on its first forward after ``armed`` is set."""
 
