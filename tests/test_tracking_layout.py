@@ -49,6 +49,8 @@ def test_child_metrics_come_in_sections_and_costs_are_rounded_params(real):
     assert {"train/loss", "train/lr", "val/acc", "val/loss", "final/val_acc", "final/best_val_acc"} <= keys
     assert not keys & {"params", "flops", "macs", "sites", "val_acc", "final_val_acc"}  # no constants as series
     assert [m.step for m in client.get_metric_history(meta.info.run_id, "val/acc")] == [1]
+    loss = meta.data.metrics["train/loss"]
+    assert loss > 0 and len(repr(loss).replace("0.", "", 1).lstrip("0").replace(".", "")) <= 6  # 0.312542, not 17 digits
     params = meta.data.params
     assert int(params["cost.params_extra"]) > 0 and int(params["cost.sites"]) >= 1
     assert len(params["cost.flops_extra_pct"].split(".")[1]) == 2  # 6.63, not 6.63349783...

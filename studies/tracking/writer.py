@@ -163,9 +163,10 @@ class Tracker:
         self.log_metrics(run_id, {**ordered, **final})
 
     def log_metrics(self, run_id: str, metrics: dict[str, float | None], step: int | None = None) -> None:
-        """Log finite metrics, at ``step`` (an epoch) or as final values."""
+        """Log finite metrics, at ``step`` (an epoch) or as final values, to 6 significant digits
+        (a float32 training loss has no more; the UI shows 0.312542, not 0.31254219412803650)."""
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+        batch = [Metric(k, float(f"{float(v):.6g}"), now, step or 0) for k, v in metrics.items()
                  if v is not None and math.isfinite(float(v))]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
