@@ -53,7 +53,7 @@ def kernel_calls() -> dict[str, int]:
 
 
 def _load_backend(device_type: str) -> object | None:
-    """The kernel module for a device type, or None (warned once) where it cannot run."""
+    """The kernel backend for a device type, or None (warned once) where it cannot run."""
     if device_type == "cpu":
         from acon import _fused_cpu
 
@@ -61,27 +61,64 @@ def _load_backend(device_type: str) -> object | None:
         return None if lib is None else _CpuBackend(lib)
     if device_type == "cuda":
         try:
-            return importlib.import_module("acon._fused_triton")
+            triton_kernels = importlib.import_module("acon._fused_triton")
         except ImportError as err:
             warnings.warn(f"ACON fused CUDA kernels disabled ({err}); using the reference implementation", RuntimeWarning, stacklevel=3)
+        else:
+            return _PlaneBackend(triton_kernels.forward, triton_kernels.backward)
     return None
 
 
+# Where beta lives, for the kernels: one value per channel, per (sample, channel) plane, or per element.
+PER_CHANNEL, PER_PLANE, PER_ELEMENT = 0, 1, 2
+
+
 class _CpuBackend:
-    """Adapts the ctypes library to the (forward, backward) interface of ``_fused_triton``."""
+    """The C++ kernels: every beta layout natively, parameter gradients reduced in the kernel."""
 
     def __init__(self, lib):
-        self.lib = lib
-
-    def forward(self, x, p1, p2, beta, hard):
         from acon import _fused_cpu
 
-        return _fused_cpu.forward(self.lib, x, p1, p2, beta, hard)
+        self.lib, self.kernels = lib, _fused_cpu
 
-    def backward(self, g, x, p1, p2, beta, hard):
-        from acon import _fused_cpu
+    def forward(self, x, p1, p2, beta, bmode, hard):
+        return self.kernels.forward(self.lib, x, p1, p2, beta, bmode, hard)
 
-        return _fused_cpu.backward(self.lib, g, x, p1, p2, beta, hard)
+    def backward(self, g, x, p1, p2, beta, bmode, hard):
+        return self.kernels.backward(self.lib, g, x, p1, p2, beta, bmode, hard)
+
+
+class _PlaneBackend:
+    """Kernels that take beta per plane (1-D, N*C) or per element and return per-plane sums (3, N*C):
+    the Triton kernels and the closed form. Brings beta to their layout and reduces their sums to
+    (dx, dp1, dp2, dbeta) shaped like the inputs, as the C++ kernel returns them."""
+
+    def __init__(self, forward, backward):
+        self.planes_forward, self.planes_backward = forward, backward
+
+    def forward(self, x, p1, p2, beta, bmode, hard):
+        return self.planes_forward(x, p1.reshape(-1), p2.reshape(-1), _plane_beta(x, beta, bmode), hard)
+
+    def backward(self, g, x, p1, p2, beta, bmode, hard):
+        gx, planes, gbeta = self.planes_backward(g, x, p1.reshape(-1), p2.reshape(-1), _plane_beta(x, beta, bmode), hard)
+        acc = torch.float64 if x.dtype == torch.float64 or x.device.type == "cpu" else torch.float32
+        sums = planes.to(acc).view(3, x.shape[0], -1)
+        dp1, dpb = sums[0].sum(0), sums[1].sum(0)
+        if bmode == PER_ELEMENT:
+            dbeta = gbeta
+        else:
+            dbeta = sums[2].sum(0) if bmode == PER_CHANNEL else sums[2]
+        return (gx, dp1.to(p1.dtype).view(p1.shape), (dpb - dp1).to(p2.dtype).view(p2.shape),
+                dbeta.to(beta.dtype).reshape(beta.shape))
+
+
+def _plane_beta(x: Tensor, beta: Tensor, bmode: int) -> Tensor:
+    """beta per plane (1-D, N*C) or per element (x's shape), as the plane kernels take it."""
+    if bmode == PER_ELEMENT:
+        return beta.view(x.shape)
+    if bmode == PER_CHANNEL:
+        return beta.reshape(1, -1).expand(x.shape[0], -1).reshape(-1)
+    return beta.reshape(-1)
 
 
 def backend(device_type: str) -> object | None:
@@ -137,66 +174,55 @@ def _math_backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, h
     return g * (d * t + q), planes, gbeta if full else x.new_empty(0)
 
 
-def _planes_dtype(x: Tensor) -> torch.dtype:
-    """Per-plane sums are float64 on CPU (long sums stay exact to 1e-5) and on float64 inputs."""
-    return torch.float64 if x.device.type == "cpu" or x.dtype == torch.float64 else torch.float32
+_CLOSED_FORM = _PlaneBackend(_math_forward, _math_backward)
 
 
 def _kernels(x: Tensor, step: str):
-    """The device's kernel backend (None: closed form), with the call counted for ``kernel_calls``."""
+    """The device's kernel backend (the closed form where none runs), with the call counted for ``kernel_calls``."""
     kernels = _BACKENDS.get(x.device.type) or backend(x.device.type)
     _CALLS[f"{'closed-form' if kernels is None else x.device.type}.{step}"] += 1
-    return kernels
+    return kernels or _CLOSED_FORM
 
 
-def _run_forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool = False) -> Tensor:
-    kernels = _kernels(x, "forward")
-    if kernels is None:
-        return _math_forward(x, p1, p2, beta, hard)
-    return kernels.forward(x.contiguous(), p1.contiguous(), p2.contiguous(), beta.contiguous(), hard)
+def _run_forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, bmode: int, hard: bool) -> Tensor:
+    return _kernels(x, "forward").forward(x, p1, p2, beta, bmode, hard)
 
 
-def _run_backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    kernels = _kernels(x, "backward")
-    run = _math_backward if kernels is None else kernels.backward
-    gx, planes, gbeta = run(g.contiguous(), x.contiguous(), p1.contiguous(), p2.contiguous(), beta.contiguous(), hard)
-    return gx, planes.to(_planes_dtype(x)).contiguous(), gbeta
+def _run_backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, bmode: int,
+                  hard: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _kernels(x, "backward").backward(g, x, p1, p2, beta, bmode, hard)
 
 
+# The op's arguments are contiguous: x (N, C, ...), p1 and p2 with C values, beta as ``bmode`` says.
 @torch.library.custom_op("acon::acon_c_fused", mutates_args=())
-def _acon_c_op(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool) -> Tensor:
-    return _run_forward(x, p1, p2, beta, hard)
+def _acon_c_op(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, bmode: int, hard: bool) -> Tensor:
+    return _run_forward(x, p1, p2, beta, bmode, hard)
 
 
 @_acon_c_op.register_fake
-def _(x, p1, p2, beta, hard):
+def _(x, p1, p2, beta, bmode, hard):
     return torch.empty_like(x)
 
 
 @torch.library.custom_op("acon::acon_c_fused_backward", mutates_args=())
-def _acon_c_backward_op(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool) -> tuple[Tensor, Tensor, Tensor]:
-    return _run_backward(g, x, p1, p2, beta, hard)
+def _acon_c_backward_op(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, bmode: int,
+                        hard: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _run_backward(g, x, p1, p2, beta, bmode, hard)
 
 
 @_acon_c_backward_op.register_fake
-def _(g, x, p1, p2, beta, hard):
-    planes = x.new_empty(3, x.shape[0] * p1.shape[0], dtype=_planes_dtype(x))
-    return torch.empty_like(x), planes, torch.empty_like(x) if beta.dim() > 1 else x.new_empty(0)
+def _(g, x, p1, p2, beta, bmode, hard):
+    return torch.empty_like(x), torch.empty_like(p1), torch.empty_like(p2), torch.empty_like(beta)
 
 
 def _setup_context(ctx, inputs, output):
-    x, p1, p2, beta, ctx.hard = inputs
+    x, p1, p2, beta, ctx.bmode, ctx.hard = inputs
     ctx.save_for_backward(x, p1, p2, beta)
 
 
 def _backward(ctx, grad, run_backward=_acon_c_backward_op):
     x, p1, p2, beta = ctx.saved_tensors
-    gx, planes, gbeta = run_backward(grad.contiguous(), x, p1, p2, beta, ctx.hard)
-    planes = planes.to(x.dtype).view(3, x.shape[0], p1.shape[0])
-    dp1 = planes[0].sum(0)
-    dp2 = planes[1].sum(0) - dp1
-    dbeta = gbeta if beta.dim() > 1 else planes[2].reshape(-1)
-    return gx, dp1, dp2, dbeta, None
+    return (*run_backward(grad.contiguous(), x, p1, p2, beta, ctx.bmode, ctx.hard), None, None)
 
 
 _acon_c_op.register_autograd(_backward, setup_context=_setup_context)
@@ -207,9 +233,9 @@ class _AconCFunction(torch.autograd.Function):
     (and without importing torch._dynamo, which the op's first call does: about 2 s)."""
 
     @staticmethod
-    def forward(ctx, x, p1, p2, beta, hard):
-        _setup_context(ctx, (x, p1, p2, beta, hard), None)
-        return _run_forward(x, p1, p2, beta, hard)
+    def forward(ctx, x, p1, p2, beta, bmode, hard):
+        _setup_context(ctx, (x, p1, p2, beta, bmode, hard), None)
+        return _run_forward(x, p1, p2, beta, bmode, hard)
 
     @staticmethod
     def backward(ctx, grad):
@@ -261,20 +287,37 @@ def _dtype(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> torch.dty
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float, hard: bool = False) -> Tensor:
     """Fused ACON-C for a call that ``can_fuse`` accepted; same value and gradients as the reference.
 
-    ``hard`` replaces the sigmoid gate by the hard sigmoid ``clamp(u / 6 + 1/2, 0, 1)``."""
+    ``hard`` replaces the sigmoid gate by the hard sigmoid ``clamp(u / 6 + 1/2, 0, 1)``. Parameters
+    already in the kernel's layout (a module's ``(1, C, 1, 1)`` p1, p2, beta; meta-ACON's ``(N, C, 1, 1)``
+    beta) go in as they are: no copy, no extra autograd node per call."""
     dt = _dtype(x, p1, p2, beta)
-    n, c = x.shape[0], x.shape[1]
-    ones = (1,) * (x.dim() - 2)
-    xc = x.to(dt).contiguous()
-    p1c = p1.to(dt).expand((1, c) + ones).reshape(c).contiguous()
-    p2c = p2.to(dt).expand((1, c) + ones).reshape(c).contiguous()
-    if not isinstance(beta, Tensor):
-        b = torch.full((n * c,), float(beta), dtype=dt, device=x.device)
-    elif x.dim() == 2 or _per_plane(beta, x):
-        b = beta.to(dt).expand((n, c) + ones).reshape(n * c).contiguous()
-    else:
-        b = beta.to(dt).expand(x.shape).contiguous()
+    xc = x if x.dtype == dt and x.is_contiguous() else x.to(dt).contiguous()
+    b, bmode = _beta_layout(beta, xc)
+    args = (xc, _channel_values(p1, xc), _channel_values(p2, xc), b, bmode, bool(hard))
     # torch.compile sees the custom op (fake kernel, registered autograd); eager runs the Function
     if torch.compiler.is_compiling():
-        return _acon_c_op(xc, p1c, p2c, b, bool(hard))
-    return _AconCFunction.apply(xc, p1c, p2c, b, bool(hard))
+        return _acon_c_op(*args)
+    return _AconCFunction.apply(*args)
+
+
+def _channel_values(p: Tensor, x: Tensor) -> Tensor:
+    """``p`` as C contiguous values of x's dtype: ``p`` itself when it already is."""
+    c = x.shape[1]
+    if p.numel() == c and p.dtype == x.dtype and p.is_contiguous():
+        return p
+    return p.to(x.dtype).expand((1, c) + (1,) * (x.dim() - 2)).reshape(c).contiguous()
+
+
+def _beta_layout(beta: Tensor | float, x: Tensor) -> tuple[Tensor, int]:
+    """beta in a layout the kernels read (contiguous, x's dtype) and which one: per channel, plane or element."""
+    n, c = x.shape[0], x.shape[1]
+    if not isinstance(beta, Tensor):
+        return torch.full((c,), float(beta), dtype=x.dtype, device=x.device), PER_CHANNEL
+    b = beta if beta.dtype == x.dtype and beta.is_contiguous() else beta.to(x.dtype).contiguous()
+    s = _padded(beta, x.dim())
+    if s == tuple(x.shape):
+        return b, PER_ELEMENT
+    if s[1] == c and all(v == 1 for v in s[2:]) and s[0] in (1, n):
+        return b, PER_CHANNEL if s[0] == 1 else PER_PLANE
+    # a beta per sample (layer-wise) or one value: one per plane, summed back by autograd
+    return b.expand((n, c) + (1,) * (x.dim() - 2)).reshape(n * c).contiguous(), PER_PLANE

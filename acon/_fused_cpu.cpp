@@ -4,6 +4,7 @@
 // gate 1 the hard sigmoid clamp(u / 6 + 1/2, 0, 1) (torch's F.hardsigmoid).
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 namespace {
 
@@ -57,7 +58,7 @@ void forward_span(const T* __restrict xp, const T* __restrict bp, T d, T q, int6
 
 // One pass over a chunk: dx, and the sums of g*x*t (dp1), g*x (dp1 + dp2) and g*s'(u)*(d x)^2
 // (dbeta; written per element when FULL). Sums run in T within a chunk (SIMD lanes make each a
-// sum of at most CHUNK / 8 terms); chunks are added in double by the caller.
+// sum of at most CHUNK / 8 terms); chunks and planes are added in double by `backward`.
 template <typename T, bool FULL, bool HARD>
 void backward_span(const T* __restrict gp, const T* __restrict xp, const T* __restrict bp, T d, T q,
                    int64_t len, T* __restrict gxp, T* __restrict gbp, double* sums) {
@@ -81,68 +82,120 @@ void backward_span(const T* __restrict gp, const T* __restrict xp, const T* __re
   sums[2] = sc;
 }
 
-// Work item w is a chunk of one (n, c) plane: its channel, element offset, length, and the
-// offset of its beta (the plane's for per-plane beta, the chunk's for per-element beta).
-struct Item {
-  int64_t c, off, len, boff;
-  Item(int64_t w, int64_t C, int64_t HW, int64_t chunk, int full) {
-    const int64_t per_plane = (HW + chunk - 1) / chunk, start = (w % per_plane) * chunk, plane = w / per_plane;
-    c = plane % C;
-    off = plane * HW + start;
-    len = HW - start < chunk ? HW - start : chunk;
-    boff = full ? off : plane;
+// How a call's P = N*C planes of HW elements are cut into work items: a long plane into chunks
+// (two threads may share one plane), short planes grouped (a 2-D (N, C) input has HW = 1, and an
+// item per element would cost more than the arithmetic).
+struct Work {
+  int64_t HW, P, chunk, per_plane, group, items;
+  Work(int64_t P_, int64_t HW_, int64_t max_chunk) : HW(HW_), P(P_) {
+    chunk = HW < max_chunk ? HW : max_chunk;
+    per_plane = (HW + chunk - 1) / chunk;
+    group = per_plane > 1 ? 1 : (max_chunk / HW > 1 ? max_chunk / HW : 1);
+    items = per_plane > 1 ? P * per_plane : (P + group - 1) / group;
+  }
+  // Item w covers planes [first, last) and, in each, elements [start, start + len). Its k-th plane
+  // (k = plane - first) writes partial sums at entry plane * per_plane + w % per_plane.
+  void item(int64_t w, int64_t& first, int64_t& last, int64_t& start, int64_t& len) const {
+    if (per_plane > 1) {
+      first = w / per_plane;
+      last = first + 1;
+      start = (w % per_plane) * chunk;
+      len = HW - start < chunk ? HW - start : chunk;
+    } else {
+      first = w * group;
+      last = first + group < P ? first + group : P;
+      start = 0;
+      len = HW;
+    }
   }
 };
 
-// Runs fn(w, item) over all work items. schedule(static): every call gives each thread the same
-// contiguous run of items (no shared counter to contend on, the same memory per thread each call).
-template <typename F>
-void each_item(int64_t items, int64_t C, int64_t HW, int64_t chunk, int full, int threads, F fn) {
+// Where a plane's beta lives: bmode 0 per channel (C values), 1 per plane (N*C), 2 per element.
+inline int64_t beta_offset(int bmode, int64_t plane, int64_t C, int64_t off) {
+  return bmode == 0 ? plane % C : (bmode == 1 ? plane : off);
+}
+
+// p1, p2 have C values; schedule(static): every call gives each thread the same contiguous run of
+// items (no shared counter to contend on, the same memory per thread each call).
+template <typename T, bool HARD>
+void forward(const T* x, const T* p1, const T* p2, const T* beta, int bmode, int64_t P, int64_t C,
+             int64_t HW, int64_t max_chunk, T* y, int threads) {
+  const Work wk(P, HW, max_chunk);
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t w = 0; w < items; ++w) fn(w, Item(w, C, HW, chunk, full));
+  for (int64_t w = 0; w < wk.items; ++w) {
+    int64_t first, last, start, len;
+    wk.item(w, first, last, start, len);
+    for (int64_t pl = first; pl < last; ++pl) {
+      const int64_t c = pl % C, off = pl * HW + start;
+      auto span = bmode == 2 ? forward_span<T, true, HARD> : forward_span<T, false, HARD>;
+      span(x + off, beta + beta_offset(bmode, pl, C, off), p1[c] - p2[c], p2[c], len, y + off);
+    }
+  }
 }
 
-// p1, p2 are per channel and beta is per plane (full == 0) or per element (full == 1).
+// dx per element, then the parameter gradients reduced here (in double) to their own layouts:
+// dp1 and dp2 per channel, dbeta per channel, per plane, or (written by the span) per element.
 template <typename T, bool HARD>
-void forward(const T* x, const T* p1, const T* p2, const T* beta, int full, int64_t C, int64_t HW,
-             int64_t chunk, int64_t items, T* y, int threads) {
-  each_item(items, C, HW, chunk, full, threads, [&](int64_t, const Item& it) {
-    auto span = full ? forward_span<T, true, HARD> : forward_span<T, false, HARD>;
-    span(x + it.off, beta + it.boff, p1[it.c] - p2[it.c], p2[it.c], it.len, y + it.off);
-  });
-}
-
-template <typename T, bool HARD>
-void backward(const T* g, const T* x, const T* p1, const T* p2, const T* beta, int full, int64_t C,
-              int64_t HW, int64_t chunk, int64_t items, T* gx, T* gbeta, double* partial, int threads) {
-  each_item(items, C, HW, chunk, full, threads, [&](int64_t w, const Item& it) {
-    auto span = full ? backward_span<T, true, HARD> : backward_span<T, false, HARD>;
-    span(g + it.off, x + it.off, beta + it.boff, p1[it.c] - p2[it.c], p2[it.c], it.len, gx + it.off,
-         full ? gbeta + it.off : nullptr, partial + 3 * w);
-  });
+void backward(const T* g, const T* x, const T* p1, const T* p2, const T* beta, int bmode, int64_t P,
+              int64_t C, int64_t HW, int64_t max_chunk, T* gx, T* dp1, T* dp2, T* dbeta, int threads) {
+  const Work wk(P, HW, max_chunk);
+  std::vector<double> part(3 * P * wk.per_plane);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t w = 0; w < wk.items; ++w) {
+    int64_t first, last, start, len;
+    wk.item(w, first, last, start, len);
+    for (int64_t pl = first; pl < last; ++pl) {
+      const int64_t c = pl % C, off = pl * HW + start;
+      auto span = bmode == 2 ? backward_span<T, true, HARD> : backward_span<T, false, HARD>;
+      span(g + off, x + off, beta + beta_offset(bmode, pl, C, off), p1[c] - p2[c], p2[c], len, gx + off,
+           bmode == 2 ? dbeta + off : nullptr, part.data() + 3 * (pl * wk.per_plane + w % wk.per_plane));
+    }
+  }
+  std::vector<double> a(C, 0.0), b(C, 0.0), s(bmode == 0 ? C : 0, 0.0);
+  for (int64_t pl = 0; pl < P; ++pl) {
+    double sa = 0, sb = 0, sc = 0;
+    for (int64_t k = 0; k < wk.per_plane; ++k) {
+      const double* e = part.data() + 3 * (pl * wk.per_plane + k);
+      sa += e[0];
+      sb += e[1];
+      sc += e[2];
+    }
+    const int64_t c = pl % C;
+    a[c] += sa;
+    b[c] += sb;
+    if (bmode == 0) s[c] += sc;
+    if (bmode == 1) dbeta[pl] = static_cast<T>(sc);
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    dp1[c] = static_cast<T>(a[c]);
+    dp2[c] = static_cast<T>(b[c] - a[c]);
+    if (bmode == 0) dbeta[c] = static_cast<T>(s[c]);
+  }
 }
 
 }  // namespace
 
-#define ACON_EXPORT(T, SUFFIX)                                                                        \
-  extern "C" void acon_c_forward_##SUFFIX(const T* x, const T* p1, const T* p2, const T* beta,        \
-                                          int full, int64_t C, int64_t HW, int64_t chunk,             \
-                                          int64_t items, T* y, int threads, int hard) {               \
-    if (hard) {                                                                                       \
-      forward<T, true>(x, p1, p2, beta, full, C, HW, chunk, items, y, threads);                       \
-    } else {                                                                                          \
-      forward<T, false>(x, p1, p2, beta, full, C, HW, chunk, items, y, threads);                      \
-    }                                                                                                 \
-  }                                                                                                   \
-  extern "C" void acon_c_backward_##SUFFIX(const T* g, const T* x, const T* p1, const T* p2,          \
-                                           const T* beta, int full, int64_t C, int64_t HW,            \
-                                           int64_t chunk, int64_t items, T* gx, T* gbeta,             \
-                                           double* partial, int threads, int hard) {                  \
-    if (hard) {                                                                                       \
-      backward<T, true>(g, x, p1, p2, beta, full, C, HW, chunk, items, gx, gbeta, partial, threads);  \
-    } else {                                                                                          \
-      backward<T, false>(g, x, p1, p2, beta, full, C, HW, chunk, items, gx, gbeta, partial, threads); \
-    }                                                                                                 \
+#define ACON_EXPORT(T, SUFFIX)                                                                      \
+  extern "C" void acon_c_forward_##SUFFIX(const T* x, const T* p1, const T* p2, const T* beta,      \
+                                          int bmode, int64_t P, int64_t C, int64_t HW,              \
+                                          int64_t max_chunk, T* y, int threads, int hard) {         \
+    if (hard) {                                                                                     \
+      forward<T, true>(x, p1, p2, beta, bmode, P, C, HW, max_chunk, y, threads);                    \
+    } else {                                                                                        \
+      forward<T, false>(x, p1, p2, beta, bmode, P, C, HW, max_chunk, y, threads);                   \
+    }                                                                                               \
+  }                                                                                                 \
+  extern "C" void acon_c_backward_##SUFFIX(const T* g, const T* x, const T* p1, const T* p2,        \
+                                           const T* beta, int bmode, int64_t P, int64_t C,          \
+                                           int64_t HW, int64_t max_chunk, T* gx, T* dp1, T* dp2,    \
+                                           T* dbeta, int threads, int hard) {                       \
+    if (hard) {                                                                                     \
+      backward<T, true>(g, x, p1, p2, beta, bmode, P, C, HW, max_chunk, gx, dp1, dp2, dbeta,        \
+                        threads);                                                                   \
+    } else {                                                                                        \
+      backward<T, false>(g, x, p1, p2, beta, bmode, P, C, HW, max_chunk, gx, dp1, dp2, dbeta,       \
+                         threads);                                                                  \
+    }                                                                                               \
   }
 
 ACON_EXPORT(float, f32)

@@ -24,7 +24,7 @@ from torch import Tensor
 FLAGS = ("-O3", "-fno-trapping-math", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
 NATIVE = ("-march=native",)
 SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-#: Elements per work item; planes longer than this are split so two threads share one plane.
+#: Elements per work item: longer planes are split (two threads may share one), shorter ones grouped.
 CHUNK = 8192
 #: Below this many elements one thread does the work (OpenMP start-up costs more than it saves).
 SERIAL_BELOW = 32768
@@ -84,11 +84,15 @@ def build(compiler: str | None = None, directory: Path | None = None) -> Path | 
 
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
-    """Declare argument types so ctypes passes 64-bit sizes and pointers correctly."""
+    """Declare argument types so ctypes passes 64-bit sizes and pointers correctly; keep the functions
+    by dtype in ``lib.kernels`` (a lookup per call, not an attribute search and a string)."""
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    for sfx in SUFFIX.values():
-        getattr(lib, f"acon_c_forward_{sfx}").argtypes = [p, p, p, p, i32, i64, i64, i64, i64, p, i32, i32]
-        getattr(lib, f"acon_c_backward_{sfx}").argtypes = [p, p, p, p, p, i32, i64, i64, i64, i64, p, p, p, i32, i32]
+    lib.kernels = {}
+    for dtype, sfx in SUFFIX.items():
+        fwd, bwd = getattr(lib, f"acon_c_forward_{sfx}"), getattr(lib, f"acon_c_backward_{sfx}")
+        fwd.argtypes = [p, p, p, p, i32, i64, i64, i64, i64, p, i32, i32]
+        bwd.argtypes = [p, p, p, p, p, i32, i64, i64, i64, i64, p, p, p, p, i32, i32]
+        lib.kernels[dtype] = (fwd, bwd)
     return lib
 
 
@@ -105,37 +109,28 @@ def load_library(compiler: str | None = None) -> ctypes.CDLL | None:
         return None
 
 
-def _layout(x: Tensor, p1: Tensor) -> tuple[int, int, int, int]:
-    """(C, HW, chunk, items) for a contiguous channels-first ``x``."""
+def _sizes(x: Tensor, p1: Tensor) -> tuple[int, int, int, int]:
+    """(P planes, C, HW, threads) for a contiguous channels-first ``x``."""
     C = p1.numel()
-    HW = x.numel() // (x.shape[0] * C)
-    chunk = min(HW, CHUNK)
-    return C, HW, chunk, x.shape[0] * C * (-(-HW // chunk))
+    P = x.shape[0] * C
+    return P, C, x.numel() // P, 1 if x.numel() < SERIAL_BELOW else torch.get_num_threads()
 
 
-def _threads(x: Tensor) -> int:
-    return 1 if x.numel() < SERIAL_BELOW else torch.get_num_threads()
-
-
-def forward(lib: ctypes.CDLL, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool = False) -> Tensor:
-    """y = ACON-C(x) in one pass; ``beta`` is per plane (1-D, N*C) or per element (x's shape);
-    ``hard`` selects the hard-sigmoid gate."""
+def forward(lib: ctypes.CDLL, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, bmode: int, hard: bool = False) -> Tensor:
+    """y = ACON-C(x) in one pass. Every tensor contiguous, p1/p2 with C values, ``beta`` per channel
+    (``bmode`` 0), per plane (1) or per element (2); ``hard`` selects the hard-sigmoid gate."""
     y = torch.empty_like(x)
-    C, HW, chunk, items = _layout(x, p1)
-    fn = getattr(lib, f"acon_c_forward_{SUFFIX[x.dtype]}")
-    fn(x.data_ptr(), p1.data_ptr(), p2.data_ptr(), beta.data_ptr(), int(beta.dim() > 1), C, HW, chunk, items, y.data_ptr(), _threads(x), int(hard))
+    P, C, HW, threads = _sizes(x, p1)
+    lib.kernels[x.dtype][0](x.data_ptr(), p1.data_ptr(), p2.data_ptr(), beta.data_ptr(), bmode, P, C, HW, CHUNK,
+                            y.data_ptr(), threads, int(hard))
     return y
 
 
-def backward(lib: ctypes.CDLL, g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """One pass: (dx, per-plane sums (3, N*C) in float64, per-element dbeta or an empty tensor)."""
-    C, HW, chunk, items = _layout(x, p1)
-    full = beta.dim() > 1
-    gx = torch.empty_like(x)
-    gbeta = torch.empty_like(x) if full else x.new_empty(0)
-    partial = torch.empty(items, 3, dtype=torch.float64)
-    fn = getattr(lib, f"acon_c_backward_{SUFFIX[x.dtype]}")
-    fn(g.data_ptr(), x.data_ptr(), p1.data_ptr(), p2.data_ptr(), beta.data_ptr(), int(full), C, HW, chunk, items,
-       gx.data_ptr(), gbeta.data_ptr() if full else 0, partial.data_ptr(), _threads(x), int(hard))
-    sums = partial.view(-1, items // (x.shape[0] * C), 3).sum(1).t()
-    return gx, sums, gbeta
+def backward(lib: ctypes.CDLL, g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, bmode: int,
+             hard: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One pass: (dx, dp1, dp2, dbeta), each shaped like its input; the sums run in double."""
+    P, C, HW, threads = _sizes(x, p1)
+    gx, dp1, dp2, dbeta = torch.empty_like(x), torch.empty_like(p1), torch.empty_like(p2), torch.empty_like(beta)
+    lib.kernels[x.dtype][1](g.data_ptr(), x.data_ptr(), p1.data_ptr(), p2.data_ptr(), beta.data_ptr(), bmode, P, C, HW,
+                            CHUNK, gx.data_ptr(), dp1.data_ptr(), dp2.data_ptr(), dbeta.data_ptr(), threads, int(hard))
+    return gx, dp1, dp2, dbeta

@@ -7,6 +7,7 @@ to check that a dataset is not saturated (the activations must be able to differ
 
     python benchmarks/train_throughput.py --device cuda --images 20000
     python benchmarks/train_throughput.py --device cuda --model resnet50 --image-size 224 --batch 64 --placement bottleneck_3x3
+    python benchmarks/train_throughput.py --threads 2 --rounds 5 --also silu,acon_c
     python benchmarks/train_throughput.py --model tiny_cnn --in-channels 1 --image-size 28 --batch 64 --compare-compile
     python benchmarks/train_throughput.py headroom --threads 2
 
@@ -64,8 +65,10 @@ def with_reference_modules(model: nn.Module) -> nn.Module:
     return model
 
 
-def variants(name: str, seed: int, *, placement: str = "all", in_channels: int = 3, image_size: int = 32, r: int = 16) -> dict[str, nn.Module]:
-    """The three models to compare, built from the same seed."""
+def variants(name: str, seed: int, *, placement: str = "all", in_channels: int = 3, image_size: int = 32, r: int = 16,
+             also: tuple[str, ...] = ()) -> dict[str, nn.Module]:
+    """The models to compare, built from the same seed: ReLU, meta-ACON, the reference, and ``also``
+    (activation names, e.g. silu and acon_c: what a smooth activation without a generator costs)."""
     common = dict(num_classes=10, in_channels=in_channels, small_input=image_size < 64, input_size=image_size)
     meta_acon = dict(activation="meta_acon", generator="channel", r=r, placement=placement, **common)
     torch.manual_seed(seed)
@@ -78,7 +81,11 @@ def variants(name: str, seed: int, *, placement: str = "all", in_channels: int =
         raise RuntimeError(f"{name}: no acon.MetaAconC module found to replace; is the placement wrapping them?")
     _check_same_function(meta, ref, (2, in_channels, image_size, image_size))
     print(f"{name}: {len(sites)} meta-ACON sites; reference matches acon.MetaAconC")
-    return {"relu": relu, "meta_acon": meta, "reference": ref}
+    models = {"relu": relu, "meta_acon": meta, "reference": ref}
+    for activation in also:
+        torch.manual_seed(seed)
+        models[activation] = build_model(name, activation=activation, placement=placement, **common)[0]
+    return models
 
 
 @torch.no_grad()
@@ -102,7 +109,8 @@ def synthetic_cifar(n: int, seed: int = 0, *, channels: int = 3, size: int = 32)
 def throughput(args) -> None:
     """Round-robin timing of the variants; prints images/s, ratios and (with --compare-compile) compile costs."""
     data = synthetic_cifar(args.images, channels=args.in_channels, size=args.image_size)
-    models = variants(args.model, args.seed, placement=args.placement, in_channels=args.in_channels, image_size=args.image_size, r=args.r)
+    models = variants(args.model, args.seed, placement=args.placement, in_channels=args.in_channels, image_size=args.image_size, r=args.r,
+                      also=tuple(a for a in args.also.split(",") if a))
     amp = args.amp and args.dtype != "float32"
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05, device=args.device, amp=amp,
                       channels_last=args.channels_last, augment=args.augment, threads=args.threads, seed=args.seed)
@@ -125,8 +133,9 @@ def throughput(args) -> None:
     med = {k: statistics.median(v) for k, v in speeds.items()}
     for name, v in speeds.items():
         print(f"  {name:18s} {med[name]:10.0f} images/s   (rounds: {', '.join(f'{s:.0f}' for s in v)})")
-    for a, b in (("meta_acon", "relu"), ("reference", "relu"), ("meta_acon", "reference"), ("meta_acon+compile", "relu+compile"),
-                 ("meta_acon+compile", "relu")):
+    pairs = [("meta_acon", "relu"), ("reference", "relu"), ("meta_acon", "reference"), ("meta_acon+compile", "relu+compile"),
+             ("meta_acon+compile", "relu")] + [(a, "relu") for a in models if a not in ("relu", "meta_acon", "reference")]
+    for a, b in pairs:
         if a in med and b in med:
             print(f"  {a} / {b} = {med[a] / med[b]:.3f}  (images/s ratio; step time is its inverse)")
     for name, secs in compile_s.items():
@@ -172,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--r", type=int, default=16, help="meta-ACON reduction ratio")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="CUDA: bf16 autocast or full fp32")
+    p.add_argument("--also", default="", help="more activations at the same placement, e.g. silu,acon_c (the cost of a smooth gate alone)")
     p.add_argument("--compare-compile", action="store_true", help="also train relu and meta_acon with torch.compile")
     p.add_argument("--compile-mode", default="on", help="TrainConfig.compile value for --compare-compile")
     p.add_argument("--smoke", action="store_true",

@@ -27,7 +27,7 @@ class _FusedOpInside(nn.Module):
 
     def forward(self, x):
         one = torch.ones(1, x.shape[1], 1, 1)
-        return torch.ops.acon.acon_c_fused(x, one, 0 * one, one, False)
+        return torch.ops.acon.acon_c_fused(x, one, 0 * one, one, 0, False)  # beta per channel, sigmoid gate
 
 
 def test_a_design_that_cannot_export_gets_no_and_the_reason():

@@ -292,16 +292,34 @@ def test_hard_sigmoid_gate_gradcheck_float64_away_from_the_kinks(device, layout)
 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["sigmoid", "hard_sigmoid"])
-@pytest.mark.parametrize("layout", ["channel_meta", "pixel"])
-def test_closed_form_fallback_passes_match_the_cpu_kernel(layout, hard):
+@pytest.mark.parametrize("layout", ["channel_learned", "channel_meta", "pixel"])
+@pytest.mark.parametrize("x_shape", [(N, C, H, W), (N, C)], ids=["planes", "2d"])
+def test_closed_form_fallback_passes_match_the_cpu_kernel(layout, hard, x_shape):
     kernels = _fused.backend(require_kernel("cpu"))
-    x, p1, p2, beta = (t.detach() for t in _inputs("cpu", torch.float32, _beta_shape(layout)))
-    xc, p1c, p2c = x * 3, p1.reshape(C), p2.reshape(C)
-    b = beta.reshape(-1) if layout == "channel_meta" else beta
-    g = torch.randn_like(x)
-    torch.testing.assert_close(_fused._math_forward(xc, p1c, p2c, b, hard), kernels.forward(xc, p1c, p2c, b, hard))
-    for a, k in zip(_fused._math_backward(g, xc, p1c, p2c, b, hard), kernels.backward(g, xc, p1c, p2c, b, hard)):
-        torch.testing.assert_close(a.to(k.dtype), k, rtol=1e-5, atol=1e-5)
+    x, p1, p2, beta = (t.detach() for t in _inputs("cpu", torch.float32, _beta_shape(layout, x_shape), x_shape))
+    b, bmode = _fused._beta_layout(beta, x)
+    assert bmode == {"channel_learned": _fused.PER_CHANNEL, "channel_meta": _fused.PER_PLANE,
+                     "pixel": _fused.PER_ELEMENT}[layout] or len(x_shape) == 2
+    args, g = (x * 3, p1, p2, b, bmode, hard), torch.randn_like(x)
+    torch.testing.assert_close(_fused._CLOSED_FORM.forward(*args), kernels.forward(*args))
+    for a, k, like in zip(_fused._CLOSED_FORM.backward(g, *args), kernels.backward(g, *args), (x, p1, p2, b)):
+        assert a.shape == k.shape == like.shape
+        torch.testing.assert_close(a, k, rtol=1e-5, atol=1e-5)
+
+
+def test_parameters_in_the_kernel_layout_go_in_as_they_are():
+    """A module's p1, p2 and beta, and meta-ACON's per-plane beta, need no copy and no autograd node."""
+    x = torch.randn(N, C, H, W)
+    for beta_shape, bmode in (((1, C, 1, 1), _fused.PER_CHANNEL), ((N, C, 1, 1), _fused.PER_PLANE),
+                              ((N, C, H, W), _fused.PER_ELEMENT)):
+        beta = torch.randn(beta_shape, requires_grad=True)
+        b, got = _fused._beta_layout(beta, x)
+        assert b is beta and got == bmode
+    p = torch.randn(1, C, 1, 1, requires_grad=True)
+    assert _fused._channel_values(p, x) is p
+    layer = torch.randn(N, 1, 1, 1, requires_grad=True)  # per sample: spread to planes, summed back by autograd
+    b, got = _fused._beta_layout(layer, x)
+    assert got == _fused.PER_PLANE and b.shape == (N * C,) and b.grad_fn is not None
 
 
 def test_modules_take_the_gate_and_refuse_an_unknown_one():
