@@ -115,22 +115,27 @@ inline int64_t beta_offset(int bmode, int64_t plane, int64_t C, int64_t off) {
   return bmode == 0 ? plane % C : (bmode == 1 ? plane : off);
 }
 
-// p1, p2 have C values; schedule(static): every call gives each thread the same contiguous run of
-// items (no shared counter to contend on, the same memory per thread each call).
-template <typename T, bool HARD>
-void forward(const T* x, const T* p1, const T* p2, const T* beta, int bmode, int64_t P, int64_t C,
-             int64_t HW, int64_t max_chunk, T* y, int threads) {
-  const Work wk(P, HW, max_chunk);
+// Runs fn(w, plane, offset, channel, len) on every span of every work item. schedule(static): every
+// call gives each thread the same contiguous run of items (no shared counter to contend on, the same
+// memory per thread each call).
+template <typename F>
+void each_span(const Work& wk, int64_t C, int threads, F fn) {
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t w = 0; w < wk.items; ++w) {
     int64_t first, last, start, len;
     wk.item(w, first, last, start, len);
-    for (int64_t pl = first; pl < last; ++pl) {
-      const int64_t c = pl % C, off = pl * HW + start;
-      auto span = bmode == 2 ? forward_span<T, true, HARD> : forward_span<T, false, HARD>;
-      span(x + off, beta + beta_offset(bmode, pl, C, off), p1[c] - p2[c], p2[c], len, y + off);
-    }
+    for (int64_t pl = first; pl < last; ++pl) fn(w, pl, pl * wk.HW + start, pl % C, len);
   }
+}
+
+// p1, p2 have C values.
+template <typename T, bool HARD>
+void forward(const T* x, const T* p1, const T* p2, const T* beta, int bmode, int64_t P, int64_t C,
+             int64_t HW, int64_t max_chunk, T* y, int threads) {
+  each_span(Work(P, HW, max_chunk), C, threads, [&](int64_t, int64_t pl, int64_t off, int64_t c, int64_t len) {
+    auto span = bmode == 2 ? forward_span<T, true, HARD> : forward_span<T, false, HARD>;
+    span(x + off, beta + beta_offset(bmode, pl, C, off), p1[c] - p2[c], p2[c], len, y + off);
+  });
 }
 
 // dx per element, then the parameter gradients reduced here (in double) to their own layouts:
@@ -140,17 +145,11 @@ void backward(const T* g, const T* x, const T* p1, const T* p2, const T* beta, i
               int64_t C, int64_t HW, int64_t max_chunk, T* gx, T* dp1, T* dp2, T* dbeta, int threads) {
   const Work wk(P, HW, max_chunk);
   std::vector<double> part(3 * P * wk.per_plane);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t w = 0; w < wk.items; ++w) {
-    int64_t first, last, start, len;
-    wk.item(w, first, last, start, len);
-    for (int64_t pl = first; pl < last; ++pl) {
-      const int64_t c = pl % C, off = pl * HW + start;
-      auto span = bmode == 2 ? backward_span<T, true, HARD> : backward_span<T, false, HARD>;
-      span(g + off, x + off, beta + beta_offset(bmode, pl, C, off), p1[c] - p2[c], p2[c], len, gx + off,
-           bmode == 2 ? dbeta + off : nullptr, part.data() + 3 * (pl * wk.per_plane + w % wk.per_plane));
-    }
-  }
+  each_span(wk, C, threads, [&](int64_t w, int64_t pl, int64_t off, int64_t c, int64_t len) {
+    auto span = bmode == 2 ? backward_span<T, true, HARD> : backward_span<T, false, HARD>;
+    span(g + off, x + off, beta + beta_offset(bmode, pl, C, off), p1[c] - p2[c], p2[c], len, gx + off,
+         bmode == 2 ? dbeta + off : nullptr, part.data() + 3 * (pl * wk.per_plane + w % wk.per_plane));
+  });
   std::vector<double> a(C, 0.0), b(C, 0.0), s(bmode == 0 ? C : 0, 0.0);
   for (int64_t pl = 0; pl < P; ++pl) {
     double sa = 0, sb = 0, sc = 0;
