@@ -5,6 +5,8 @@ the module; the tests read what a person would see in the MLflow UI and optuna-d
 """
 from __future__ import annotations
 
+import re
+
 import optuna
 import pytest
 from mlflow import MlflowClient
@@ -110,7 +112,7 @@ def test_a_partial_run_lists_what_is_left_exits_0_and_says_how_to_browse(tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert "1 cell(s) not run yet: acon_c/all s0" in proc.stdout and "nan" not in proc.stdout
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/m.db" in proc.stdout
-    assert "#/experiments/1/runs/" in proc.stdout
+    assert re.search(r"#/experiments/1/runs/\w+\?workflowType=machine_learning\b", proc.stdout), proc.stdout
     rep = cli("report", "partial", "--format", "csv", "--no-log", "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
     assert rep.returncode == 0 and rep.stdout.startswith("activation,generator,r,placement,"), rep.stderr
 

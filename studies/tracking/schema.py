@@ -10,6 +10,8 @@ from typing import Any
 
 # Experiment tag: MLflow 3's UI opens a "model training" experiment on its runs table, not the GenAI overview.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# The UI's sidebar follows its own switch (browser storage, GenAI by default), which a URL parameter sets.
+UI_WORKFLOW = "machine_learning"
 
 # Tags of the parent run (one per Optuna study) and the child runs (one per trial).
 ROLE, PARENT, TRIAL = "acon.role", "parent", "trial"

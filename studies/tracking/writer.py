@@ -185,8 +185,10 @@ class Tracker:
             self.end_trial(run_id, "FAIL", reason)
 
     def parent_url(self) -> str:
-        """The parent run's address in the MLflow UI, relative to the UI's root."""
-        return f"#/experiments/{self.experiment_id}/runs/{self.parent_id}"
+        """The parent run's address in the MLflow UI, relative to the UI's root. ``workflowType`` opens the
+        UI's model-training view (runs, models) instead of its GenAI default (traces, judges, prompts),
+        which a fresh browser would show whatever the experiment's kind."""
+        return f"#/experiments/{self.experiment_id}/runs/{self.parent_id}?workflowType={schema.UI_WORKFLOW}"
 
     def _find_parent(self) -> str | None:
         name = self.parent_tags[schema.OPTUNA_STUDY].replace("'", "\\'")
