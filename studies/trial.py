@@ -213,11 +213,11 @@ def complexity(model, baseline, data, n_sites: int) -> dict[str, float]:
 
 
 def train_config(settings: dict[str, Any], *, seed: int, device: str, threads: int | None):
-    """A validated ``TrainConfig`` from the study settings."""
+    """A validated ``TrainConfig`` from the study settings (an HPO trial's suggestions merged in)."""
+    from studies.settings import TRAINING
     from studies.training.loop import TrainConfig
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in settings.items() if k in names}
+    values = {k: settings[k] for k in TRAINING if k in settings}
     return TrainConfig(**{**values, "seed": seed, "device": device, "threads": threads})
 
 
