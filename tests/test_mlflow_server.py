@@ -75,4 +75,4 @@ def test_workers_log_through_the_server_and_a_killed_worker_is_replaced(tmp_path
     values = {t.user_attrs["mlflow_run_id"]: t.value for t in complete}
     for c in done:
         final = {m["key"]: m["value"] for m in c["data"]["metrics"]}["final/val_acc"]
-        assert final == pytest.approx(values[c["info"]["run_id"]])
+        assert final == pytest.approx(values[c["info"]["run_id"]], rel=1e-5)  # MLflow keeps 6 digits
