@@ -136,7 +136,8 @@ def _backend_ready(device_type: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# The custom ops: x contiguous (N, C, ...), p1/p2 (C,), beta (N*C,) per plane or x's shape.
+# The closed form, in the plane kernels' layout: x contiguous (N, C, ...), p1/p2 (C,), beta (N*C,) per
+# plane or in x's shape; the custom ops further down take beta in any of the three layouts.
 
 
 def _broadcastable(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
