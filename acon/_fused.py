@@ -318,7 +318,7 @@ def _beta_layout(beta: Tensor | float, x: Tensor) -> tuple[Tensor, int]:
     s = _padded(beta, x.dim())
     if s == tuple(x.shape):
         return b, PER_ELEMENT
-    if s[1] == c and all(v == 1 for v in s[2:]) and s[0] in (1, n):
+    if _per_plane(beta, x) and s[1] == c:
         return b, PER_CHANNEL if s[0] == 1 else PER_PLANE
     # a beta per sample (layer-wise) or one value: one per plane, summed back by autograd
     return b.expand((n, c) + (1,) * (x.dim() - 2)).reshape(n * c).contiguous(), PER_PLANE

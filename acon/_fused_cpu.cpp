@@ -132,8 +132,8 @@ void each_span(const Work& wk, int64_t C, int threads, F fn) {
 template <typename T, bool HARD>
 void forward(const T* x, const T* p1, const T* p2, const T* beta, int bmode, int64_t P, int64_t C,
              int64_t HW, int64_t max_chunk, T* y, int threads) {
+  const auto span = bmode == 2 ? forward_span<T, true, HARD> : forward_span<T, false, HARD>;
   each_span(Work(P, HW, max_chunk), C, threads, [&](int64_t, int64_t pl, int64_t off, int64_t c, int64_t len) {
-    auto span = bmode == 2 ? forward_span<T, true, HARD> : forward_span<T, false, HARD>;
     span(x + off, beta + beta_offset(bmode, pl, C, off), p1[c] - p2[c], p2[c], len, y + off);
   });
 }
@@ -145,8 +145,8 @@ void backward(const T* g, const T* x, const T* p1, const T* p2, const T* beta, i
               int64_t C, int64_t HW, int64_t max_chunk, T* gx, T* dp1, T* dp2, T* dbeta, int threads) {
   const Work wk(P, HW, max_chunk);
   std::vector<double> part(3 * P * wk.per_plane);
+  const auto span = bmode == 2 ? backward_span<T, true, HARD> : backward_span<T, false, HARD>;
   each_span(wk, C, threads, [&](int64_t w, int64_t pl, int64_t off, int64_t c, int64_t len) {
-    auto span = bmode == 2 ? backward_span<T, true, HARD> : backward_span<T, false, HARD>;
     span(g + off, x + off, beta + beta_offset(bmode, pl, C, off), p1[c] - p2[c], p2[c], len, gx + off,
          bmode == 2 ? dbeta + off : nullptr, part.data() + 3 * (pl * wk.per_plane + w % wk.per_plane));
   });
