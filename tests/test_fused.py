@@ -1,11 +1,16 @@
 """The fused ACON-C kernels match the reference (values and every gradient), for both gates, keep
 little for backward, fall back with a warning, and survive fx tracing, torch.compile and autocast.
-Every "fused" case asserts that the kernel ran (``kernel_runs``) and skips where none can be built."""
+Every "fused" case asserts that the kernel ran (``kernel_runs``) and skips where none can be built.
+Without a GPU, the CUDA path's Triton kernels still run here: Triton's interpreter executes them on CPU
+tensors (``test_triton_kernels_under_the_interpreter``)."""
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +22,11 @@ from acon.modules import AconA, AconB, AconC, MetaAcon, MetaAconC
 from acon.beta import LayerBeta, PixelBeta
 from _kernels import kernel_runs, require_kernel
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+#: Where the kernel tests run: the C++ kernel; CUDA where present; and, in a process started with
+#: TRITON_INTERPRET=1 (``test_triton_kernels_under_the_interpreter`` starts one), the Triton kernels run
+#: by Triton's interpreter on CPU tensors: the CUDA path's tiling, arithmetic and glue, without a GPU.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+KERNELS = ["cpu"] + (["triton-interpreted"] if INTERPRETED else []) + (["cuda"] if torch.cuda.is_available() else [])
 N, C, H, W = 3, 5, 4, 6
 LAYOUTS = ("channel_learned", "channel_meta", "layer", "pixel")
 
@@ -44,13 +53,44 @@ def _value_and_grads(fn, x, p1, p2, beta, g):
     return [y] + list(torch.autograd.grad(y, wrt, g))
 
 
+def _run_once(kernel_call, quantiles):
+    """The autotuner's timer under the interpreter (no GPU driver to time with): run, report a tie."""
+    kernel_call()
+    return [1.0] * len(quantiles)
+
+
+@pytest.fixture(scope="module")
+def interpreted_triton():
+    """``acon._fused_triton`` with kernels that Triton's interpreter runs on CPU tensors. It checks
+    what the kernels compute, not how the compiled code behaves (that is ``test_cuda``, on a GPU)."""
+    pytest.importorskip("triton")
+    from acon import _fused_triton
+
+    for kernel in (_fused_triton._forward_kernel, _fused_triton._backward_kernel):
+        kernel.do_bench = _run_once
+        # one config per shape: the interpreter runs each tuning candidate in full (1-2 s a call);
+        # the tuner itself and every tile have their own tests
+        kernel.early_config_prune = lambda configs, nargs, **kw: _fused_triton._prune(configs, nargs)[:1]
+    return _fused_triton
+
+
+@pytest.fixture(params=KERNELS)
+def device(request, monkeypatch):
+    """The device string a kernel test runs on; "triton-interpreted" is "cpu" with the interpreted
+    Triton kernels, behind the same adapter as on CUDA, as the CPU backend."""
+    if request.param != "triton-interpreted":
+        return request.param
+    triton_kernels = request.getfixturevalue("interpreted_triton")
+    monkeypatch.setitem(_fused._BACKENDS, "cpu", _fused._PlaneBackend(triton_kernels.forward, triton_kernels.backward))
+    return "cpu"
+
+
 @pytest.fixture(autouse=True)
 def _fused_on():
     with _fused.use_fused(True):
         yield
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS + ("python_float",))
 def test_fused_matches_reference_value_and_grads(device, layout):
     x, p1, p2, beta = _inputs(device, torch.float32, None if layout == "python_float" else _beta_shape(layout))
@@ -65,7 +105,6 @@ def test_fused_matches_reference_value_and_grads(device, layout):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("x_shape", [(4, 7), (2, 3, 9), (2, 3, 40000)])
 def test_fused_matches_reference_on_other_ranks_and_long_planes(device, x_shape):
     # (2, 3, 40000) splits each plane into several work items on CPU and tiles on CUDA.
@@ -81,7 +120,6 @@ def test_fused_matches_reference_on_other_ranks_and_long_planes(device, x_shape)
         torch.testing.assert_close(a.double(), t, rtol=1e-5, atol=1e-4 if t.numel() < x.numel() else 1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_fused_accepts_a_non_contiguous_movedim_view(device):
     x, p1, p2, beta = _inputs(device, torch.float32, (1, C, 1, 1))
     xv = x.detach().movedim(1, 3).contiguous().movedim(3, 1).requires_grad_()
@@ -91,7 +129,6 @@ def test_fused_accepts_a_non_contiguous_movedim_view(device):
     torch.testing.assert_close(y, F.acon_c_reference(x, p1, p2, beta), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_fused_gradcheck_float64(device, layout):
     x, p1, p2, beta = _inputs(device, torch.float64, _beta_shape(layout, (2, 3, 2, 3)), (2, 3, 2, 3))
@@ -99,7 +136,6 @@ def test_fused_gradcheck_float64(device, layout):
         assert torch.autograd.gradcheck(F.acon_c, (x, p1, p2, beta))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_acon_a_and_b_match_reference(device):
     x, p1, _, beta = _inputs(device, torch.float32, (1, C, 1, 1))
     g = torch.randn_like(x)
@@ -153,8 +189,7 @@ def test_missing_compiler_warns_and_builds_nothing(tmp_path):
 
 def test_kernel_source_is_package_data_and_part_of_the_build_key(tmp_path, monkeypatch):
     import tomllib
-    from pathlib import Path
-
+    
     root = Path(_fused_cpu.__file__).parents[1]
     shipped = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["acon"]
     assert "_fused_cpu.cpp" in shipped and "extern \"C\"" in _fused_cpu.source()
@@ -206,7 +241,6 @@ def test_modules_survive_fx_symbolic_trace(name):
         torch.testing.assert_close(traced(x), mod(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_module_output_finite_under_autocast(device):
     dtype = torch.bfloat16 if device == "cpu" else torch.float16
     torch.manual_seed(0)
@@ -258,7 +292,6 @@ def _away_from_kinks(x, p1, p2, beta, margin=0.05):
     return u
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_hard_sigmoid_gate_matches_the_reference_formula_value_and_grads(device, layout):
     x, p1, p2, beta = _inputs(device, torch.float32, _beta_shape(layout))
@@ -278,7 +311,6 @@ def test_hard_sigmoid_gate_matches_the_reference_formula_value_and_grads(device,
     assert not torch.allclose(got[0], F.acon_c_reference(x, p1, p2, beta), atol=1e-3)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_hard_sigmoid_gate_gradcheck_float64_away_from_the_kinks(device, layout):
     shape = (2, 3, 2, 3)
@@ -370,3 +402,99 @@ def test_triton_autotune_keeps_one_row_width_per_tile_size():
         assert len(kept) == len(ft.TILES) * len(ft.WARPS)
         assert {c.kwargs["BHW"] for c in kept} == widths
         assert all(c.kwargs["BP"] * c.kwargs["BHW"] in ft.TILES for c in kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Triton kernels under Triton's interpreter: every tile shape, the tuner, half-precision inputs.
+
+interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 process that "
+                                      "test_triton_kernels_under_the_interpreter starts")
+
+
+def _plane_inputs(shape, full, dtype=torch.float32, seed=0):
+    """x, p1, p2 (C,), beta per plane (N*C,) or per element, g: the plane kernels' arguments."""
+    g = torch.Generator().manual_seed(seed)
+    n, c = shape[0], shape[1]
+    x, grad = (torch.randn(shape, generator=g) * 2 for _ in range(2))
+    p1, p2 = torch.randn(c, generator=g), torch.randn(c, generator=g)
+    beta = torch.randn(shape if full else (n * c,), generator=g)
+    return [t.to(dtype) for t in (x, p1, p2, beta, grad)]
+
+
+def _assert_plane_kernels_match_closed_form(kernels, args, hard, atol=1e-5):
+    """The Triton kernels' forward and backward against the closed form in float64 on the same inputs."""
+    x, p1, p2, beta, g = args
+    exact = [t.double() for t in args]
+    torch.testing.assert_close(kernels.forward(x, p1, p2, beta, hard).double(), _fused._math_forward(*exact[:4], hard),
+                               rtol=1e-5, atol=atol)
+    got = kernels.backward(g, x, p1, p2, beta, hard)
+    want = _fused._math_backward(exact[4], *exact[:4], hard)
+    assert got[1].dtype == (torch.float64 if x.dtype == torch.float64 else torch.float32)  # fp32 accumulation
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=atol)
+
+
+@interpreted_only
+@pytest.mark.parametrize("hard", [False, True], ids=["sigmoid", "hard_sigmoid"])
+@pytest.mark.parametrize("full", [False, True], ids=["beta_per_plane", "beta_per_element"])
+@pytest.mark.parametrize("shape", [(5, 3), (2, 3, 5, 7), (1, 2, 65, 65)], ids=["hw1", "hw35", "hw4225"])
+def test_triton_interpreted_every_tile_matches_the_closed_form(interpreted_triton, monkeypatch, shape, full, hard):
+    # 65 x 65 = 4225 positions: more than the widest tile, so every tile shape splits the plane
+    tiles = {(c.kwargs["BP"], c.kwargs["BHW"]): c for c in interpreted_triton._prune(interpreted_triton._configs(), {"HW": shape[-1] * shape[-2] if len(shape) > 2 else 1})}
+    assert len(tiles) == len(interpreted_triton.TILES) or shape == (5, 3)
+    args = _plane_inputs(shape, full)
+    for config in tiles.values():
+        for kernel in (interpreted_triton._forward_kernel, interpreted_triton._backward_kernel):
+            monkeypatch.setattr(kernel, "configs", [config])  # one config: the tuner runs it as is
+        _assert_plane_kernels_match_closed_form(interpreted_triton, args, hard, atol=1e-4)
+
+
+@interpreted_only
+def test_triton_interpreted_tuning_leaves_no_stale_partial_sums(interpreted_triton, monkeypatch):
+    # The tuner runs the narrow tiles first (they write more rows of partial sums) and picks the widest,
+    # which writes fewer: rows the narrow tiles left must be zeroed before the real run.
+    kernel = interpreted_triton._backward_kernel
+    ran = []
+
+    def bench(*args, config, **meta):
+        ran.append(config.kwargs["BHW"])
+        type(kernel)._bench(kernel, *args, config=config, **meta)
+        return [1.0 / config.kwargs["BHW"]] * 3
+
+    monkeypatch.setattr(kernel, "_bench", bench)
+    monkeypatch.setattr(kernel, "early_config_prune", interpreted_triton._prune)
+    monkeypatch.setattr(kernel, "cache", {})
+    args = _plane_inputs((1, 2, 65, 65), full=False)
+    _assert_plane_kernels_match_closed_form(interpreted_triton, args, hard=False, atol=1e-4)
+    assert set(ran) == {1024, 2048, 4096} and kernel.best_config.kwargs["BHW"] == 4096
+
+
+@interpreted_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("full", [False, True], ids=["beta_per_plane", "beta_per_element"])
+def test_triton_interpreted_half_inputs_accumulate_in_float32(interpreted_triton, dtype, full):
+    args = _plane_inputs((2, 3, 9, 9), full, dtype)
+    # outputs are rounded to the input's dtype once (8 bits of mantissa for bfloat16); sums stay float32
+    atol = {torch.bfloat16: 0.1, torch.float16: 1e-2, torch.float64: 1e-12}[dtype]
+    _assert_plane_kernels_match_closed_form(interpreted_triton, args, hard=False, atol=atol)
+    sums = interpreted_triton.backward(args[4], *args[:4])[1]
+    exact = _fused._math_backward(*(t.double() for t in [args[4]] + args[:4]), False)[1]
+    # a float32 sum of 81 rounded terms: far tighter than bfloat16's own 8 bits would allow
+    torch.testing.assert_close(sums.double(), exact, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_triton_kernels_under_the_interpreter():
+    """This module's kernel tests once more, in a process where Triton interprets the CUDA kernels on CPU."""
+    if INTERPRETED:
+        pytest.skip("this is the interpreted run")
+    pytest.importorskip("triton")
+    out = subprocess.run([sys.executable, "-m", "pytest", __file__, "-o", "addopts=", "-q", "-p", "no:cacheprovider", "-k", "triton-interpreted or triton_interpreted"],
+                         env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = out.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"\d+ passed, \d+ deselected in .*", summary), summary  # nothing skipped, failed or in error
+    kernel_tests = [f for name, f in globals().items() if name.startswith("test_") and "device" in inspect.signature(f).parameters]
+    interpreted_tests = [name for name in globals() if name.startswith("test_triton_interpreted")]
+    assert int(summary.split(" passed")[0].split()[-1]) >= len(kernel_tests) + len(interpreted_tests), summary
