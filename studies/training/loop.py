@@ -109,6 +109,9 @@ class _Run:
         self.fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.fmt)
         self.net = compiled(self.model, cfg.compile)
+        # The compiled model sees one batch shape: an epoch's shorter last batch runs eager (same
+        # parameters, same result) instead of costing a second compile, or a second CUDA graph.
+        self.full_batch = min(cfg.batch_size, len(data.train))
         self.dd = DeviceData(data, self.device, workers=cfg.workers)
         self.steps = steps_per_epoch(len(data.train), cfg.batch_size)
         self.opt = make_optimizer(self.model, cfg)
@@ -158,8 +161,9 @@ class _Run:
         if self.cfg.augment:
             x = augment_batch(x, self.gen, pad=self.pad, hflip=self.data.hflip)
         x = x.contiguous(memory_format=self.fmt)
+        net = self.net if len(y) == self.full_batch else self.model
         with self._autocast():
-            loss = self.loss_fn(self.net(x), y)
+            loss = self.loss_fn(net(x), y)
         value = loss.item()  # one sync per step: we must not step on a NaN loss
         if not math.isfinite(value):
             return value
@@ -204,8 +208,9 @@ class _Run:
 def compiled(model: nn.Module, setting: bool | str) -> nn.Module:
     """``model`` wrapped by ``torch.compile`` as ``setting`` asks (see ``COMPILE_MODES``), or ``model`` itself.
 
-    Only the training step runs compiled; evaluation stays eager (a second graph for eval mode would
-    double the compile time for a small share of the work). Dynamo and inductor keep their caches
+    Only full training batches run compiled; an epoch's shorter last batch and evaluation stay eager (a
+    second shape or a graph for eval mode would double the compile time, and with CUDA graphs
+    ("reduce-overhead") record a second graph, for a small share of the work). Dynamo and inductor keep their caches
     (in memory and on disk) for the whole process, so later trials of a study compile faster.
     """
     options = COMPILE_MODES[("on" if setting else "off") if isinstance(setting, bool) else setting]
