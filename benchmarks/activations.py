@@ -126,11 +126,14 @@ def run(args) -> tuple[pd.DataFrame, dict[str, float]]:
     rows = _rows(args, x)
     times: dict[tuple[str, str], list[tuple[float, float]]] = {(n, i): [] for n, i, _ in rows}
     memory = {}
-    for _ in range(args.rounds):
+    for round_ in range(1, args.rounds + 1):
         for name, impl, mod in rows:
             with _fused.use_fused(impl == "fused"):
                 times[(name, impl)].append(measure(mod, x, args.min_run_time))
                 memory[(name, impl)] = saved_bytes_per_element(mod, x)
+        # as it goes, so a run cut short by a time limit still leaves numbers
+        silu = times[("silu", "torch")][-1][1]
+        print(f"round {round_}: fwd+bwd / SiLU " + ", ".join(f"{n} {i} {v[-1][1] / silu:.2f}" for (n, i), v in times.items()), flush=True)
     return _table(times, memory), costs
 
 

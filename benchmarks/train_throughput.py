@@ -119,11 +119,13 @@ def throughput(args) -> None:
         runs += [(f"{name}+compile", models[name], args.compile_mode) for name in ("relu", "meta_acon")]
     speeds: dict[str, list[float]] = {name: [] for name, _, _ in runs}
     compile_s: dict[str, list[float]] = {name: [] for name, _, mode in runs if mode}
-    for _ in range(args.rounds):
+    for round_ in range(1, args.rounds + 1):
         for name, model, mode in runs:
             history = train(model, data, dataclasses.replace(cfg, compile=mode)).history
             steady = history[1:]  # epoch 1 pays for allocation, autotuning and compilation
             speeds[name].append(sum(m.images_per_s * m.epoch_time_s for m in steady) / sum(m.epoch_time_s for m in steady))
+            # as it goes, so a run cut short by a time limit still leaves numbers
+            print(f"round {round_} {name}: {speeds[name][-1]:.0f} images/s, first epoch {history[0].epoch_time_s:.1f} s", flush=True)
             if mode:
                 compile_s[name].append(history[0].epoch_time_s - statistics.median(m.epoch_time_s for m in steady))
     device = resolve_device(args.device)
