@@ -7,6 +7,7 @@ Failed, pruned and duplicated trials stay in the frame, marked, so a report can 
 from __future__ import annotations
 
 import gc
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 
 from report.errors import EmptyStudyError, StudyNotFoundError
+from studies.storage import storage_file
 from studies.tracking import schema
 
 STATES = schema.STATES
@@ -54,6 +56,7 @@ class StudyRuns:
 
 def collect(study: str, *, tracking_uri: str | None = None, experiment: str | None = None) -> StudyRuns:
     """Read every trial run of ``study`` (experiment name defaults to the study name)."""
+    _require_store(tracking_uri or mlflow.get_tracking_uri(), study)
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = _experiment(client, experiment or study)
     parent = _parent(client, exp.experiment_id, study)
@@ -66,6 +69,14 @@ def collect(study: str, *, tracking_uri: str | None = None, experiment: str | No
     return StudyRuns(study, exp.experiment_id, parent.info.run_id, axes, tags.get(schema.METRIC, "val_acc"),
                      tags.get(schema.DIRECTION, "maximize"), frame, tracking_uri or mlflow.get_tracking_uri(),
                      parent.data.tags.get(schema.PRESET, ""), parent.data.params)
+
+
+def _require_store(uri: str, study: str) -> None:
+    """Refuse a SQLite store file that does not exist: opening it would leave an empty ``mlflow.db`` behind."""
+    path = storage_file(uri)
+    if path is not None and not os.path.exists(path):
+        raise StudyNotFoundError(f"no MLflow store at {path}; run the study first (run_study.py run {study}), "
+                                 "or pass the --tracking-uri it was run with")
 
 
 def _experiment(client: MlflowClient, name: str):

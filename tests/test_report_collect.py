@@ -65,3 +65,12 @@ def test_bad_input_raises_one_line_lookup_or_value_error(uri, call, error, text)
     with pytest.raises(error, match=text) as info:
         call(uri)
     assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+
+
+def test_a_missing_sqlite_store_is_refused_and_not_created(tmp_path):
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    missing.parent.mkdir()
+    with pytest.raises(StudyNotFoundError, match=f"no MLflow store at {missing}; run the study first") as info:
+        collect("abl", tracking_uri=f"sqlite:///{missing}")
+    assert "\n" not in str(info.value)
+    assert list(missing.parent.iterdir()) == []  # MLflow would have created an empty store here
