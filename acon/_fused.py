@@ -24,6 +24,9 @@ _BACKENDS: dict[str, object | None] = {}
 #: "<device or 'closed-form'>.<forward|backward>" -> calls in this process (see ``kernel_calls``).
 _CALLS: collections.Counter = collections.Counter()
 _DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+#: Device types whose kernels read a half-precision x with parameters of another dtype (see ``_keeps_x_dtype``).
+_MIXED = {"cuda"}
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def set_fused(enabled: bool) -> None:
@@ -268,7 +271,8 @@ def can_fuse(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> bool:
     tensors = [t for t in (x, p1, p2, beta) if isinstance(t, Tensor)]
     if not all(isinstance(t, Tensor) for t in (p1, p2)) or any(t.device != x.device for t in tensors):
         return False
-    if _dtype(x, p1, p2, beta) not in _DTYPES.get(x.device.type, ()) or not _backend_ready(x.device.type):
+    dt = x.dtype if _keeps_x_dtype(x, p1, p2, beta) else _dtype(x, p1, p2, beta)
+    if dt not in _DTYPES.get(x.device.type, ()) or not _backend_ready(x.device.type):
         return False
     if not (_per_channel(p1, x) and _per_channel(p2, x)):
         return False
@@ -285,36 +289,51 @@ def _dtype(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> torch.dty
     return dt if dt.is_floating_point else torch.float32
 
 
+def _keeps_x_dtype(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> bool:
+    """True under autocast for a half-precision x (autocast's dtype) with parameters of another dtype, on a
+    device whose kernels read them mixed: the activation then computes in float32 and returns x's dtype,
+    as torch's own activations do. The formula's type promotion would return float32: an x -> float32
+    copy before and a float32 tensor after every activation site, about 5x the bytes of a bf16 pass."""
+    kind = x.device.type
+    return (kind in _MIXED and x.dtype in _HALF and torch.is_autocast_enabled(kind)
+            and x.dtype == torch.get_autocast_dtype(kind) and _dtype(x, p1, p2, beta) != x.dtype)
+
+
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float, hard: bool = False) -> Tensor:
     """Fused ACON-C for a call that ``can_fuse`` accepted; same value and gradients as the reference.
 
     ``hard`` replaces the sigmoid gate by the hard sigmoid ``clamp(u / 6 + 1/2, 0, 1)``. Parameters
     already in the kernel's layout (a module's ``(1, C, 1, 1)`` p1, p2, beta; meta-ACON's ``(N, C, 1, 1)``
-    beta) go in as they are: no copy, no extra autograd node per call."""
-    dt = _dtype(x, p1, p2, beta)
+    beta) go in as they are: no copy, no extra autograd node per call. Under autocast on CUDA a bf16 or
+    fp16 x keeps its dtype, and so does the output (``_keeps_x_dtype``); the parameters keep theirs."""
+    mixed = _keeps_x_dtype(x, p1, p2, beta)
+    dt = x.dtype if mixed else _dtype(x, p1, p2, beta)
+    pdt = None if mixed else dt  # the parameters' dtype in the kernel; None: each keeps its own
     xc = x if x.dtype == dt and x.is_contiguous() else x.to(dt).contiguous()
-    b, bmode = _beta_layout(beta, xc)
-    args = (xc, _channel_values(p1, xc), _channel_values(p2, xc), b, bmode, bool(hard))
+    b, bmode = _beta_layout(beta, xc, pdt)
+    args = (xc, _channel_values(p1, xc, pdt), _channel_values(p2, xc, pdt), b, bmode, bool(hard))
     # torch.compile sees the custom op (fake kernel, registered autograd); eager runs the Function
     if torch.compiler.is_compiling():
         return _acon_c_op(*args)
     return _AconCFunction.apply(*args)
 
 
-def _channel_values(p: Tensor, x: Tensor) -> Tensor:
-    """``p`` as C contiguous values of x's dtype: ``p`` itself when it already is."""
-    c = x.shape[1]
-    if p.numel() == c and p.dtype == x.dtype and p.is_contiguous():
+def _channel_values(p: Tensor, x: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``p`` as C contiguous values of ``dtype`` (None: p's own): ``p`` itself when it already is."""
+    c, dtype = x.shape[1], dtype or p.dtype
+    if p.numel() == c and p.dtype == dtype and p.is_contiguous():
         return p
-    return p.to(x.dtype).expand((1, c) + (1,) * (x.dim() - 2)).reshape(c).contiguous()
+    return p.to(dtype).expand((1, c) + (1,) * (x.dim() - 2)).reshape(c).contiguous()
 
 
-def _beta_layout(beta: Tensor | float, x: Tensor) -> tuple[Tensor, int]:
-    """beta in a layout the kernels read (contiguous, x's dtype) and which one: per channel, plane or element."""
+def _beta_layout(beta: Tensor | float, x: Tensor, dtype: torch.dtype | None) -> tuple[Tensor, int]:
+    """beta in a layout the kernels read (contiguous, of ``dtype``; None: beta's own, float32 for a number)
+    and which one: per channel, plane or element."""
     n, c = x.shape[0], x.shape[1]
     if not isinstance(beta, Tensor):
-        return torch.full((c,), float(beta), dtype=x.dtype, device=x.device), PER_CHANNEL
-    b = beta if beta.dtype == x.dtype and beta.is_contiguous() else beta.to(x.dtype).contiguous()
+        return torch.full((c,), float(beta), dtype=dtype or torch.float32, device=x.device), PER_CHANNEL
+    dtype = dtype or beta.dtype
+    b = beta if beta.dtype == dtype and beta.is_contiguous() else beta.to(dtype).contiguous()
     s = _padded(beta, x.dim())
     if s == tuple(x.shape):
         return b, PER_ELEMENT

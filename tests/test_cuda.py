@@ -64,6 +64,30 @@ def test_fused_kernels_match_the_reference_on_cuda_in_bf16_and_fp32():
                 torch.testing.assert_close(a.double() / scale, b / scale, rtol=tol, atol=tol)
 
 
+def test_under_autocast_the_fused_activation_returns_bf16_and_matches_the_formula():
+    from acon import _fused
+    from acon.modules import MetaAconC
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1).cuda()
+    x = torch.randn(8, 16, 28, 28, device="cuda")
+    outputs = []
+    for fused in (True, False):
+        torch.manual_seed(1)
+        act = MetaAconC(16, r=4).cuda()
+        before = _fused.kernel_calls().get("cuda.forward", 0)
+        with _fused.use_fused(fused), torch.autocast("cuda", dtype=torch.bfloat16):
+            y = act(conv(x))
+        assert (_fused.kernel_calls().get("cuda.forward", 0) > before) == fused
+        y.float().sum().backward()
+        outputs.append((y, act.p1.grad))
+    (y, g), (y_ref, g_ref) = outputs
+    # no float32 copy of x, no float32 output: the site costs a bf16 read and a bf16 write, like SiLU's
+    assert y.dtype == torch.bfloat16 and y_ref.dtype == torch.float32
+    torch.testing.assert_close(y.float(), y_ref, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(g, g_ref, rtol=2e-2, atol=2e-2)
+
+
 if __name__ == "__main__":  # no pytest on the GPU machine: run each test with a temporary folder
     import sys
     import tempfile

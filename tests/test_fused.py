@@ -82,6 +82,9 @@ def device(request, monkeypatch):
         return request.param
     triton_kernels = request.getfixturevalue("interpreted_triton")
     monkeypatch.setitem(_fused._BACKENDS, "cpu", _fused._PlaneBackend(triton_kernels.forward, triton_kernels.backward))
+    # what the Triton kernels take on CUDA: half inputs, and under autocast a half x with float32 parameters
+    monkeypatch.setitem(_fused._DTYPES, "cpu", _fused._DTYPES["cuda"])
+    monkeypatch.setattr(_fused, "_MIXED", _fused._MIXED | {"cpu"})
     return "cpu"
 
 
@@ -254,6 +257,33 @@ def test_module_output_finite_under_autocast(device):
     assert torch.isfinite(act.p1.grad).all() and act.p1.grad.abs().sum() > 0
 
 
+def test_under_autocast_a_half_input_keeps_its_dtype_where_the_kernel_reads_it_mixed(device):
+    # bf16 autocast: the conv hands the activation a bf16 x; the parameters stay float32. The formula's
+    # type promotion makes its output float32; the kernels that read x and parameters mixed return bf16.
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(C, C, 3, padding=1).to(device)
+    x = torch.randn(N, C, H, W, device=device)
+    mixed = device in _fused._MIXED and torch.bfloat16 in _fused._DTYPES[device] and _fused.backend(device) is not None
+    for make in (lambda: AconC(C), lambda: MetaAconC(C, r=1)):
+        results = []
+        for fused in (True, False):
+            torch.manual_seed(1)
+            act = make().to(device)
+            with _fused.use_fused(fused), torch.autocast(device_type=device, dtype=torch.bfloat16):
+                h = conv(x).detach().requires_grad_()
+                y = act(h)
+            assert h.dtype == torch.bfloat16 and act.p1.dtype == torch.float32
+            y.float().sum().backward()
+            results.append((y, h.grad, act.p1.grad, act.p2.grad))
+        (y, *grads), (y_ref, *grads_ref) = results
+        assert y_ref.dtype == torch.float32 and y.dtype == (torch.bfloat16 if mixed else torch.float32)
+        # one rounding of the output, and of dx, to bf16 (8-bit mantissa)
+        torch.testing.assert_close(y.float(), y_ref, rtol=1e-2, atol=1e-2)
+        for a, b in zip(grads, grads_ref):
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a.float(), b.float(), rtol=1e-2, atol=1e-2)
+
+
 def test_module_under_torch_compile_matches_eager_and_keeps_one_graph_across_batch_sizes():
     torch.manual_seed(0)
     torch._dynamo.reset()
@@ -329,7 +359,7 @@ def test_hard_sigmoid_gate_gradcheck_float64_away_from_the_kinks(device, layout)
 def test_closed_form_fallback_passes_match_the_cpu_kernel(layout, hard, x_shape):
     kernels = _fused.backend(require_kernel("cpu"))
     x, p1, p2, beta = (t.detach() for t in _inputs("cpu", torch.float32, _beta_shape(layout, x_shape), x_shape))
-    b, bmode = _fused._beta_layout(beta, x)
+    b, bmode = _fused._beta_layout(beta, x, x.dtype)
     assert bmode == {"channel_learned": _fused.PER_CHANNEL, "channel_meta": _fused.PER_PLANE,
                      "pixel": _fused.PER_ELEMENT}[layout] or len(x_shape) == 2
     args, g = (x * 3, p1, p2, b, bmode, hard), torch.randn_like(x)
@@ -345,12 +375,12 @@ def test_parameters_in_the_kernel_layout_go_in_as_they_are():
     for beta_shape, bmode in (((1, C, 1, 1), _fused.PER_CHANNEL), ((N, C, 1, 1), _fused.PER_PLANE),
                               ((N, C, H, W), _fused.PER_ELEMENT)):
         beta = torch.randn(beta_shape, requires_grad=True)
-        b, got = _fused._beta_layout(beta, x)
+        b, got = _fused._beta_layout(beta, x, x.dtype)
         assert b is beta and got == bmode
     p = torch.randn(1, C, 1, 1, requires_grad=True)
-    assert _fused._channel_values(p, x) is p
+    assert _fused._channel_values(p, x, x.dtype) is p
     layer = torch.randn(N, 1, 1, 1, requires_grad=True)  # per sample: spread to planes, summed back by autograd
-    b, got = _fused._beta_layout(layer, x)
+    b, got = _fused._beta_layout(layer, x, x.dtype)
     assert got == _fused.PER_PLANE and b.shape == (N * C,) and b.grad_fn is not None
 
 
@@ -385,9 +415,11 @@ def test_triton_kernels_compile_for_a_gpu_target_with_both_gates(kernel):
         fn = fn.fn  # unwrap the autotuner
     names = list(fn.arg_names)
     ptrs = names[: names.index("P")]
-    for full, hard in [(False, True), (True, True), (False, False)]:
+    # under autocast x (and g, dx) are bf16 while p1, p2 and a module's beta stay float32
+    for full, hard, mixed in [(False, True, False), (True, True, False), (False, False, False), (False, False, True)]:
         consts = {"FULL": full, "HARD": hard, "CT": triton.language.float32, "BP": 2, "BHW": 1024}
-        sig = {n: ("*fp32" if n == "partial" else "*bf16") for n in ptrs} | {"P": "i32", "C": "i32", "HW": "i32"}
+        wide = {"partial"} | ({"p1", "p2", "beta"} if mixed else set())
+        sig = {n: ("*fp32" if n in wide else "*bf16") for n in ptrs} | {"P": "i32", "C": "i32", "HW": "i32"}
         compiled = triton.compile(ASTSource(fn=fn, signature=sig | dict.fromkeys(consts, "constexpr"), constexprs=consts),
                                   target=GPUTarget("cuda", 90, 32))
         assert "cubin" in compiled.asm
