@@ -106,11 +106,13 @@ class _PlaneBackend:
         gx, planes, gbeta = self.planes_backward(g, x, p1.reshape(-1), p2.reshape(-1), _plane_beta(x, beta, bmode), hard)
         acc = torch.float64 if x.dtype == torch.float64 or x.device.type == "cpu" else torch.float32
         sums = planes.to(acc).view(3, x.shape[0], -1)
-        dp1, dpb = sums[0].sum(0), sums[1].sum(0)
+        # one reduction over the samples for every per-channel sum (one launch on CUDA, not three)
+        per_channel = sums.sum(1) if bmode == PER_CHANNEL else sums[:2].sum(1)
+        dp1, dpb = per_channel[0], per_channel[1]
         if bmode == PER_ELEMENT:
             dbeta = gbeta
         else:
-            dbeta = sums[2].sum(0) if bmode == PER_CHANNEL else sums[2]
+            dbeta = per_channel[2] if bmode == PER_CHANNEL else sums[2]
         return (gx, dp1.to(p1.dtype).view(p1.shape), (dpb - dp1).to(p2.dtype).view(p2.shape),
                 dbeta.to(beta.dtype).reshape(beta.shape))
 
