@@ -2,8 +2,10 @@
 
 Tiles are (planes x positions) so both long planes (N, C, H, W) and one-element planes
 (N, C) fill the GPU. Tile size and warps are autotuned per plane length and dtype. Half and
-bfloat16 inputs are computed and accumulated in float32, float64 in float64. The backward
-writes per-tile partial sums; torch adds them, so results are deterministic.
+bfloat16 inputs are computed and accumulated in float32, float64 in float64; parameters may
+have another dtype than x (float32 parameters with a bf16 x under autocast). The backward's
+program walks its planes from end to end and writes their three sums itself: one launch, no
+partial sums for another, and a fixed order of addition, so results are deterministic.
 """
 from __future__ import annotations
 
@@ -38,10 +40,11 @@ def _prune(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _tile(pid_p, pid_h, P, C, HW, p1, p2, BP: tl.constexpr, BHW: tl.constexpr, CT: tl.constexpr):
-    """Rows (planes), their per-channel d = p1 - p2 and p2, element offsets and masks of one tile."""
+def _tile(pid_p, col0, P, C, HW, p1, p2, BP: tl.constexpr, BHW: tl.constexpr, CT: tl.constexpr):
+    """Rows (planes), their per-channel d = p1 - p2 and p2, element offsets and masks of the tile
+    of planes ``pid_p`` starting at position ``col0``."""
     rows = pid_p * BP + tl.arange(0, BP)
-    cols = pid_h * BHW + tl.arange(0, BHW)
+    cols = col0 + tl.arange(0, BHW)
     rmask = rows < P
     mask = rmask[:, None] & (cols < HW)[None, :]
     c = rows % C
@@ -71,7 +74,7 @@ _TUNE = dict(configs=_configs(), key=["HW", "FULL", "HARD"], prune_configs_by={"
 @triton.jit(do_not_specialize=["P", "C", "HW"])
 def _forward_kernel(x, p1, p2, beta, y, P, C, HW, FULL: tl.constexpr, HARD: tl.constexpr, CT: tl.constexpr,
                     BP: tl.constexpr, BHW: tl.constexpr):
-    rows, rmask, mask, d, q, offs = _tile(tl.program_id(0), tl.program_id(1), P, C, HW, p1, p2, BP, BHW, CT)
+    rows, rmask, mask, d, q, offs = _tile(tl.program_id(0), tl.program_id(1) * BHW, P, C, HW, p1, p2, BP, BHW, CT)
     xv = tl.load(x + offs, mask=mask, other=0).to(CT)
     if FULL:
         b = tl.load(beta + offs, mask=mask, other=0).to(CT)
@@ -82,31 +85,40 @@ def _forward_kernel(x, p1, p2, beta, y, P, C, HW, FULL: tl.constexpr, HARD: tl.c
     tl.store(y + offs, (dx * s + q * xv).to(y.dtype.element_ty), mask=mask)
 
 
-# partial is zeroed between tuning runs: a wider tile writes fewer rows than a narrower one.
-@triton.autotune(**_TUNE, reset_to_zero=["partial"])
+@triton.autotune(**_TUNE)
 @triton.jit(do_not_specialize=["P", "C", "HW"])
-def _backward_kernel(g, x, p1, p2, beta, gx, gbeta, partial, P, C, HW,
+def _backward_kernel(g, x, p1, p2, beta, gx, gbeta, sums, P, C, HW,
                      FULL: tl.constexpr, HARD: tl.constexpr, CT: tl.constexpr, BP: tl.constexpr, BHW: tl.constexpr):
-    pid_h = tl.program_id(1)
-    rows, rmask, mask, d, q, offs = _tile(tl.program_id(0), pid_h, P, C, HW, p1, p2, BP, BHW, CT)
-    xv = tl.load(x + offs, mask=mask, other=0).to(CT)
-    gv = tl.load(g + offs, mask=mask, other=0).to(CT)
-    if FULL:
-        b = tl.load(beta + offs, mask=mask, other=0).to(CT)
-    else:
-        b = tl.load(beta + rows, mask=rmask, other=0).to(CT)[:, None]
-    dx = d * xv
-    u = b * dx
-    s, sp = _gate(u, HARD)
-    t = s + u * sp
-    tl.store(gx + offs, (gv * (d * t + q)).to(gx.dtype.element_ty), mask=mask)
-    base = partial + pid_h.to(tl.int64) * 3 * P + rows
-    tl.store(base, tl.sum(gv * xv * t, axis=1), mask=rmask)
-    tl.store(base + P, tl.sum(gv * xv, axis=1), mask=rmask)
-    if FULL:
-        tl.store(gbeta + offs, (gv * sp * dx * dx).to(gbeta.dtype.element_ty), mask=mask)
-    else:
-        tl.store(base + 2 * P, tl.sum(gv * sp * dx * dx, axis=1), mask=rmask)
+    # One program per BP planes, walking their positions BHW at a time: dx (and per-element dbeta)
+    # on the way, the planes' sums (for dp1, dp2 and per-plane dbeta) written once at the end.
+    pid = tl.program_id(0)
+    sum_xt = tl.zeros([BP], dtype=CT)
+    sum_x = tl.zeros([BP], dtype=CT)
+    sum_beta = tl.zeros([BP], dtype=CT)
+    for col0 in range(0, HW, BHW):
+        rows, rmask, mask, d, q, offs = _tile(pid, col0, P, C, HW, p1, p2, BP, BHW, CT)
+        xv = tl.load(x + offs, mask=mask, other=0).to(CT)
+        gv = tl.load(g + offs, mask=mask, other=0).to(CT)
+        if FULL:
+            b = tl.load(beta + offs, mask=mask, other=0).to(CT)
+        else:
+            b = tl.load(beta + rows, mask=rmask, other=0).to(CT)[:, None]
+        dx = d * xv
+        u = b * dx
+        s, sp = _gate(u, HARD)
+        t = s + u * sp
+        tl.store(gx + offs, (gv * (d * t + q)).to(gx.dtype.element_ty), mask=mask)
+        sum_xt += tl.sum(gv * xv * t, axis=1)
+        sum_x += tl.sum(gv * xv, axis=1)
+        if FULL:
+            tl.store(gbeta + offs, (gv * sp * dx * dx).to(gbeta.dtype.element_ty), mask=mask)
+        else:
+            sum_beta += tl.sum(gv * sp * dx * dx, axis=1)
+    rows = pid * BP + tl.arange(0, BP)
+    rmask = rows < P
+    tl.store(sums + rows, sum_xt, mask=rmask)
+    tl.store(sums + P + rows, sum_x, mask=rmask)
+    tl.store(sums + 2 * P + rows, sum_beta, mask=rmask)  # zeros for a per-element beta
 
 
 def _sizes(x: Tensor, p1: Tensor) -> tuple[int, int, int, tl.dtype]:
@@ -121,6 +133,10 @@ def _grid(P: int, HW: int):
     return lambda meta: (triton.cdiv(P, meta["BP"]), triton.cdiv(HW, meta["BHW"]))
 
 
+def _planes_grid(P: int):
+    return lambda meta: (triton.cdiv(P, meta["BP"]),)
+
+
 def forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool = False) -> Tensor:
     """y = ACON-C(x); ``beta`` is per plane (1-D, N*C) or per element (x's shape)."""
     y = torch.empty_like(x)
@@ -133,11 +149,9 @@ def backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: b
     """(dx, per-plane sums (3, N*C), per-element dbeta or an empty tensor), like the CPU kernel."""
     P, C, HW, ct = _sizes(x, p1)
     full = beta.dim() > 1
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    # one row of partial sums per column of tiles; sized for the narrowest tile the tuner may pick
-    partial = torch.zeros(triton.cdiv(HW, min(_width(HW, t) for t in TILES)), 3, P, device=x.device, dtype=acc)
+    sums = torch.empty(3, P, device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     gx = torch.empty_like(x)
     gbeta = torch.empty_like(x) if full else x.new_empty(0)
-    _backward_kernel[_grid(P, HW)](g, x, p1, p2, beta, gx, gbeta if full else gx, partial, P, C, HW,
-                                   FULL=full, HARD=bool(hard), CT=ct)
-    return gx, partial.sum(0), gbeta
+    _backward_kernel[_planes_grid(P)](g, x, p1, p2, beta, gx, gbeta if full else gx, sums, P, C, HW,
+                                      FULL=full, HARD=bool(hard), CT=ct)
+    return gx, sums, gbeta

@@ -418,7 +418,7 @@ def test_triton_kernels_compile_for_a_gpu_target_with_both_gates(kernel):
     # under autocast x (and g, dx) are bf16 while p1, p2 and a module's beta stay float32
     for full, hard, mixed in [(False, True, False), (True, True, False), (False, False, False), (False, False, True)]:
         consts = {"FULL": full, "HARD": hard, "CT": triton.language.float32, "BP": 2, "BHW": 1024}
-        wide = {"partial"} | ({"p1", "p2", "beta"} if mixed else set())
+        wide = {"sums"} | ({"p1", "p2", "beta"} if mixed else set())
         sig = {n: ("*fp32" if n in wide else "*bf16") for n in ptrs} | {"P": "i32", "C": "i32", "HW": "i32"}
         compiled = triton.compile(ASTSource(fn=fn, signature=sig | dict.fromkeys(consts, "constexpr"), constexprs=consts),
                                   target=GPUTarget("cuda", 90, 32))
@@ -483,9 +483,9 @@ def test_triton_interpreted_every_tile_matches_the_closed_form(interpreted_trito
 
 
 @interpreted_only
-def test_triton_interpreted_tuning_leaves_no_stale_partial_sums(interpreted_triton, monkeypatch):
-    # The tuner runs the narrow tiles first (they write more rows of partial sums) and picks the widest,
-    # which writes fewer: rows the narrow tiles left must be zeroed before the real run.
+def test_triton_interpreted_tuning_leaves_nothing_behind_in_the_result(interpreted_triton, monkeypatch):
+    # The tuner runs every tile on the call's own output buffers before the chosen one runs: the
+    # kernel must write its sums, not add to them, or the tuning runs would count in the result.
     kernel = interpreted_triton._backward_kernel
     ran = []
 
