@@ -55,6 +55,17 @@ def _tile(pid_p, col0, P, C, HW, p1, p2, BP: tl.constexpr, BHW: tl.constexpr, CT
 
 
 @triton.jit
+def _x_and_beta(x, beta, rows, rmask, mask, offs, FULL: tl.constexpr, CT: tl.constexpr):
+    """x and beta of one tile in the compute dtype: beta per element, or per plane (one column)."""
+    xv = tl.load(x + offs, mask=mask, other=0).to(CT)
+    if FULL:
+        b = tl.load(beta + offs, mask=mask, other=0).to(CT)
+    else:
+        b = tl.load(beta + rows, mask=rmask, other=0).to(CT)[:, None]
+    return xv, b
+
+
+@triton.jit
 def _gate(u, HARD: tl.constexpr):
     """(s, s'): the sigmoid, or the hard sigmoid clamp(u / 6 + 1/2, 0, 1) with slope 1/6 inside (-3, 3)."""
     if HARD:
@@ -75,11 +86,7 @@ _TUNE = dict(configs=_configs(), key=["HW", "FULL", "HARD"], prune_configs_by={"
 def _forward_kernel(x, p1, p2, beta, y, P, C, HW, FULL: tl.constexpr, HARD: tl.constexpr, CT: tl.constexpr,
                     BP: tl.constexpr, BHW: tl.constexpr):
     rows, rmask, mask, d, q, offs = _tile(tl.program_id(0), tl.program_id(1) * BHW, P, C, HW, p1, p2, BP, BHW, CT)
-    xv = tl.load(x + offs, mask=mask, other=0).to(CT)
-    if FULL:
-        b = tl.load(beta + offs, mask=mask, other=0).to(CT)
-    else:
-        b = tl.load(beta + rows, mask=rmask, other=0).to(CT)[:, None]
+    xv, b = _x_and_beta(x, beta, rows, rmask, mask, offs, FULL, CT)
     dx = d * xv
     s, _ = _gate(b * dx, HARD)
     tl.store(y + offs, (dx * s + q * xv).to(y.dtype.element_ty), mask=mask)
@@ -97,12 +104,8 @@ def _backward_kernel(g, x, p1, p2, beta, gx, gbeta, sums, P, C, HW,
     sum_beta = tl.zeros([BP], dtype=CT)
     for col0 in range(0, HW, BHW):
         rows, rmask, mask, d, q, offs = _tile(pid, col0, P, C, HW, p1, p2, BP, BHW, CT)
-        xv = tl.load(x + offs, mask=mask, other=0).to(CT)
+        xv, b = _x_and_beta(x, beta, rows, rmask, mask, offs, FULL, CT)
         gv = tl.load(g + offs, mask=mask, other=0).to(CT)
-        if FULL:
-            b = tl.load(beta + offs, mask=mask, other=0).to(CT)
-        else:
-            b = tl.load(beta + rows, mask=rmask, other=0).to(CT)[:, None]
         dx = d * xv
         u = b * dx
         s, sp = _gate(u, HARD)
