@@ -268,17 +268,27 @@ def _per_plane(t: Tensor, x: Tensor) -> bool:
 
 def can_fuse(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> bool:
     """True when the fused kernel handles this call: enabled, supported device/dtype and layouts."""
+    return _plan(x, p1, p2, beta) is not None
+
+
+def _plan(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> tuple[torch.dtype, bool] | None:
+    """(compute dtype, whether x keeps its dtype beside parameters of another) for a call the fused
+    kernel handles, else None. Checked once per call: this runs at every activation site."""
     if not _STATE["enabled"] or not isinstance(x, Tensor) or x.dim() < 2 or x.numel() == 0:
-        return False
-    tensors = [t for t in (x, p1, p2, beta) if isinstance(t, Tensor)]
-    if not all(isinstance(t, Tensor) for t in (p1, p2)) or any(t.device != x.device for t in tensors):
-        return False
-    dt = x.dtype if _keeps_x_dtype(x, p1, p2, beta) else _dtype(x, p1, p2, beta)
+        return None
+    if not (isinstance(p1, Tensor) and isinstance(p2, Tensor)) or p1.device != x.device or p2.device != x.device:
+        return None
+    if isinstance(beta, Tensor) and beta.device != x.device:
+        return None
+    mixed = _keeps_x_dtype(x, p1, p2, beta)
+    dt = x.dtype if mixed else _dtype(x, p1, p2, beta)
     if dt not in _DTYPES.get(x.device.type, ()) or not _backend_ready(x.device.type):
-        return False
+        return None
     if not (_per_channel(p1, x) and _per_channel(p2, x)):
-        return False
-    return not isinstance(beta, Tensor) or _per_plane(beta, x) or tuple(_padded(beta, x.dim())) == tuple(x.shape)
+        return None
+    if isinstance(beta, Tensor) and not (_per_plane(beta, x) or _padded(beta, x.dim()) == tuple(x.shape)):
+        return None
+    return dt, mixed
 
 
 def _dtype(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> torch.dtype:
@@ -301,15 +311,19 @@ def _keeps_x_dtype(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> b
             and x.dtype == torch.get_autocast_dtype(kind) and _dtype(x, p1, p2, beta) != x.dtype)
 
 
-def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float, hard: bool = False) -> Tensor:
-    """Fused ACON-C for a call that ``can_fuse`` accepted; same value and gradients as the reference.
+def try_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float, hard: bool = False) -> Tensor | None:
+    """Fused ACON-C, same value and gradients as the reference; None for a call the kernel does not
+    take (``can_fuse``), which the caller then runs in plain torch.
 
     ``hard`` replaces the sigmoid gate by the hard sigmoid ``clamp(u / 6 + 1/2, 0, 1)``. Parameters
     already in the kernel's layout (a module's ``(1, C, 1, 1)`` p1, p2, beta; meta-ACON's ``(N, C, 1, 1)``
     beta) go in as they are: no copy, no extra autograd node per call. Under autocast on CUDA a bf16 or
     fp16 x keeps its dtype, and so does the output (``_keeps_x_dtype``); the parameters keep theirs."""
-    mixed = _keeps_x_dtype(x, p1, p2, beta)
-    dt = x.dtype if mixed else _dtype(x, p1, p2, beta)
+    plan = _plan(x, p1, p2, beta)
+    return None if plan is None else _fused_call(x, p1, p2, beta, hard, *plan)
+
+
+def _fused_call(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float, hard: bool, dt: torch.dtype, mixed: bool) -> Tensor:
     pdt = None if mixed else dt  # the parameters' dtype in the kernel; None: each keeps its own
     xc = x if x.dtype == dt and x.is_contiguous() else x.to(dt).contiguous()
     b, bmode = _beta_layout(beta, xc, pdt)

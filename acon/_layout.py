@@ -5,6 +5,8 @@ helpers read ``x.ndim`` and ``x.shape``, which a symbolic trace cannot branch on
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.fx
 from torch import Tensor
@@ -45,7 +47,7 @@ def spatial_mean(x: Tensor) -> Tensor:
     """Mean over every axis after the channel axis, as ``(N, C, 1, 1)``."""
     if x.ndim > 2:
         # sum * (1/n), not mean: mean's backward divides a broadcast gradient, slower than the whole fused ACON op
-        x = x.sum(dim=tuple(range(2, x.ndim))) * (1.0 / x[0, 0].numel())
+        x = x.sum(dim=tuple(range(2, x.ndim))) * (1.0 / math.prod(x.shape[2:]))
     return x.reshape(x.shape[0], x.shape[1], 1, 1)
 
 

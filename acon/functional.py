@@ -37,9 +37,8 @@ def acon_c_reference(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float, ga
 
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float, gate: str = "sigmoid") -> Tensor:
     """ACON-C: ``(p1 - p2) x * gate(beta (p1 - p2) x) + p2 x`` (fused kernel where available)."""
-    if _fused.can_fuse(x, p1, p2, beta):
-        return _fused.acon_c(x, p1, p2, beta, hard=check_gate(gate) == "hard_sigmoid")
-    return acon_c_reference(x, p1, p2, beta, gate)
+    y = _fused.try_acon_c(x, p1, p2, beta, hard=check_gate(gate) == "hard_sigmoid")
+    return acon_c_reference(x, p1, p2, beta, gate) if y is None else y
 
 
 def acon_b_reference(x: Tensor, p: Tensor, beta: Tensor | float) -> Tensor:
@@ -61,8 +60,9 @@ def acon_a(x: Tensor, beta: Tensor | float) -> Tensor:
     """ACON-A: ``x * sigmoid(beta x)`` (Swish with a learnable beta): ACON-C with p1 = 1, p2 = 0."""
     if isinstance(x, Tensor) and x.dim() >= 2:
         one = x.new_ones((1, x.shape[1]) + (1,) * (x.dim() - 2))
-        if _fused.can_fuse(x, one, one, beta):
-            return _fused.acon_c(x, one, torch.zeros_like(one), beta)
+        y = _fused.try_acon_c(x, one, torch.zeros_like(one), beta)
+        if y is not None:
+            return y
     return acon_a_reference(x, beta)
 
 
