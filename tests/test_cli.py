@@ -47,17 +47,7 @@ BUILT_IN = {
 }
 
 
-@pytest.mark.parametrize("what", sorted(BUILT_IN))
-def test_list_prints_every_built_in_name_sorted_with_help(what, tmp_path):
-    proc = cli("list", what, cwd=tmp_path)
-    assert proc.returncode == 0
-    rows = [line.split(maxsplit=1) for line in proc.stdout.splitlines()]
-    names = [r[0] for r in rows]
-    assert names == sorted(set(names)) and set(names) == BUILT_IN[what]
-    assert all(len(r) == 2 and r[1].strip() for r in rows)  # every name has a one-line help
-
-
-@pytest.mark.parametrize("args, expected", [
+BAD_INPUT = [
     (["run", "no_such_study"], "unknown study 'no_such_study'"),
     (["run", "design_space", "--model", "resnet5"], "unknown model 'resnet5'"),
     (["run", "design_space", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
@@ -67,13 +57,49 @@ def test_list_prints_every_built_in_name_sorted_with_help(what, tmp_path):
     (["run", "design_space", "--dataset", "cifar10", "--data-dir", "nowhere"], "--download"),
     (["overhead", "--model", "tiny_cnn", "--r", "x"], "--r takes integers"),
     (["report", "no_such_study"], "no_such_study"),
-])
-def test_bad_input_prints_one_line_and_exits_non_zero_leaving_no_study(args, expected, tmp_path):
-    proc = cli(*args, cwd=tmp_path)
+]
+
+
+@pytest.fixture(scope="module")
+def quick_commands(tmp_path_factory):
+    """The ``list`` and bad-input commands below, all started at once, each in its own empty folder:
+    each spends 5-10 s importing torch, torchvision and MLflow, and started together they overlap.
+    Maps the arguments to (folder, finished process)."""
+    commands = [("list", what) for what in sorted(BUILT_IN)] + [tuple(args) for args, _ in BAD_INPUT]
+    started = {}
+    for args in commands:
+        cwd = tmp_path_factory.mktemp("cli")
+        started[args] = cwd, subprocess.Popen([*CLI, *args], cwd=cwd, env=clean_env(), stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True)
+    finished = {}
+    try:
+        for args, (cwd, proc) in started.items():
+            out, err = proc.communicate(timeout=300)
+            finished[args] = cwd, subprocess.CompletedProcess(args, proc.returncode, out, err)
+    finally:
+        for _, proc in started.values():
+            if proc.poll() is None:
+                proc.kill()
+    return finished
+
+
+@pytest.mark.parametrize("what", sorted(BUILT_IN))
+def test_list_prints_every_built_in_name_sorted_with_help(what, quick_commands):
+    _, proc = quick_commands[("list", what)]
+    assert proc.returncode == 0
+    rows = [line.split(maxsplit=1) for line in proc.stdout.splitlines()]
+    names = [r[0] for r in rows]
+    assert names == sorted(set(names)) and set(names) == BUILT_IN[what]
+    assert all(len(r) == 2 and r[1].strip() for r in rows)  # every name has a one-line help
+
+
+@pytest.mark.parametrize("args, expected", BAD_INPUT)
+def test_bad_input_prints_one_line_and_exits_non_zero_leaving_no_study(args, expected, quick_commands):
+    cwd, proc = quick_commands[tuple(args)]
     assert proc.returncode == 2
     line = error_line(proc)
     assert line.startswith("error: ") and expected in line
-    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, not even an empty one
+    assert sorted(p.name for p in cwd.iterdir()) == []  # no store, not even an empty one
 
 
 def test_unreachable_tracking_server_is_one_line_and_creates_no_study(tmp_path):
