@@ -32,8 +32,8 @@ def digits() -> DataSplits:
     return load_dataset("digits", limit=600, seed=0)
 
 
-def _fit(data, activation="relu", **cfg):
-    torch.manual_seed(0)
+def _fit(data, activation="relu", init_seed=0, **cfg):
+    torch.manual_seed(init_seed)
     model = tiny_cnn(activation, data.in_channels, data.num_classes)
     options = {"epochs": 2, "batch_size": 64, "lr": 0.1, "device": "cpu", **cfg}
     return model, train(model, data, TrainConfig(**options))
@@ -254,7 +254,7 @@ def test_split_of_129_with_batch_128_trains_meta_acon_and_ends_the_schedule_on_i
     assert all(math.isfinite(m.train_loss) for m in result.history)
 
 
-def test_compiled_meta_acon_model_trains_an_epoch_like_the_eager_one(digits):
+def test_compiled_meta_acon_trains_like_eager_and_the_next_trial_reuses_the_graph(digits):
     # aot_eager traces forward and backward as inductor does (custom op included) without codegen: fast on CPU
     from torch._dynamo.utils import counters
 
@@ -268,6 +268,14 @@ def test_compiled_meta_acon_model_trains_an_epoch_like_the_eager_one(digits):
     a, b = eager.history[0], compiled.history[0]
     assert math.isfinite(a.train_loss)
     assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4) and b.val_loss == pytest.approx(a.val_loss, rel=1e-4)
+    # the next trial of the process (a new model, other initial weights) reuses the compiled graph, with its own weights
+    frames = counters["frames"]["ok"]
+    _, again = _fit(data, "meta_acon", epochs=1, compile="aot_eager", init_seed=7)
+    assert counters["frames"]["ok"] == frames
+    _, eager_again = _fit(data, "meta_acon", epochs=1, init_seed=7)
+    c, d = eager_again.history[0], again.history[0]
+    assert c.train_loss != pytest.approx(a.train_loss, rel=1e-3)  # other weights: another run
+    assert d.train_loss == pytest.approx(c.train_loss, rel=1e-4) and d.val_loss == pytest.approx(c.val_loss, rel=1e-4)
 
 
 def test_compile_setting_accepts_booleans_and_modes_only():

@@ -210,8 +210,10 @@ def compiled(model: nn.Module, setting: bool | str) -> nn.Module:
 
     Only full training batches run compiled; an epoch's shorter last batch and evaluation stay eager (a
     second shape or a graph for eval mode would double the compile time, and with CUDA graphs
-    ("reduce-overhead") record a second graph, for a small share of the work). Dynamo and inductor keep their caches
-    (in memory and on disk) for the whole process, so later trials of a study compile faster.
+    ("reduce-overhead") record a second graph, for a small share of the work). Dynamo keeps the compiled
+    graph for the whole process with the weights as its inputs, so a later trial of the same model
+    and shapes (a new instance, other weights) runs it without compiling again; inductor's disk cache
+    helps across processes.
     """
     options = COMPILE_MODES[("on" if setting else "off") if isinstance(setting, bool) else setting]
     return model if options is None else torch.compile(model, **options)
