@@ -5,7 +5,11 @@ medians as ratios to SiLU and to the reference, the spread of the forward+backwa
 SiLU across rounds (min / max of the per-round ratios), and the bytes per input element
 autograd keeps for backward. Usage: ``python benchmarks/activations.py [--shape 64,64,32,32]
 [--device cpu] [--dtype float32] [--threads 2] [--rounds 3] [--variants acon_c,meta_acon_channel]
-[--gate hard_sigmoid] [--compare-compile] [--smoke]``.
+[--gate hard_sigmoid] [--compare-compile] [--amp] [--smoke]``.
+
+``--amp`` measures what mixed-precision training runs: x in ``--dtype`` (bf16 or fp16, as a conv
+under autocast hands it over), the modules' parameters in float32, every call under
+``torch.autocast``. Without it the modules are cast to ``--dtype`` as a whole.
 """
 from __future__ import annotations
 
@@ -50,7 +54,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare-compile", action="store_true",
                    help="add torch.compile of the plain formula (the reference module, fused kernels off)")
     p.add_argument("--smoke", action="store_true", help="tiny shape, 2 short rounds: checks that every part runs")
+    p.add_argument("--amp", action="store_true",
+                   help="autocast: x in --dtype (bfloat16 or float16), parameters float32, as in mixed-precision training")
     args = p.parse_args(argv)
+    if args.amp and args.dtype not in ("bfloat16", "float16"):
+        p.error(f"--amp takes --dtype bfloat16 or float16, got {args.dtype}")
     unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}; valid choices: {', '.join(sorted(VARIANTS))}")
@@ -81,7 +89,7 @@ def one_time_costs(device: torch.device, x: torch.Tensor) -> dict[str, float]:
     return costs
 
 
-def saved_bytes_per_element(mod: nn.Module, x: torch.Tensor) -> float:
+def saved_bytes_per_element(mod: nn.Module, x: torch.Tensor, amp: bool = False) -> float:
     """Bytes of the tensors autograd saves for backward during one forward, per element of x."""
     total = [0]
 
@@ -90,18 +98,25 @@ def saved_bytes_per_element(mod: nn.Module, x: torch.Tensor) -> float:
         return t
 
     xg = x.detach().requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(x, amp):
         mod(xg)
     return total[0] / x.numel()
 
 
-def measure(mod: nn.Module, x: torch.Tensor, min_run_time: float) -> tuple[float, float]:
-    """Median seconds of forward (no grad) and of forward+backward."""
+def _autocast(x: torch.Tensor, amp: bool):
+    return torch.autocast(x.device.type, dtype=x.dtype, enabled=amp)
+
+
+def measure(mod: nn.Module, x: torch.Tensor, min_run_time: float, amp: bool = False) -> tuple[float, float]:
+    """Median seconds of forward (no grad) and of forward+backward (under autocast with ``amp``)."""
     xg = x.detach().requires_grad_()
-    g = torch.randn_like(x)
-    fwd = Timer("with torch.no_grad(): mod(x)", globals={"mod": mod, "x": x, "torch": torch})
+    # under autocast the output may be float32 (the formula's promotion): the gradient takes its dtype
+    with _autocast(x, amp):
+        g = torch.randn_like(mod(x))
+    env = {"mod": mod, "torch": torch, "autocast": _autocast, "amp": amp}
+    fwd = Timer("with torch.no_grad(), autocast(x, amp): mod(x)", globals={**env, "x": x})
     # dropping x.grad each time keeps gradient accumulation (an extra pass) out of the timing
-    both = Timer("x.grad = None; mod(x).backward(g)", globals={"mod": mod, "x": xg, "g": g})
+    both = Timer("x.grad = None\nwith autocast(x, amp): y = mod(x)\ny.backward(g)", globals={**env, "x": xg, "g": g})
     return fwd.blocked_autorange(min_run_time=min_run_time).median, both.blocked_autorange(min_run_time=min_run_time).median
 
 
@@ -109,12 +124,13 @@ def _rows(args, x: torch.Tensor) -> list[tuple[str, str, nn.Module]]:
     """(variant, implementation, module) for every measured line, modules on x's device and dtype."""
     c = x.shape[1]
     rows = [(name, "torch", make(c)) for name, make in BASELINES.items()]
+    pdt = torch.float32 if args.amp else x.dtype  # under --amp the parameters stay float32
     for name in args.variants.split(","):
-        mod = VARIANTS[name](c, args.gate).to(device=x.device, dtype=x.dtype)
+        mod = VARIANTS[name](c, args.gate).to(device=x.device, dtype=pdt)
         rows += [(name, "reference", mod), (name, "fused", mod)]
         if args.compare_compile:  # compiled under use_fused(False): the plain formula, fused by inductor
             rows.append((name, "compiled ref", torch.compile(mod)))
-    return [(n, impl, m.to(device=x.device, dtype=x.dtype)) for n, impl, m in rows]
+    return [(n, impl, m.to(device=x.device, dtype=pdt)) for n, impl, m in rows]
 
 
 def run(args) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -129,8 +145,8 @@ def run(args) -> tuple[pd.DataFrame, dict[str, float]]:
     for round_ in range(1, args.rounds + 1):
         for name, impl, mod in rows:
             with _fused.use_fused(impl == "fused"):
-                times[(name, impl)].append(measure(mod, x, args.min_run_time))
-                memory[(name, impl)] = saved_bytes_per_element(mod, x)
+                times[(name, impl)].append(measure(mod, x, args.min_run_time, args.amp))
+                memory[(name, impl)] = saved_bytes_per_element(mod, x, args.amp)
         # as it goes, so a run cut short by a time limit still leaves numbers
         silu = times[("silu", "torch")][-1][1]
         print(f"round {round_}: fwd+bwd / SiLU " + ", ".join(f"{n} {i} {v[-1][1] / silu:.2f}" for (n, i), v in times.items()), flush=True)
@@ -160,7 +176,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     table, costs = run(args)
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
-    print(f"shape {args.shape}, {args.dtype}, gate {args.gate}, {dev}, torch {torch.__version__}, median of {args.rounds} rounds; "
+    precision = f"{args.dtype} x under autocast, float32 parameters" if args.amp else args.dtype
+    print(f"shape {args.shape}, {precision}, gate {args.gate}, {dev}, torch {torch.__version__}, median of {args.rounds} rounds; "
           "min / max: the per-round fwd+bwd / SiLU ratio")
     print(table.to_markdown(index=False, floatfmt=".2f"))
     for k, v in costs.items():

@@ -16,7 +16,8 @@
 #   tests.txt        the CUDA test subset (tests/test_cuda.py, and the cuda cases of the kernel tests if pytest exists)
 #   resnet20.txt     CIFAR ResNet-20, batch 256, bf16: meta-ACON at every site vs ReLU step, eager and compiled
 #   resnet50.txt     ResNet-50 at 224, batch 64, bf16: meta-ACON at bottleneck_3x3 vs ReLU step
-#   kernels_*.txt    ACON-C and channel-wise meta-ACON, 128x64x56x56, fp32 and bf16, vs SiLU and torch.compile of the formula
+#   kernels_*.txt    ACON-C and channel-wise meta-ACON, 128x64x56x56, fp32 and bf16 as AMP runs it (bf16 x, fp32
+#                    parameters, autocast), vs SiLU and torch.compile of the formula
 #   workers.txt      the quick study's trials per hour with 1, 2 and 4 workers sharing the GPU
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -70,7 +71,7 @@ if $PY -c "import pytest" 2>/dev/null; then
 else  # the GPU image has no pytest: the CUDA tests run as a script
   step tests $PY tests/test_cuda.py
 fi
-step kernels_bf16 $PY benchmarks/activations.py --device $DEVICE --dtype bfloat16 --variants acon_c,meta_acon_channel --compare-compile "${ACT[@]}"
+step kernels_bf16 $PY benchmarks/activations.py --device $DEVICE --dtype bfloat16 --amp --variants acon_c,meta_acon_channel --compare-compile "${ACT[@]}"
 step kernels_fp32 $PY benchmarks/activations.py --device $DEVICE --dtype float32 --variants acon_c,meta_acon_channel --compare-compile "${ACT[@]}"
 step resnet20 $PY benchmarks/train_throughput.py --device $DEVICE --model resnet20 --batch 256 --dtype bfloat16 --compare-compile "${TT[@]}"
 step resnet50 $PY benchmarks/train_throughput.py --device $DEVICE --dtype bfloat16 "${N50[@]}"
