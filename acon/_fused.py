@@ -92,9 +92,9 @@ class _CpuBackend:
 
 
 class _PlaneBackend:
-    """Kernels that take beta per plane (1-D, N*C) or per element and return per-plane sums (3, N*C):
-    the Triton kernels and the closed form. Brings beta to their layout and reduces their sums to
-    (dx, dp1, dp2, dbeta) shaped like the inputs, as the C++ kernel returns them."""
+    """Kernels that take beta per channel (1-D, C), per plane (1-D, N*C) or per element and return
+    per-plane sums (3, N*C): the Triton kernels and the closed form. Flattens beta for them and
+    reduces their sums to (dx, dp1, dp2, dbeta) shaped like the inputs, as the C++ kernel returns them."""
 
     def __init__(self, forward, backward):
         self.planes_forward, self.planes_backward = forward, backward
@@ -118,12 +118,8 @@ class _PlaneBackend:
 
 
 def _plane_beta(x: Tensor, beta: Tensor, bmode: int) -> Tensor:
-    """beta per plane (1-D, N*C) or per element (x's shape), as the plane kernels take it."""
-    if bmode == PER_ELEMENT:
-        return beta.view(x.shape)
-    if bmode == PER_CHANNEL:
-        return beta.reshape(1, -1).expand(x.shape[0], -1).reshape(-1)
-    return beta.reshape(-1)
+    """beta per element (x's shape), or flat: C values per channel, N*C per plane (no copy either way)."""
+    return beta.view(x.shape) if bmode == PER_ELEMENT else beta.reshape(-1)
 
 
 def backend(device_type: str) -> object | None:
@@ -141,14 +137,15 @@ def _backend_ready(device_type: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# The closed form, in the plane kernels' layout: x contiguous (N, C, ...), p1/p2 (C,), beta (N*C,) per
-# plane or in x's shape; the custom ops further down take beta in any of the three layouts.
+# The closed form, in the plane kernels' layout: x contiguous (N, C, ...), p1/p2 (C,), beta flat
+# ((C,) per channel, (N*C,) per plane) or in x's shape; the custom ops further down take the same three.
 
 
 def _broadcastable(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The op's flat arguments as (p1 - p2, p2, beta) views that broadcast against ``x``."""
+    """The op's flat arguments as (p1 - p2, p2, beta) views that broadcast against ``x``; a flat beta
+    has C values (per channel) or N*C (per plane)."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    b = beta if beta.dim() > 1 else beta.view(x.shape[:2] + (1,) * (x.dim() - 2))
+    b = beta if beta.dim() > 1 else beta.view((-1, x.shape[1]) + (1,) * (x.dim() - 2))
     return (p1 - p2).view(shape), p2.view(shape), b
 
 

@@ -55,11 +55,14 @@ def _tile(pid_p, col0, P, C, HW, p1, p2, BP: tl.constexpr, BHW: tl.constexpr, CT
 
 
 @triton.jit
-def _x_and_beta(x, beta, rows, rmask, mask, offs, FULL: tl.constexpr, CT: tl.constexpr):
-    """x and beta of one tile in the compute dtype: beta per element, or per plane (one column)."""
+def _x_and_beta(x, beta, rows, rmask, mask, offs, C, FULL: tl.constexpr, CHANNEL: tl.constexpr, CT: tl.constexpr):
+    """x and beta of one tile in the compute dtype: beta per element, or one value per row (plane),
+    read per channel (``CHANNEL``: a module's learned beta, no copy per sample) or per plane."""
     xv = tl.load(x + offs, mask=mask, other=0).to(CT)
     if FULL:
         b = tl.load(beta + offs, mask=mask, other=0).to(CT)
+    elif CHANNEL:
+        b = tl.load(beta + rows % C, mask=rmask, other=0).to(CT)[:, None]
     else:
         b = tl.load(beta + rows, mask=rmask, other=0).to(CT)[:, None]
     return xv, b
@@ -83,10 +86,10 @@ _TUNE = dict(configs=_configs(), key=["HW", "FULL", "HARD"], prune_configs_by={"
 # Sizes are not specialized: a new batch size (a study's last batch) must not trigger a new JIT.
 @triton.autotune(**_TUNE)
 @triton.jit(do_not_specialize=["P", "C", "HW"])
-def _forward_kernel(x, p1, p2, beta, y, P, C, HW, FULL: tl.constexpr, HARD: tl.constexpr, CT: tl.constexpr,
-                    BP: tl.constexpr, BHW: tl.constexpr):
+def _forward_kernel(x, p1, p2, beta, y, P, C, HW, FULL: tl.constexpr, CHANNEL: tl.constexpr, HARD: tl.constexpr,
+                    CT: tl.constexpr, BP: tl.constexpr, BHW: tl.constexpr):
     rows, rmask, mask, d, q, offs = _tile(tl.program_id(0), tl.program_id(1) * BHW, P, C, HW, p1, p2, BP, BHW, CT)
-    xv, b = _x_and_beta(x, beta, rows, rmask, mask, offs, FULL, CT)
+    xv, b = _x_and_beta(x, beta, rows, rmask, mask, offs, C, FULL, CHANNEL, CT)
     dx = d * xv
     s, _ = _gate(b * dx, HARD)
     tl.store(y + offs, (dx * s + q * xv).to(y.dtype.element_ty), mask=mask)
@@ -95,7 +98,8 @@ def _forward_kernel(x, p1, p2, beta, y, P, C, HW, FULL: tl.constexpr, HARD: tl.c
 @triton.autotune(**_TUNE)
 @triton.jit(do_not_specialize=["P", "C", "HW"])
 def _backward_kernel(g, x, p1, p2, beta, gx, gbeta, sums, P, C, HW,
-                     FULL: tl.constexpr, HARD: tl.constexpr, CT: tl.constexpr, BP: tl.constexpr, BHW: tl.constexpr):
+                     FULL: tl.constexpr, CHANNEL: tl.constexpr, HARD: tl.constexpr, CT: tl.constexpr, BP: tl.constexpr,
+                     BHW: tl.constexpr):
     # One program per BP planes, walking their positions BHW at a time: dx (and per-element dbeta)
     # on the way, the planes' sums (for dp1, dp2 and per-plane dbeta) written once at the end.
     pid = tl.program_id(0)
@@ -104,7 +108,7 @@ def _backward_kernel(g, x, p1, p2, beta, gx, gbeta, sums, P, C, HW,
     sum_beta = tl.zeros([BP], dtype=CT)
     for col0 in range(0, HW, BHW):
         rows, rmask, mask, d, q, offs = _tile(pid, col0, P, C, HW, p1, p2, BP, BHW, CT)
-        xv, b = _x_and_beta(x, beta, rows, rmask, mask, offs, FULL, CT)
+        xv, b = _x_and_beta(x, beta, rows, rmask, mask, offs, C, FULL, CHANNEL, CT)
         gv = tl.load(g + offs, mask=mask, other=0).to(CT)
         dx = d * xv
         u = b * dx
@@ -140,21 +144,26 @@ def _planes_grid(P: int):
     return lambda meta: (triton.cdiv(P, meta["BP"]),)
 
 
+def _beta_kind(beta: Tensor, C: int) -> dict[str, bool]:
+    """The kernels' beta switches: per element (x's shape), per channel (C values) or per plane (N*C)."""
+    return {"FULL": beta.dim() > 1, "CHANNEL": beta.dim() == 1 and beta.numel() == C}
+
+
 def forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool = False) -> Tensor:
-    """y = ACON-C(x); ``beta`` is per plane (1-D, N*C) or per element (x's shape)."""
+    """y = ACON-C(x); ``beta`` is per channel (1-D, C), per plane (1-D, N*C) or per element (x's shape)."""
     y = torch.empty_like(x)
     P, C, HW, ct = _sizes(x, p1)
-    _forward_kernel[_grid(P, HW)](x, p1, p2, beta, y, P, C, HW, FULL=beta.dim() > 1, HARD=bool(hard), CT=ct)
+    _forward_kernel[_grid(P, HW)](x, p1, p2, beta, y, P, C, HW, **_beta_kind(beta, C), HARD=bool(hard), CT=ct)
     return y
 
 
 def backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, per-plane sums (3, N*C), per-element dbeta or an empty tensor), like the CPU kernel."""
+    """(dx, per-plane sums (3, N*C), per-element dbeta or an empty tensor); beta as ``forward`` takes it."""
     P, C, HW, ct = _sizes(x, p1)
     full = beta.dim() > 1
     sums = torch.empty(3, P, device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     gx = torch.empty_like(x)
     gbeta = torch.empty_like(x) if full else x.new_empty(0)
     _backward_kernel[_planes_grid(P)](g, x, p1, p2, beta, gx, gbeta if full else gx, sums, P, C, HW,
-                                      FULL=full, HARD=bool(hard), CT=ct)
+                                      **_beta_kind(beta, C), HARD=bool(hard), CT=ct)
     return gx, sums, gbeta

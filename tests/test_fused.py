@@ -416,8 +416,10 @@ def test_triton_kernels_compile_for_a_gpu_target_with_both_gates(kernel):
     names = list(fn.arg_names)
     ptrs = names[: names.index("P")]
     # under autocast x (and g, dx) are bf16 while p1, p2 and a module's beta stay float32
-    for full, hard, mixed in [(False, True, False), (True, True, False), (False, False, False), (False, False, True)]:
-        consts = {"FULL": full, "HARD": hard, "CT": triton.language.float32, "BP": 2, "BHW": 1024}
+    cases = [(False, False, True, False), (True, False, True, False), (False, False, False, False),
+             (False, True, False, False), (False, True, False, True)]  # (full, channel, hard, mixed)
+    for full, channel, hard, mixed in cases:
+        consts = {"FULL": full, "CHANNEL": channel, "HARD": hard, "CT": triton.language.float32, "BP": 2, "BHW": 1024}
         wide = {"sums"} | ({"p1", "p2", "beta"} if mixed else set())
         sig = {n: ("*fp32" if n in wide else "*bf16") for n in ptrs} | {"P": "i32", "C": "i32", "HW": "i32"}
         compiled = triton.compile(ASTSource(fn=fn, signature=sig | dict.fromkeys(consts, "constexpr"), constexprs=consts),
@@ -443,13 +445,17 @@ interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITO
                                       "test_triton_kernels_under_the_interpreter starts")
 
 
-def _plane_inputs(shape, full, dtype=torch.float32, seed=0):
-    """x, p1, p2 (C,), beta per plane (N*C,) or per element, g: the plane kernels' arguments."""
+BETA_LAYOUTS = {"beta_per_channel": lambda shape: (shape[1],), "beta_per_plane": lambda shape: (shape[0] * shape[1],),
+                "beta_per_element": tuple}
+
+
+def _plane_inputs(shape, layout, dtype=torch.float32, seed=0):
+    """x, p1, p2 (C,), beta (``BETA_LAYOUTS``), g: the plane kernels' arguments."""
     g = torch.Generator().manual_seed(seed)
-    n, c = shape[0], shape[1]
+    c = shape[1]
     x, grad = (torch.randn(shape, generator=g) * 2 for _ in range(2))
     p1, p2 = torch.randn(c, generator=g), torch.randn(c, generator=g)
-    beta = torch.randn(shape if full else (n * c,), generator=g)
+    beta = torch.randn(BETA_LAYOUTS[layout](shape), generator=g)
     return [t.to(dtype) for t in (x, p1, p2, beta, grad)]
 
 
@@ -469,13 +475,13 @@ def _assert_plane_kernels_match_closed_form(kernels, args, hard, atol=1e-5):
 
 @interpreted_only
 @pytest.mark.parametrize("hard", [False, True], ids=["sigmoid", "hard_sigmoid"])
-@pytest.mark.parametrize("full", [False, True], ids=["beta_per_plane", "beta_per_element"])
-@pytest.mark.parametrize("shape", [(5, 3), (2, 3, 5, 7), (1, 2, 65, 65)], ids=["hw1", "hw35", "hw4225"])
-def test_triton_interpreted_every_tile_matches_the_closed_form(interpreted_triton, monkeypatch, shape, full, hard):
+@pytest.mark.parametrize("layout", sorted(BETA_LAYOUTS))
+@pytest.mark.parametrize("shape", [(5, 3), (2, 3, 5, 7), (2, 2, 65, 65)], ids=["hw1", "hw35", "hw4225"])
+def test_triton_interpreted_every_tile_matches_the_closed_form(interpreted_triton, monkeypatch, shape, layout, hard):
     # 65 x 65 = 4225 positions: more than the widest tile, so every tile shape splits the plane
     tiles = {(c.kwargs["BP"], c.kwargs["BHW"]): c for c in interpreted_triton._prune(interpreted_triton._configs(), {"HW": shape[-1] * shape[-2] if len(shape) > 2 else 1})}
     assert len(tiles) == len(interpreted_triton.TILES) or shape == (5, 3)
-    args = _plane_inputs(shape, full)
+    args = _plane_inputs(shape, layout)
     for config in tiles.values():
         for kernel in (interpreted_triton._forward_kernel, interpreted_triton._backward_kernel):
             monkeypatch.setattr(kernel, "configs", [config])  # one config: the tuner runs it as is
@@ -497,16 +503,16 @@ def test_triton_interpreted_tuning_leaves_nothing_behind_in_the_result(interpret
     monkeypatch.setattr(kernel, "_bench", bench)
     monkeypatch.setattr(kernel, "early_config_prune", interpreted_triton._prune)
     monkeypatch.setattr(kernel, "cache", {})
-    args = _plane_inputs((1, 2, 65, 65), full=False)
+    args = _plane_inputs((1, 2, 65, 65), "beta_per_plane")
     _assert_plane_kernels_match_closed_form(interpreted_triton, args, hard=False, atol=1e-4)
     assert set(ran) == {1024, 2048, 4096} and kernel.best_config.kwargs["BHW"] == 4096
 
 
 @interpreted_only
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=str)
-@pytest.mark.parametrize("full", [False, True], ids=["beta_per_plane", "beta_per_element"])
-def test_triton_interpreted_half_inputs_accumulate_in_float32(interpreted_triton, dtype, full):
-    args = _plane_inputs((2, 3, 9, 9), full, dtype)
+@pytest.mark.parametrize("layout", ["beta_per_plane", "beta_per_element"])
+def test_triton_interpreted_half_inputs_accumulate_in_float32(interpreted_triton, dtype, layout):
+    args = _plane_inputs((2, 3, 9, 9), layout, dtype)
     # outputs are rounded to the input's dtype once (8 bits of mantissa for bfloat16); sums stay float32
     atol = {torch.bfloat16: 0.1, torch.float16: 1e-2, torch.float64: 1e-12}[dtype]
     _assert_plane_kernels_match_closed_form(interpreted_triton, args, hard=False, atol=atol)
