@@ -93,8 +93,9 @@ class _CpuBackend:
 
 class _PlaneBackend:
     """Kernels that take beta per channel (1-D, C), per plane (1-D, N*C) or per element and return
-    per-plane sums (3, N*C): the Triton kernels and the closed form. Flattens beta for them and
-    reduces their sums to (dx, dp1, dp2, dbeta) shaped like the inputs, as the C++ kernel returns them."""
+    per-plane sums (3, N*C) for dp1, dp2 and dbeta: the Triton kernels and the closed form. Flattens
+    beta for them and reduces their sums to (dx, dp1, dp2, dbeta) shaped like the inputs, as the C++
+    kernel returns them."""
 
     def __init__(self, forward, backward):
         self.planes_forward, self.planes_backward = forward, backward
@@ -108,12 +109,11 @@ class _PlaneBackend:
         sums = planes.to(acc).view(3, x.shape[0], -1)
         # one reduction over the samples for every per-channel sum (one launch on CUDA, not three)
         per_channel = sums.sum(1) if bmode == PER_CHANNEL else sums[:2].sum(1)
-        dp1, dpb = per_channel[0], per_channel[1]
         if bmode == PER_ELEMENT:
             dbeta = gbeta
         else:
             dbeta = per_channel[2] if bmode == PER_CHANNEL else sums[2]
-        return (gx, dp1.to(p1.dtype).view(p1.shape), (dpb - dp1).to(p2.dtype).view(p2.shape),
+        return (gx, per_channel[0].to(p1.dtype).view(p1.shape), per_channel[1].to(p2.dtype).view(p2.shape),
                 dbeta.to(beta.dtype).reshape(beta.shape))
 
 
@@ -170,7 +170,7 @@ def _math_backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, h
     t = s + u * sp
     gbeta = g * sp * dx * dx
     dims = tuple(range(2, x.dim()))
-    sums = [(g * x * t), g * x] + ([] if full else [gbeta])
+    sums = [g * x * t, g * x * (1 - t)] + ([] if full else [gbeta])
     planes = torch.stack([v.sum(dims) if dims else v for v in sums]).reshape(len(sums), -1)
     if full:
         planes = torch.cat([planes, planes.new_zeros(1, planes.shape[1])])

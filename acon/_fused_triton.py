@@ -101,10 +101,10 @@ def _backward_kernel(g, x, p1, p2, beta, gx, gbeta, sums, P, C, HW,
                      FULL: tl.constexpr, CHANNEL: tl.constexpr, HARD: tl.constexpr, CT: tl.constexpr, BP: tl.constexpr,
                      BHW: tl.constexpr):
     # One program per BP planes, walking their positions BHW at a time: dx (and per-element dbeta)
-    # on the way, the planes' sums (for dp1, dp2 and per-plane dbeta) written once at the end.
+    # on the way, the planes' sums (dp1, dp2 and dbeta per plane) written once at the end.
     pid = tl.program_id(0)
     sum_xt = tl.zeros([BP], dtype=CT)
-    sum_x = tl.zeros([BP], dtype=CT)
+    sum_x1t = tl.zeros([BP], dtype=CT)
     sum_beta = tl.zeros([BP], dtype=CT)
     for col0 in range(0, HW, BHW):
         rows, rmask, mask, d, q, offs = _tile(pid, col0, P, C, HW, p1, p2, BP, BHW, CT)
@@ -116,7 +116,7 @@ def _backward_kernel(g, x, p1, p2, beta, gx, gbeta, sums, P, C, HW,
         t = s + u * sp
         tl.store(gx + offs, (gv * (d * t + q)).to(gx.dtype.element_ty), mask=mask)
         sum_xt += tl.sum(gv * xv * t, axis=1)
-        sum_x += tl.sum(gv * xv, axis=1)
+        sum_x1t += tl.sum(gv * xv * (1 - t), axis=1)
         if FULL:
             tl.store(gbeta + offs, (gv * sp * dx * dx).to(gbeta.dtype.element_ty), mask=mask)
         else:
@@ -124,7 +124,7 @@ def _backward_kernel(g, x, p1, p2, beta, gx, gbeta, sums, P, C, HW,
     rows = pid * BP + tl.arange(0, BP)
     rmask = rows < P
     tl.store(sums + rows, sum_xt, mask=rmask)
-    tl.store(sums + P + rows, sum_x, mask=rmask)
+    tl.store(sums + P + rows, sum_x1t, mask=rmask)
     tl.store(sums + 2 * P + rows, sum_beta, mask=rmask)  # zeros for a per-element beta
 
 
@@ -158,7 +158,8 @@ def forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool = False)
 
 
 def backward(g: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, hard: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, per-plane sums (3, N*C), per-element dbeta or an empty tensor); beta as ``forward`` takes it."""
+    """(dx, per-plane sums (3, N*C): dp1, dp2, dbeta, per-element dbeta or an empty tensor); beta as
+    ``forward`` takes it."""
     P, C, HW, ct = _sizes(x, p1)
     full = beta.dim() > 1
     sums = torch.empty(3, P, device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
