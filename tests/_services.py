@@ -80,14 +80,21 @@ def cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedPro
                           timeout=timeout, env=cli_env(**env), cwd=ROOT)
 
 
-def cli_all(*commands: tuple[str, ...], timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """Run several ``run_study.py`` commands at once (their start-ups overlap); results in order."""
+def cli_all(*commands: tuple[str, ...], timeout: float = 300, cwds: list[Path] | None = None) -> list[subprocess.CompletedProcess]:
+    """Run several ``run_study.py`` commands at once (their start-ups overlap), each in its folder of
+    ``cwds`` (default the repository); results in order. Any still running on an error is killed."""
+    cwds = cwds or [ROOT] * len(commands)
     procs = [subprocess.Popen([sys.executable, "-m", "run_study", *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=ROOT) for args in commands]
+                              stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=cwd) for args, cwd in zip(commands, cwds)]
     results = []
-    for args, proc in zip(commands, procs):
-        out, err = proc.communicate(timeout=timeout)
-        results.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    try:
+        for args, proc in zip(commands, procs):
+            out, err = proc.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
     return results
 
 

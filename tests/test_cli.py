@@ -14,6 +14,8 @@ import mlflow
 import optuna
 import pytest
 
+from _services import cli_all
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(ROOT / "run_study.py")]
 
@@ -66,21 +68,8 @@ def quick_commands(tmp_path_factory):
     each spends 5-10 s importing torch, torchvision and MLflow, and started together they overlap.
     Maps the arguments to (folder, finished process)."""
     commands = [("list", what) for what in sorted(BUILT_IN)] + [tuple(args) for args, _ in BAD_INPUT]
-    started = {}
-    for args in commands:
-        cwd = tmp_path_factory.mktemp("cli")
-        started[args] = cwd, subprocess.Popen([*CLI, *args], cwd=cwd, env=clean_env(), stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, text=True)
-    finished = {}
-    try:
-        for args, (cwd, proc) in started.items():
-            out, err = proc.communicate(timeout=300)
-            finished[args] = cwd, subprocess.CompletedProcess(args, proc.returncode, out, err)
-    finally:
-        for _, proc in started.values():
-            if proc.poll() is None:
-                proc.kill()
-    return finished
+    cwds = [tmp_path_factory.mktemp("cli") for _ in commands]
+    return {args: (cwd, proc) for args, cwd, proc in zip(commands, cwds, cli_all(*commands, cwds=cwds))}
 
 
 @pytest.mark.parametrize("what", sorted(BUILT_IN))
