@@ -277,8 +277,9 @@ def _plan(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> tuple[torc
         return None
     if isinstance(beta, Tensor) and beta.device != x.device:
         return None
-    mixed = _keeps_x_dtype(x, p1, p2, beta)
-    dt = x.dtype if mixed else _dtype(x, p1, p2, beta)
+    promoted = _dtype(x, p1, p2, beta)
+    mixed = _keeps_x_dtype(x, promoted)
+    dt = x.dtype if mixed else promoted
     if dt not in _DTYPES.get(x.device.type, ()) or not _backend_ready(x.device.type):
         return None
     if not (_per_channel(p1, x) and _per_channel(p2, x)):
@@ -298,14 +299,14 @@ def _dtype(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> torch.dty
     return dt if dt.is_floating_point else torch.float32
 
 
-def _keeps_x_dtype(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float) -> bool:
-    """True under autocast for a half-precision x (autocast's dtype) with parameters of another dtype, on a
-    device whose kernels read them mixed: the activation then computes in float32 and returns x's dtype,
-    as torch's own activations do. The formula's type promotion would return float32: an x -> float32
-    copy before and a float32 tensor after every activation site, about 5x the bytes of a bf16 pass."""
+def _keeps_x_dtype(x: Tensor, promoted: torch.dtype) -> bool:
+    """True under autocast for a half-precision x (autocast's dtype) that the formula's type promotion
+    would widen to ``promoted``, on a device whose kernels read x and the parameters mixed: the
+    activation then computes in float32 and returns x's dtype, as torch's own activations do. Promoting
+    would cost an x -> float32 copy before and a float32 tensor after every site, about 5x the bytes."""
     kind = x.device.type
-    return (kind in _MIXED and x.dtype in _HALF and torch.is_autocast_enabled(kind)
-            and x.dtype == torch.get_autocast_dtype(kind) and _dtype(x, p1, p2, beta) != x.dtype)
+    return (kind in _MIXED and x.dtype in _HALF and promoted != x.dtype and torch.is_autocast_enabled(kind)
+            and x.dtype == torch.get_autocast_dtype(kind))
 
 
 def try_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float, hard: bool = False) -> Tensor | None:
