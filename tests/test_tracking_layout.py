@@ -10,6 +10,7 @@ import re
 import optuna
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from _services import cli, write_study
@@ -146,3 +147,18 @@ def test_two_workers_logging_the_same_dataset_at_once_both_get_it(tmp_path):
     assert raced  # the other worker really got in between our lookup and our insert
     inputs = [ours.client.get_run(r).inputs.dataset_inputs for r in (our_run, their_run)]
     assert [[(d.dataset.name, d.dataset.digest) for d in i] for i in inputs] == [[("digits", inputs[1][0].dataset.digest)]] * 2
+
+
+def test_a_dataset_write_that_fails_for_another_reason_is_not_retried(tmp_path):
+    """Only a unique-key clash between workers is retried; logging to a deleted run fails at once, with
+    MLflow's own message."""
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "gone", study="gone", optuna_study="gone-quick",
+                      preset="quick", axes=("activation",), metric="val_acc", direction="maximize")
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    tracker.client.delete_run(run_id)
+    calls = []
+    log_inputs = tracker.client.log_inputs
+    tracker.client.log_inputs = lambda *a, **k: (calls.append(a), log_inputs(*a, **k))
+    with pytest.raises(MlflowException, match="active"):
+        tracker.log_dataset(run_id, "digits", {"train": 8}, {"classes": 10})
+    assert len(calls) == 1

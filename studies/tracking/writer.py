@@ -109,7 +109,7 @@ class Tracker:
 
     def summarize(self, means: dict[str, float], best: str | None) -> None:
         """Per-variant mean objective as parent metrics ``mean/<variant>``, the best variant as a tag."""
-        self.log_metrics(self.parent_id, {schema.mean_key(v): round(m, 6) for v, m in means.items()})
+        self.log_metrics(self.parent_id, {schema.mean_key(v): m for v, m in means.items()})
         if best:
             self.client.set_tag(self.parent_id, schema.BEST, best)
 
@@ -144,11 +144,12 @@ class Tracker:
             try:
                 self.client.log_inputs(run_id, inputs)
                 return
-            except MlflowException:
+            except MlflowException as exc:
                 # MLflow looks the dataset up, then inserts it: a worker that logged the same dataset
                 # in between makes the insert break the store's unique key. The failed write was rolled
                 # back, and the next attempt finds the other worker's row and only links it to this run.
-                if attempt == 2:
+                # Any other error (a closed run, a store that is down) is raised at once.
+                if attempt == 2 or not _unique_key_clash(exc):
                     raise
                 time.sleep(0.05 * (attempt + 1))
 
@@ -203,6 +204,14 @@ class Tracker:
             return True
         except MlflowException:
             return False
+
+
+def _unique_key_clash(exc: MlflowException) -> bool:
+    """Whether a store write failed on a unique key: SQLite, PostgreSQL and MySQL word it so, in process
+    (the SQLAlchemy error is the cause) and through a tracking server (only its message comes back)."""
+    if any(type(e).__name__ == "IntegrityError" for e in (exc.__cause__, exc.__context__)):
+        return True
+    return any(s in str(exc) for s in ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry"))
 
 
 def artifact_location(tracking_uri: str, experiment: str) -> str | None:
