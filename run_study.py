@@ -168,8 +168,18 @@ def _run_options(args: argparse.Namespace, **extra: Any):
                       progress=not args.no_progress, **extra)
 
 
+def _check_study(name: str) -> None:
+    """Refuse an unknown built-in study name before loading torch, optuna's storages and MLflow (seconds).
+    A study file is loaded once, by the runner: it is the user's code."""
+    from studies.spec import load_study
+
+    if not (name.endswith(".py") or Path(name).is_file()):
+        load_study(name)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run or resume a study, then print its summary table."""
+    _check_study(args.study)
     from studies.runner import run_study
     from studies.storage import resolve_tracking_uri
     from studies.tracking.summary import summary_text, unfinished
@@ -187,6 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Join an existing study and run trials until none is left."""
+    _check_study(args.study)
     from studies.runner import run_study
     from studies.tracking.summary import summary_text
 

@@ -106,3 +106,6 @@ def create_activation(name: Any, channels: int, **options: Any) -> nn.Module:
     what, accepted = _accepted(name, options.get("generator"))
     check_options(what, options, accepted)
     return get_activation(name)(channels, **options)
+
+
+from acon import gated as _gated  # noqa: E402,F401  (registers se_control in ACTIVATIONS, defined above)

@@ -98,6 +98,20 @@ def test_unreachable_tracking_server_is_one_line_and_creates_no_study(tmp_path):
     assert optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/optuna.db") == []
 
 
+@pytest.mark.parametrize("args", [["run", "--help"], ["worker", "--help"], ["run", "no_such_study"],
+                                  ["worker", "no_such_study", "--epochs", "2"]])
+def test_help_and_an_unknown_study_answer_without_loading_torch_or_mlflow(args, tmp_path):
+    """They answer in well under a second: torch, torchvision and MLflow (2-9 s to import) stay unloaded."""
+    probe = ("import runpy, sys; sys.argv = ['run_study.py', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+             "except SystemExit as e:\n"
+             "    print(sorted({'torch', 'torchvision', 'mlflow', 'pandas'} & set(sys.modules)), e.code)")
+    proc = subprocess.run([sys.executable, "-c", probe, *args], cwd=ROOT, env=clean_env(), capture_output=True,
+                          text=True, timeout=120)
+    expected_code = 0 if "--help" in args else 2
+    assert proc.stdout.splitlines()[-1] == f"[] {expected_code}", proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("command", ["list", "run", "worker", "report", "overhead"])
 def test_every_subcommand_has_help(command, capsys):
     # in-process: the CLI's start-up is covered by the subprocess tests above; this pins the help text

@@ -269,3 +269,23 @@ def test_placement_entries_say_which_take_an_argument():
                     "first": "K", "last": "K", "stage": "I", "glob": "PATTERN"}
     with pytest.raises(ValueError, match="placement stage:I needs its I, e.g. 'stage:2'"):
         ablation.parse_placement("stage")
+
+
+def test_the_acon_package_exports_resolve_lazily_and_match_their_modules():
+    """``acon``'s names load on first use (so the CLI's help needs no torch); each is its module's own object,
+    and importing ``acon.activations`` alone registers every built-in activation, se_control included."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, acon, acon.registry; loaded = 'torch' in sys.modules\n"
+             "from acon.activations import ACTIVATIONS\n"
+             "import importlib\n"
+             "same = all(getattr(acon, n) is getattr(importlib.import_module(acon._MODULE_OF[n]), n) "
+             "for n in acon.__all__)\n"
+             "print(loaded, same, sorted(acon.__all__) == sorted(acon._MODULE_OF), 'se_control' in ACTIVATIONS)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "True", "True", "True"], out.stderr
+    import acon
+
+    with pytest.raises(AttributeError, match="no attribute 'Acon'"):
+        acon.Acon

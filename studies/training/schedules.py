@@ -6,8 +6,10 @@ without an optimizer; ``make_scheduler`` wraps it in a ``LambdaLR`` stepped once
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 SCHEDULES = ("cosine", "linear", "onecycle")
 
@@ -46,4 +48,6 @@ def _cos_between(start: float, end: float, t: float) -> float:
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total: int, warmup: int = 0):
     """A LambdaLR applying ``lr_factor`` per optimizer step."""
+    import torch  # here, so that the command line reads SCHEDULES without loading torch
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, total, warmup))
