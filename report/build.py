@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from report import plots, summary
-from report.columns import FOOTNOTE, add_columns
+from report.columns import add_columns, legend
 from report.pareto import plot_pareto
 from report.power import check_effect
 from report.collect import StudyRuns, collect, history
@@ -37,8 +37,14 @@ class _Report:
     table: pd.DataFrame
     shown: pd.DataFrame
     header: str
-    footnote: str
+    footnote: str  # what could not be compared, and the next run; each format adds the legend of its own columns
     summary: str = ""  # what to conclude and what to run next (report.summary)
+    baseline_label: str = ""
+
+    def notes(self, frame: pd.DataFrame) -> str:
+        """The legend of ``frame``'s columns, then the footnote."""
+        return "\n".join([legend(frame.columns, baseline_label=self.baseline_label, accuracy=self.accuracy),
+                          self.footnote])
 
 
 def build_report(study: str, *, tracking_uri: str | None = None, experiment: str | None = None, group_by=None,
@@ -75,28 +81,29 @@ def _build(runs: StudyRuns, group_by, baseline, metric, effect=None) -> _Report:
     accuracy = is_accuracy(column, runs.kept[column])
     spec = _baseline(baseline, runs)
     table = ablation_stats(runs.kept, groups, column, baseline=spec, direction=runs.direction,
-                           scale=100.0 if accuracy else 1.0, effect=effect)
+                           scale=100.0 if accuracy else 1.0, effect=effect, bounds=(0.0, 100.0) if accuracy else None)
     table = table.sort_values("is_baseline", ascending=False, kind="stable").reset_index(drop=True)
     label = ",".join(f"{k}={v}" for k, v in spec.items()) or "baseline"
     shown = add_columns(display_frame(table, groups, accuracy=accuracy, baseline_label=label), table)
     paragraph, next_run = summary.conclusions(runs, table, groups, column, label, accuracy, effect)
     return _Report(runs, column, groups, accuracy, table, shown, _header(runs, column, accuracy),
-                   "\n".join([_footer(runs, spec, table, label), FOOTNOTE, next_run]), paragraph)
+                   "\n".join(filter(None, [_footer(spec, table), next_run])), paragraph, label)
 
 
 def _render(rep: _Report, fmt: str, images: list[Path]) -> str:
     """The report as text in ``fmt``: terminal and Markdown with header and footnote, CSV raw, HTML a page."""
     if fmt == "terminal":
         compact = compact_frame(rep.table, rep.groups, accuracy=rep.accuracy)
-        return "\n".join([rep.header, wrap(rep.summary), "", format_table(compact, "terminal"), "", wrap(rep.footnote)])
+        return "\n".join([rep.header, wrap(rep.summary), "", format_table(compact, "terminal"), "",
+                          wrap(rep.notes(compact))])
     if fmt == "markdown":
         return "\n\n".join([rep.header.replace("\n", "  \n"), rep.summary, format_table(rep.shown, "markdown"),
-                            rep.footnote])
+                            rep.notes(rep.shown)])
     if fmt == "csv":
         return format_table(rep.table, "csv")
     if fmt == "html":
         return html_page(f"{rep.runs.study}: ablation", [*rep.header.splitlines(), rep.summary], rep.runs.settings, rep.shown,
-                         rep.footnote, images)
+                         rep.notes(rep.shown), images)
     return format_table(rep.shown, fmt)
 
 
@@ -136,13 +143,9 @@ def _header(runs: StudyRuns, column: str, accuracy: bool) -> str:
             f"{c['duplicates']} duplicate run(s) counted once\n")
 
 
-def _footer(runs: StudyRuns, spec: dict, table, label: str) -> str:
-    """How to read the table, and what could not be compared."""
-    lines = [f"mean ± std: the standard deviation is across seeds; * marks the best mean; n: completed trials "
-             f"(dropped: pruned or failed); 95% CI: t-interval of the mean; Δ: mean per-seed difference to the "
-             f"baseline {label} (pairs = seeds present in both); p (t): paired t-test (exact sign test when every "
-             f"pair differs by the same amount); p (Holm): p (t) adjusted for the number of rows tested against the "
-             f"baseline; p (W): Wilcoxon signed-rank, from 6 pairs; verdict 'noise' when p (Holm) >= 0.05."]
+def _footer(spec: dict, table) -> str:
+    """What could not be compared."""
+    lines = []
     if spec and not table["is_baseline"].any() and not (table["n_pairs"] > 0).any():
         lines.append(f"baseline {spec} has no completed trials: no differences computed.")
     elif not spec:

@@ -65,12 +65,41 @@ def _seeds(needed: float, effect: float, sd: float) -> str:
         return "-"
     return f"{'>1000' if math.isnan(needed) else int(needed)} (Δ={effect:.2f})"
 
-FOOTNOTE = (
-    f"Δ CI (t) / (bootstrap): 95% intervals of the per-seed difference to the baseline (bootstrap: paired, BCa, "
-    f"fixed seed; from {MIN_PAIRS_BOOTSTRAP} pairs; t from {MIN_PAIRS_T}); rows with fewer seeds say so. P(better): "
-    "share of seeds where the design beats the baseline, Wilson 95% interval. detectable Δ: smallest difference the "
-    "current seeds detect with 80% power; seeds for Δ: seeds needed for the difference named (default: the observed "
-    "one); both for a two-sided paired t-test at alpha / m, Holm's strictest step (conservative). Costs: params and "
-    "FLOPs over the ReLU model, time per training image over the baseline row; Pareto: not beaten on both accuracy "
-    "and FLOPs by another design."
-)
+def legend(columns, *, baseline_label: str, accuracy: bool) -> str:
+    """What each of ``columns`` (a readable table's) means, in the table's order: a table's legend names
+    its own columns, and the terminal's compact table says where the others are."""
+    m = MIN_PAIRS_T
+    names = [str(c).split(" vs ")[0] for c in columns]  # "Δ vs activation=relu" is the Δ column
+    spread = "mean ± standard deviation across seeds" + ("" if "best" in names else " (* best mean)")
+    known = {
+        "n": "n: completed trials",
+        "dropped": "dropped: pruned or failed trials, left out",
+        "pruned/failed": "pruned/failed: trials left out",
+        "acc %": f"acc %: {spread}",
+        "metric": f"metric: {spread}",
+        "err %": "err %: 100 - accuracy",
+        CI_COLUMN: "95% CI: t-interval of the mean" + (", clipped to 0-100" if accuracy else "")
+                   + f" (needs {m} seeds)",
+        "Δ": f"Δ: mean per-seed difference to the baseline {baseline_label} (paired on the seeds both have)",
+        "pairs": "pairs: seeds present in the row and the baseline",
+        "p (t)": "p (t): paired t-test (exact sign test when every pair differs by the same amount)",
+        "p (Holm)": "p (Holm): the paired t-test's p adjusted (Holm) for the number of rows tested against the "
+                    "baseline",
+        "p (W)": "p (W): Wilcoxon signed-rank (needs 6 pairs)",
+        "verdict": "verdict: better or worse when p (Holm) < 0.05, else noise (n/a: not tested)",
+        "best": "best: * marks the best mean",
+        "Δ CI (t)": f"Δ CI (t) / (bootstrap): 95% intervals of the per-seed difference (bootstrap: paired, BCa, fixed "
+                    f"seed, needs {MIN_PAIRS_BOOTSTRAP} pairs; t needs {m})",
+        "P(better)": "P(better): share of seeds where the design beats the baseline, Wilson 95% interval",
+        "detectable Δ": "detectable Δ: smallest difference the current seeds detect with 80% power; seeds for Δ: "
+                        "seeds needed for the difference named (default: the observed one); both for a two-sided "
+                        "paired t-test at alpha / m, Holm's strictest step (conservative)",
+        "params +%": "params +% and FLOPs +%: over the ReLU model",
+        "time +%": "time +%: time per training image over the baseline row",
+        "Pareto": "Pareto: * when no other design is better on both accuracy and FLOPs",
+    }
+    text = "; ".join(known[c] for c in names if c in known) + "."
+    if "p (Holm)" in names and "p (W)" not in names:  # the compact table: the full one is elsewhere
+        text += (" More columns (p (t), p (W), intervals of Δ, P(better), power, costs, Pareto): --format markdown, "
+                 "html or csv, or the parent run's description in the MLflow UI.")
+    return text

@@ -60,9 +60,13 @@ def _split_pair(text: str) -> tuple[str, str]:
 
 
 def ablation_stats(trials: pd.DataFrame, group_by: list[str], column: str, *, baseline: dict[str, str],
-                   direction: str = "maximize", scale: float = 1.0, effect: float | None = None) -> pd.DataFrame:
+                   direction: str = "maximize", scale: float = 1.0, effect: float | None = None,
+                   bounds: tuple[float, float] | None = None) -> pd.DataFrame:
     """One row per group: counts by state, mean/std/CI of ``column`` (times ``scale``), the paired delta,
-    its intervals, power and the seeds needed to detect ``effect`` (default: the observed delta), and costs."""
+    its intervals, power and the seeds needed to detect ``effect`` (default: the observed delta), and costs.
+
+    ``bounds`` is the range the metric cannot leave (accuracy in %: 0 to 100): a t-interval of a mean near
+    a bound, from few noisy seeds, can reach past it, and is clipped to it (it only gains coverage)."""
     power.check_effect(effect)
     missing = sorted(g for g in group_by if g not in trials)
     if missing:
@@ -73,6 +77,8 @@ def ablation_stats(trials: pd.DataFrame, group_by: list[str], column: str, *, ba
     rows = [_row(dict(zip(group_by, key)), g, column, scale, base, baseline, direction) for key, g in groups]
     table = pd.DataFrame(rows)
     table = table.sort_values(group_by, key=_natural_key, kind="stable").reset_index(drop=True)
+    if bounds is not None:
+        table["ci_low"], table["ci_high"] = table["ci_low"].clip(*bounds), table["ci_high"].clip(*bounds)
     table["best"] = _best(table["mean"], direction)
     # several rows are tested against one baseline: the verdict uses Holm-adjusted p-values
     table["p_holm"] = holm(table["p_t"])

@@ -46,7 +46,7 @@ def test_report_writes_every_format_and_logs_them_to_the_parent_run(store):
     assert (out / "edf_r.png").stat().st_size > 5000 and (out / "edf_activation.png").exists()
     page = (out / "abl_table.html").read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page and "<title>abl: ablation" in page
-    assert "72.38 ± 0.33" in page and "standard deviation is across seeds" in page and "<td>tiny_cnn</td>" in page
+    assert "72.38 ± 0.33" in page and "standard deviation across seeds" in page and "<td>tiny_cnn</td>" in page
     assert page.count('src="data:image/png;base64,') == len(list(out.glob("*.png")))
 
 
@@ -100,3 +100,30 @@ def test_param_importance_plot_from_an_optuna_study(tmp_path):
     assert [p.suffix for p in paths] == [".png", ".svg"] and paths[0].stat().st_size > 3000
     imp = optuna.importance.get_param_importances(study)
     assert list(imp)[0] == "lr"
+
+
+def test_each_table_explains_its_own_columns_and_an_accuracy_interval_stays_within_0_to_100(tmp_path):
+    """Layer-wise meta-ACON diverging on one seed of three (99, 60, 98 %): the t-interval of its mean would reach
+    about 140 %; the report clips it at 100 and says so. The terminal's legend names only the terminal's
+    columns and says where the others are; the Markdown legend names every one of its columns."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    unstable = {0: 0.99, 1: 0.60, 2: 0.98}
+    trials = grid(CELLS[::2], range(3), lambda c, s: unstable[s] if c["generator"] == "layer" else 0.97 + 0.001 * s)
+    write_study(uri, "wild", trials, axes=["activation", "generator", "r"])
+    out = tmp_path / "out"
+    terminal = build_report("wild", tracking_uri=uri, formats=("terminal", "markdown", "csv"), out_dir=out,
+                            log_to_mlflow=False)
+    csv = pd.read_csv(out / "wild_table.csv").set_index("generator")
+    assert csv.loc["layer", "ci_high"] == 100.0 and 0.0 < csv.loc["layer", "ci_low"] < csv.loc["layer", "mean"]
+    assert csv.loc["-", "ci_high"] < 100.0  # the steady row is not touched
+    row = next(line for line in terminal.splitlines() if line.startswith("meta_acon"))
+    assert ", 100.00]" in row
+    legend = terminal[terminal.index("\nn: completed trials"):]
+    assert "clipped to 0-100" in legend and "p (Holm):" in legend
+    assert "p (W):" not in legend and "P(better):" not in legend and "More columns" in legend
+    markdown = (out / "wild_table.md").read_text(encoding="utf-8")
+    header = next(line for line in markdown.splitlines() if line.startswith("| activation"))
+    for column in ("p (W)", "P(better)", "detectable Δ", "err %", "pairs"):
+        assert f"| {column}" in header and f"{column}:" in markdown
+    assert "| Δ CI (bootstrap)" in header and "Δ CI (t) / (bootstrap):" in markdown
+    assert "More columns" not in markdown

@@ -100,7 +100,7 @@ def test_report_on_the_real_study_logs_a_utf8_page_to_the_parent_run(real, tmp_p
     plots = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(parent.info.run_id, schema.PLOTS_DIR)}
     assert "edf_activation.png" in plots and "edf_placement.png" not in plots  # one placement: no plot
     after = client.get_run(parent.info.run_id).data
-    assert "| relu" in after.tags[schema.NOTE] and "standard deviation is across seeds" in after.tags[schema.NOTE]
+    assert "| relu" in after.tags[schema.NOTE] and "standard deviation across seeds" in after.tags[schema.NOTE]
     assert "## Settings" in after.tags[schema.NOTE]  # the report replaced the results only
     # the report's mean per row lands on the same keys the run wrote, not on a second set
     assert set(after.metrics) == {"mean/relu.all", "mean/meta_acon.channel.r4.all"}
