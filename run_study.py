@@ -240,14 +240,18 @@ def _searched_study(args: argparse.Namespace):
 def cmd_overhead(args: argparse.Namespace) -> int:
     """Print the params/FLOPs overhead table over the given values of each axis."""
     from report import format_table, overhead_table
+    from report.overhead import terminal_frame
 
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
     rs = [_int("--r", v) for v in split(args.r)]
     table = overhead_table(split(args.model), split(args.generator), rs, split(args.placement),
                            input_size=args.input_size, activation=args.activation, latency=args.latency,
                            export=args.export)
-    print(format_table(table, args.format))
+    terminal = args.format in ("terminal", "txt", "text")
+    print(format_table(terminal_frame(table) if terminal else table, args.format))
     print(table.attrs.get("convention", ""))
+    if terminal and not table.empty:
+        print("the baseline's counts, MACs and elementwise ops: --format markdown or csv")
     for line in table.attrs.get("skipped", []):
         print(f"skipped {line}")
     return 0

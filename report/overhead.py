@@ -63,7 +63,7 @@ def overhead_table(models, generators, rs, placements, *, input_size=None, activ
             variant, sites = _build(builder, model, device, activation=activation, generator=gen, r=r,
                                     placement=place, **common)
         except ValueError as e:  # e.g. bottleneck_3x3 on a ShuffleNet: no such site
-            skipped.append(f"{model}/{gen}/{r}/{place}: {e}")
+            skipped.append(f"{model}/{gen}/{'-' if r is None else r}/{place}: {e}")
             continue
         rows.append(_row(model, gen, r, place, variant, baselines[model], sites, (in_channels, size, size)))
         if latency:
@@ -74,6 +74,36 @@ def overhead_table(models, generators, rs, placements, *, input_size=None, activ
     table.attrs["skipped"] = skipped
     table.attrs["convention"] = complexity.FLOP_CONVENTION
     return table
+
+
+def terminal_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """The overhead table for a terminal (about 100 columns): the design, its sites, params and FLOPs with
+    their overhead, and the latency and ONNX columns when measured. The baseline counts, MACs and
+    elementwise ops are in the other formats."""
+    if table.empty:
+        return table
+    out = table[["model", "generator", "r", "placement", "sites"]].astype(str).copy()
+    if not table["replaces"].astype(str).str.fullmatch(r"relu x\d+|-").all():  # not only ReLUs replaced
+        out["replaces"] = table["replaces"]
+    out["params"] = [_count(v * 1e6) for v in table["params_M"]]
+    out["params +"] = [f"{_count(n, sign=True)} ({p:+.2f}%)" for n, p in zip(table["params_extra"],
+                                                                           table["params_extra_pct"])]
+    out["FLOPs"] = [_count(v * 1e6) for v in table["flops_M"]]
+    out["FLOPs +%"] = [f"{v:+.2f}" for v in table["flops_extra_pct"]]
+    for key, name in (("latency_fwd_ratio", "fwd x"), ("latency_fwd_bwd_ratio", "fwd+bwd x")):
+        if key in table:
+            out[name] = [f"{v:.2f}" for v in table[key]]
+    if "onnx" in table:
+        out["onnx"] = table["onnx"].astype(str)
+    return out
+
+
+def _count(n: float, *, sign: bool = False) -> str:
+    """A count, readable: ``25.747M``, ``+189.8k``, ``4.136G``, ``912``."""
+    for scale, unit, digits in ((1e9, "G", 3), (1e6, "M", 3), (1e3, "k", 1)):
+        if abs(n) >= scale:
+            return f"{n / scale:{'+' if sign else ''}.{digits}f}{unit}"
+    return f"{round(n):{'+' if sign else ''}d}"
 
 
 def _latency(builder, model, gen, r, place, activation, common, device) -> dict:

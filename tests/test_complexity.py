@@ -134,3 +134,28 @@ def test_overhead_table_rows_collapse_r_and_skip_impossible_cells():
     # MetaAconC(8, r=4): hidden max(4, 2) = 4; fc1 8*4+4, bn1 2*4, fc2 4*8+8, bn2 2*8, p1 8, p2 8.
     assert channel_r4["params_extra"] == 36 + 8 + 40 + 16 + 16
     assert channel_r4["sites"] == 1 and channel_r4["params_baseline_M"] * 1e6 == pytest.approx(3 * 8 * 9 + 8 * 3 + 3)
+
+
+def test_the_terminal_overhead_table_fits_a_terminal_and_reads_its_extra_params():
+    """The terminal shows the design, params and FLOPs with their overhead (the baseline counts, MACs and
+    elementwise ops stay in the full table); ``replaces`` appears only when an activation other than ReLU
+    was replaced."""
+    from report import format_table, overhead_table
+    from report.overhead import terminal_frame
+
+    table = overhead_table(["tiny"], ["channel", "pixel"], [2, 4], ["all"], input_size=8, num_classes=3,
+                           builder=_tiny_builder)
+    shown = terminal_frame(table)
+    assert list(shown.columns) == ["model", "generator", "r", "placement", "sites", "params", "params +",
+                                   "FLOPs", "FLOPs +%"]
+    assert shown["params +"].tolist() == [f"+{int(n)} ({p:+.2f}%)" for n, p in zip(table["params_extra"],
+                                                                                   table["params_extra_pct"])]
+    assert shown["params"].tolist() == [str(round(p * 1e6)) for p in table["params_M"]]
+    assert max(len(line) for line in format_table(shown, "terminal").splitlines()) <= 100
+    big = table.assign(params_extra=[189_776, 2_975_264, 7_552], params_M=[25.747, 0.3494, 0.0009],
+                       flops_M=[4135.9, 42.4, 0.5], replaces=["relu x1", "gelu x1", "relu x1"])
+    shown = terminal_frame(big)
+    assert [v.split()[0] for v in shown["params +"]] == ["+189.8k", "+2.975M", "+7.6k"]
+    assert shown["params"].tolist() == ["25.747M", "349.4k", "900"]
+    assert shown["FLOPs"].tolist() == ["4.136G", "42.400M", "500.0k"]
+    assert shown["replaces"].tolist() == ["relu x1", "gelu x1", "relu x1"]
