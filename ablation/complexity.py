@@ -218,9 +218,24 @@ def latency(model: nn.Module, baseline: nn.Module, input_shape, *, backward: boo
     return times
 
 
+def _timer_module():
+    """``torch.utils.benchmark``, imported without its import-time warning: it loads ``cpp_extension``,
+    which logs "No CUDA runtime is found" on any machine with a CUDA toolkit and no GPU."""
+    import logging
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        logger.setLevel(level)
+    return benchmark
+
+
 def _time(m: nn.Module, x, step: str, backward: bool, min_run_time: float) -> float:
     """Median seconds of ``step`` on ``m`` in eval mode (BN accepts a batch of 1; both models alike)."""
-    from torch.utils import benchmark
+    benchmark = _timer_module()
 
     was_training = m.training
     m.eval()
