@@ -79,7 +79,8 @@ def plot_pareto(table: pd.DataFrame, group_by: list[str], out_dir: Path, *, cost
     ax.plot(front[cost], front["mean"], "o-", color="tab:red", label="Pareto front")
     for row in rows.itertuples():
         ax.annotate(row.label, (getattr(row, cost), row.mean), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set(xlabel=f"{cost.replace('_', ' ')} over ReLU", ylabel=ylabel, title="accuracy vs FLOPs overhead")
+    xlabel = "FLOPs over the ReLU model (%)" if cost == "flops_extra_pct" else cost.replace("_", " ")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title="accuracy vs FLOPs overhead")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return save(fig, out_dir, stem)

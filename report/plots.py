@@ -12,6 +12,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from studies.tracking.schema import SEED
+
 EDF_BINS = 10
 
 
@@ -95,19 +97,35 @@ def plot_learning_curves(hist: pd.DataFrame, key: str, out_dir: Path, *, scale: 
     return save(fig, out_dir, stem or f"curves_{_plain(key)}")
 
 
-def plot_param_importance(study, out_dir: Path, *, stem: str = "param_importance") -> list[Path]:
-    """Bar chart of ``optuna.importance.get_param_importances(study)`` (an ``optuna.Study``)."""
+def param_importances(study) -> dict[str, float]:
+    """fANOVA importance of the params of ``study`` (an ``optuna.Study``), largest first, the same on every run.
+
+    fANOVA, not Optuna 5's default PED-ANOVA: the question is how much of the objective's variance a
+    design param explains, not what puts a trial in the top 10% (one or two trials in a small grid). A grid study's ``seed`` stays in: it is not a choice to make, but leaving it out makes the forest
+    explain the seeds' spread with the design params (a param with no effect gets a share).
+    """
     import optuna
 
-    importances = optuna.importance.get_param_importances(study)
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+
+
+def importance_figure(importances: dict[str, float], title: str) -> Figure:
+    """Horizontal bars, largest on top; the seed's bar is grey and named for what it is: noise."""
     names, values = list(importances)[::-1], list(importances.values())[::-1]
     fig = Figure(figsize=(5.5, 0.5 + 0.4 * max(len(names), 1)))
     ax = fig.add_subplot()
-    ax.barh(names, values, color="tab:blue")
+    labels = [f"{SEED} (noise)" if n == SEED else n for n in names]
+    ax.barh(labels, values, color=["0.65" if n == SEED else "tab:blue" for n in names])
     for y, v in enumerate(values):
         ax.text(v, y, f" {v:.2f}", va="center", fontsize=8)
-    ax.set(xlabel="importance (fANOVA, sums to 1)", title=f"parameter importance: {study.study_name}", xlim=(0, 1.1))
-    return save(fig, out_dir, stem)
+    ax.set(xlabel="importance (fANOVA, sums to 1)", title=title, xlim=(0, 1.1))
+    return fig
+
+
+def plot_param_importance(study, out_dir: Path, *, stem: str = "param_importance") -> list[Path]:
+    """Bar chart of ``param_importances(study)``."""
+    return save(importance_figure(param_importances(study), f"parameter importance: {study.study_name}"), out_dir, stem)
 
 
 def _plain(key: str) -> str:

@@ -7,7 +7,7 @@ from mlflow import MlflowClient
 
 from _tracked import grid, write_study
 from report import build_report
-from report.plots import complexity_weights, edf, plot_param_importance
+from report.plots import complexity_weights, edf, importance_figure, param_importances, plot_param_importance
 
 CELLS = [{"activation": "relu", "generator": "-", "r": "-"},
          {"activation": "meta_acon", "generator": "channel", "r": "16"},
@@ -98,8 +98,27 @@ def test_param_importance_plot_from_an_optuna_study(tmp_path):
     study.optimize(lambda t: t.suggest_float("lr", 0, 1) ** 2 + 0.01 * t.suggest_float("wd", 0, 1), n_trials=20)
     paths = plot_param_importance(study, tmp_path)
     assert [p.suffix for p in paths] == [".png", ".svg"] and paths[0].stat().st_size > 3000
-    imp = optuna.importance.get_param_importances(study)
-    assert list(imp)[0] == "lr"
+    assert list(param_importances(study)) == ["lr", "wd"]
+
+
+def test_a_grid_studys_seed_is_drawn_as_noise_and_the_importance_is_the_same_on_every_run():
+    """A full grid, r x gate x four seeds, where the seed moves the value most: the seed's bar is grey and
+    says it is noise, and two reports of one study draw the same numbers."""
+    study = optuna.create_study(direction="maximize")
+    for seed in range(4):
+        for r in (4, 8, 16):
+            for gate in ("sigmoid", "hard_sigmoid"):
+                study.enqueue_trial({"r": r, "gate": gate, "seed": seed})
+    study.optimize(lambda t: 0.05 * t.suggest_categorical("r", [4, 8, 16]) / 16 + 0.3 * (t.suggest_int("seed", 0, 3) % 2)
+                   + 0 * len(t.suggest_categorical("gate", ["sigmoid", "hard_sigmoid"])), n_trials=24)
+    importances = param_importances(study)
+    assert importances == param_importances(study) and list(importances)[0] == "seed"
+    assert sum(importances.values()) == pytest.approx(1.0)
+    ax = importance_figure(importances, "t").axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[-1] == "seed (noise)" and set(labels[:-1]) == {"r", "gate"}  # largest on top
+    colours = [tuple(bar.get_facecolor()[:3]) for bar in ax.patches]
+    assert colours[-1] == (0.65, 0.65, 0.65) and colours[0] != colours[-1]
 
 
 def test_each_table_explains_its_own_columns_and_an_accuracy_interval_stays_within_0_to_100(tmp_path):
