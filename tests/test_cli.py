@@ -14,7 +14,6 @@ import mlflow
 import optuna
 import pytest
 
-from _services import cli_all
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(ROOT / "run_study.py")]
@@ -62,14 +61,40 @@ BAD_INPUT = [
 ]
 
 
+def in_process(args: tuple[str, ...], cwd: Path) -> subprocess.CompletedProcess:
+    """``run_study.main(args)`` in this process, in ``cwd``, without store overrides, its output captured;
+    the working directory and the environment (``mlflow.set_tracking_uri`` exports a variable) are put back."""
+    import contextlib
+    import io
+
+    import run_study
+
+    env, here = dict(os.environ), Path.cwd()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        os.environ.pop("ACON_STORAGE", None)
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = run_study.main(list(args))
+            except SystemExit as exc:  # argparse's own errors
+                code = exc.code
+    finally:
+        os.chdir(here)
+        os.environ.clear()
+        os.environ.update(env)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def quick_commands(tmp_path_factory):
-    """The ``list`` and bad-input commands below, all started at once, each in its own empty folder:
-    each spends 5-10 s importing torch, torchvision and MLflow, and started together they overlap.
-    Maps the arguments to (folder, finished process)."""
+    """The ``list`` and bad-input commands below, each in its own empty folder, through ``run_study.main`` in
+    this process (the start-up of a real process is covered by the subprocess tests further down).
+    Maps the arguments to (folder, finished command)."""
     commands = [("list", what) for what in sorted(BUILT_IN)] + [tuple(args) for args, _ in BAD_INPUT]
     cwds = [tmp_path_factory.mktemp("cli") for _ in commands]
-    return {args: (cwd, proc) for args, cwd, proc in zip(commands, cwds, cli_all(*commands, cwds=cwds))}
+    return {args: (cwd, in_process(args, cwd)) for args, cwd in zip(commands, cwds)}
 
 
 @pytest.mark.parametrize("what", sorted(BUILT_IN))
