@@ -110,9 +110,7 @@ class Registry:
 
     def unknown_message(self, name: str) -> str:
         """The one-line error for an unknown ``name``, with the valid choices."""
-        close = difflib.get_close_matches(name, self._entries, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown {self.name} {name!r}{hint}; valid choices: {', '.join(self.names())}"
+        return unknown_choice(self.name, name, self.names())
 
     def names(self) -> list[str]:
         """The registered names, sorted."""
@@ -157,6 +155,15 @@ def check_options(what: str, options: Mapping[str, Any], accepted: frozenset[str
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         valid = ", ".join(sorted(accepted)) or "none"
         raise UnknownOptionError(f"{what} does not accept option {', '.join(map(repr, unknown))}{hint}; valid options: {valid}")
+
+
+def unknown_choice(what: str, name: str, choices) -> str:
+    """``unknown WHAT 'name' (did you mean 'x'?); valid choices: a, b, c``: the one-line error for a name
+    that is not one of ``choices``."""
+    choices = sorted(map(str, choices))
+    close = difflib.get_close_matches(str(name), choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {what} {name!r}{hint}; valid choices: {', '.join(choices)}"
 
 
 def _first_line(doc: str | None) -> str:

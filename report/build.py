@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from acon.registry import unknown_choice
 from report import plots, summary
 from report.columns import add_columns, legend
 from report.pareto import plot_pareto
 from report.power import check_effect
 from report.collect import StudyRuns, collect, history
-from report.errors import EmptyStudyError
+from report.errors import EmptyStudyError, ReportError
 from report.stats import ablation_stats, is_accuracy, parse_baseline, resolve_metric
 from report.tables import SUFFIX, check_formats, compact_frame, display_frame, format_table, group_labels, html_page, wrap
 from studies.tracking import schema
@@ -122,16 +123,27 @@ def _group_by(group_by, runs: StudyRuns) -> list[str]:
         groups = [g.strip() for g in group_by.split(",")] if isinstance(group_by, str) else list(group_by)
     if not groups:
         raise EmptyStudyError(f"study {runs.study!r} names no design axes (tag acon.axes); pass group_by")
+    for axis in groups:
+        if axis not in runs.trials:
+            raise ReportError(unknown_choice("axis to group by", axis, _axis_choices(runs)))
     return groups
+
+
+def _axis_choices(runs: StudyRuns) -> list[str]:
+    """What a table can group by or take a baseline from: the design axes and the descriptive params."""
+    return [c for c in (*runs.axes, "variant", "model", "dataset") if c in runs.trials]
 
 
 def _baseline(baseline, runs: StudyRuns) -> dict[str, str]:
     """The baseline spec; the default (activation=relu) is dropped quietly when no trial is a ReLU one."""
     if baseline == DEFAULT_BASELINE and not (runs.trials.get("activation", pd.Series(dtype=str)) == "relu").any():
         return {}
-    # Valid baseline axes: the design axes and the descriptive params, not the metrics.
-    choices = [c for c in (*runs.axes, "variant", "model", "dataset") if c in runs.trials]
-    return parse_baseline(baseline, choices)
+    spec = parse_baseline(baseline, _axis_choices(runs))
+    for axis, value in spec.items():  # a typo in a value would give a table with no comparison at all
+        values = runs.trials[axis].astype(str)
+        if not (values == value).any():
+            raise ReportError(unknown_choice(f"baseline value of {axis}", value, values.unique()))
+    return spec
 
 
 def _header(runs: StudyRuns, column: str, accuracy: bool) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from acon.registry import unknown_choice
 from report import inference, pareto, power
 from report.errors import MetricNotFoundError, ReportError
 
@@ -47,7 +48,7 @@ def parse_baseline(spec: str | dict | None, columns) -> dict[str, str]:
     out = {k.strip(): str(v).strip() for k, v in pairs}
     unknown = sorted(k for k in out if k not in columns)
     if unknown:
-        raise ReportError(f"baseline axis {', '.join(unknown)} is not a column; valid choices: {', '.join(sorted(map(str, columns)))}")
+        raise ReportError(unknown_choice("baseline axis", unknown[0], columns))
     return out
 
 

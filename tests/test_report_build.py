@@ -146,3 +146,21 @@ def test_each_table_explains_its_own_columns_and_an_accuracy_interval_stays_with
         assert f"| {column}" in header and f"{column}:" in markdown
     assert "| Δ CI (bootstrap)" in header and "Δ CI (t) / (bootstrap):" in markdown
     assert "More columns" not in markdown
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"group_by": "generatr"}, "unknown axis to group by 'generatr' (did you mean 'generator'?); valid choices: "
+                               "activation, dataset, generator, model, r, variant"),
+    ({"baseline": "activation=relux"}, "unknown baseline value of activation 'relux' (did you mean 'relu'?); "
+                                       "valid choices: meta_acon, relu"),
+    ({"baseline": "activaton=relu"}, "unknown baseline axis 'activaton' (did you mean 'activation'?)"),
+])
+def test_a_misspelt_axis_or_baseline_value_is_refused_with_the_choices(store, kwargs, message):
+    """A typo in a baseline value used to give a table with no comparison at all; in an axis, a list of every
+    column, metrics included."""
+    from report import ReportError
+
+    uri, _, _ = store
+    with pytest.raises(ReportError) as error:
+        build_report("abl", tracking_uri=uri, log_to_mlflow=False, **kwargs)
+    assert str(error.value).startswith(message)
