@@ -9,6 +9,7 @@ place on the accuracy-vs-FLOPs Pareto front (``report.pareto``).
 """
 from __future__ import annotations
 
+import difflib
 import math
 import warnings
 
@@ -30,7 +31,9 @@ def resolve_metric(trials: pd.DataFrame, metric: str) -> str:
         if column in trials and trials[column].notna().any():
             return column
     logged = sorted(c for c in trials.columns if pd.api.types.is_float_dtype(trials[c]) and trials[c].notna().any())
-    raise MetricNotFoundError(f"no run logged metric {metric!r}; logged metrics: {', '.join(logged) or 'none'}")
+    close = difflib.get_close_matches(metric, logged, n=1) or difflib.get_close_matches(f"final/{metric}", logged, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise MetricNotFoundError(f"no run logged metric {metric!r}{hint}; logged metrics: {', '.join(logged) or 'none'}")
 
 
 def is_accuracy(metric: str, values: pd.Series) -> bool:

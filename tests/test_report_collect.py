@@ -60,6 +60,8 @@ def test_history_is_a_long_frame_of_per_epoch_values(uri):
     (lambda u: collect("empty", tracking_uri=u), EmptyStudyError, "no trial runs"),
     (lambda u: build_report("abl", tracking_uri=u, metric="top9", log_to_mlflow=False), MetricNotFoundError,
      "no run logged metric 'top9'"),
+    (lambda u: build_report("abl", tracking_uri=u, metric="val_acx", log_to_mlflow=False), MetricNotFoundError,
+     r"no run logged metric 'val_acx' \(did you mean 'val/acc'\?\); logged metrics: "),
 ])
 def test_bad_input_raises_one_line_lookup_or_value_error(uri, call, error, text):
     with pytest.raises(error, match=text) as info:
