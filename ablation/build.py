@@ -6,6 +6,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from acon.activations import activation_options, create_activation
+from acon.errors import UserError
 from ablation.models import create_model, default_input_size
 from ablation.sites import Site
 from ablation.surgery import apply_placement
@@ -59,7 +60,8 @@ def _activation_factory(activation: Any, generator: Any, r: int | None, options:
             extra["original"] = original
         try:
             return create_activation(activation, site.width, **kwargs, **extra)
-        except ValueError as e:
-            raise ValueError(f"site {site.path} (width {site.width}): {e}") from e
+        except ValueError as e:  # a user's bad value stays a UserError (one line in the CLI)
+            kind = UserError if isinstance(e, UserError) else ValueError
+            raise kind(f"site {site.path} (width {site.width}): {e}") from e
 
     return make

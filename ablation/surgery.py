@@ -10,10 +10,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from torch import fx, nn
 
+from acon.errors import UserError
 from ablation.placement import select_sites
 from ablation.sites import SITE_KINDS, Site, describe_replaced, find_sites, propagate_shapes, trace
 
@@ -53,7 +54,7 @@ def apply_placement(
     chosen = select_sites(placement, [s for s, _ in candidates])
     if not chosen:
         every = [s for s, _ in find_sites(gm)] if kinds is not None else [s for s, _ in candidates]
-        raise ValueError(_no_site_message(model_name or type(model).__name__, placement, [s for s, _ in candidates], every))
+        raise NoSiteError(_no_site_message(model_name or type(model).__name__, placement, [s for s, _ in candidates], every))
     nodes = {s.index: n for s, n in candidates}
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     wants_original = declares_keyword(make_activation, "original")
@@ -65,6 +66,10 @@ def apply_placement(
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm, chosen
+
+
+class NoSiteError(UserError):
+    """A placement that selects no activation site of a model (a ValueError, as before)."""
 
 
 def _no_site_message(name: str, placement: object, sites: list[Site], every: list[Site]) -> str:

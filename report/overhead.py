@@ -14,6 +14,8 @@ import torch
 
 from ablation import complexity
 from ablation.sites import Site, describe_replaced
+from ablation.surgery import NoSiteError
+from report.errors import ReportError
 
 EXPORTS = ("onnx",)
 
@@ -40,7 +42,8 @@ def overhead_table(models, generators, rs, placements, *, input_size=None, activ
     ``input_size`` None means each model's native ImageNet size (``small_input=False``); a size
     under 64 builds the small-input (CIFAR-style) stem. ``builder`` defaults to
     ``ablation.build_model``; the baseline is ``activation="relu", placement="none"``. Cells a
-    model cannot take (a placement selecting no site) are left out and listed in ``.attrs["skipped"]``.
+    model cannot take (a placement selecting no site: the builder raises ``ablation.NoSiteError``) are
+    left out and listed in ``.attrs["skipped"]``; a misspelt name or a bad value is raised.
     ``latency`` adds measured forward and forward+backward time ratios (variant / baseline, batch 1)
     on ``latency_device`` (default: this machine's accelerator, else the CPU). ``export="onnx"``
     adds whether each variant exports to ONNX and runs in onnxruntime with the same outputs
@@ -52,6 +55,8 @@ def overhead_table(models, generators, rs, placements, *, input_size=None, activ
         from report.export import require_export_extra
 
         require_export_extra()
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1):
+        raise ReportError(f"input size must be an integer >= 1 (pixels per side), got {input_size!r}")
     builder = builder or _default_builder()
     rows, skipped, baselines = [], [], {}
     for model, gen, r, place in _cells(models, generators, rs, placements):
@@ -62,7 +67,7 @@ def overhead_table(models, generators, rs, placements, *, input_size=None, activ
         try:
             variant, sites = _build(builder, model, device, activation=activation, generator=gen, r=r,
                                     placement=place, **common)
-        except ValueError as e:  # e.g. bottleneck_3x3 on a ShuffleNet: no such site
+        except NoSiteError as e:  # e.g. bottleneck_3x3 on a ShuffleNet; a misspelt name or a bad r is raised
             skipped.append(f"{model}/{gen}/{'-' if r is None else r}/{place}: {e}")
             continue
         rows.append(_row(model, gen, r, place, variant, baselines[model], sites, (in_channels, size, size)))
@@ -135,7 +140,7 @@ def _geometry(model, input_size, num_classes, in_channels) -> tuple[int, dict]:
     """The input side and the build options shared by the baseline and the variants."""
     from ablation.models import default_input_size
 
-    size = int(input_size or default_input_size(model, False))
+    size = int(default_input_size(model, False) if input_size is None else input_size)
     return size, dict(num_classes=num_classes, in_channels=in_channels, small_input=size < 64, input_size=size)
 
 

@@ -112,10 +112,11 @@ def test_latency_times_both_models_and_gives_their_ratio():
 
 def _tiny_builder(name, *, activation, generator, r, placement, num_classes, in_channels, small_input, input_size):
     """A one-site model: conv -> activation -> pool -> linear; placement "none" keeps ReLU."""
+    from ablation import NoSiteError
     from acon.activations import create_activation
 
     if placement not in ("all", "none"):
-        raise ValueError(f"placement {placement!r} selects no activation site")
+        raise NoSiteError(f"placement {placement!r} selects no activation site")
     options = {"generator": generator, **({"r": r} if r is not None else {})} if activation == "meta_acon" else {}
     act = nn.ReLU() if placement == "none" else create_activation(activation, 8, **options)
     model = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1, bias=False), act, nn.AdaptiveAvgPool2d(1),
@@ -178,3 +179,23 @@ def test_latency_timing_loads_without_the_cuda_home_warning(tmp_path):
     assert "No CUDA runtime" not in ours
     if not torch.cuda.is_available():  # the warning the helper keeps out is real here
         assert "No CUDA runtime" in stderr_of("import torch.utils.benchmark")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"placements": ["bottlneck_3x3"]}, "unknown placement policy 'bottlneck_3x3' (did you mean 'bottleneck_3x3'?)"),
+    ({"activation": "meta_acn"}, "unknown activation 'meta_acn' (did you mean 'meta_acon'?)"),
+    ({"rs": [0]}, "reduction ratio r=0 is out of range; allowed: integers >= 1"),
+    ({"input_size": 0}, "input size must be an integer >= 1"),
+])
+def test_overhead_refuses_a_misspelt_name_or_bad_number_instead_of_skipping_the_cell(kwargs, message):
+    """Only a placement a model cannot take is a skipped cell; a typo or r=0 used to be one too, and the
+    command printed an empty table and exited 0."""
+    from acon.errors import UserError
+    from report import overhead_table
+
+    args = {"models": ["tiny_cnn"], "generators": ["channel"], "rs": [4], "placements": ["all"], **kwargs}
+    with pytest.raises(UserError) as error:
+        overhead_table(args.pop("models"), args.pop("generators"), args.pop("rs"), args.pop("placements"), **args)
+    assert message in str(error.value)
+    table = overhead_table(["resnet20"], ["channel"], [4], ["bottleneck_3x3", "all"])
+    assert table["placement"].tolist() == ["all"] and "selects no activation site" in table.attrs["skipped"][0]
