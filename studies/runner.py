@@ -24,6 +24,7 @@ from studies.storage import (first_line, heartbeat_interval, open_storage, recor
                              resolve_storage, resolve_tracking_uri)
 from studies.tracking.summary import publish
 from studies.tracking.writer import PARENT_ATTR, Tracker
+from studies.training.config import DEVICES, check_choice, check_int
 from studies.trial import TrialContext, axis_choices, cell_key, enqueue_cell, execute_trial, load_data
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -84,11 +85,22 @@ def run_study(study: Study | str, options: RunOptions | None = None, *, join: bo
 
 def resolve(study: Study | str, options: RunOptions) -> tuple[Study, Settings]:
     """The study with its preset's design cells, and its checked settings; unknown names refused."""
+    check_options(options)
     spec = load_study(study) if isinstance(study, str) else study
     spec = spec.for_preset(options.preset)
     settings = spec.settings(options.preset, options.overrides)
     check_names(spec, settings)
     return spec, settings
+
+
+def check_options(options: RunOptions) -> None:
+    """Refuse a bad device, thread count or trial limit before any store is opened: each trial would
+    otherwise fail on it, one after another, and leave a study of failed trials behind."""
+    check_choice("device", options.device, DEVICES)
+    if options.threads is not None:
+        check_int("threads", options.threads, 1)
+    if options.max_trials is not None:
+        check_int("max_trials", options.max_trials, 0)
 
 
 def optuna_study_name(spec: Study, options: RunOptions) -> str:
