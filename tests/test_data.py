@@ -193,6 +193,19 @@ def test_single_imagefolder_tree_is_split_by_seed(tmp_path):
     assert sorted(a.train.indices + a.val.indices) == list(range(10))
 
 
+def test_imagefolder_mistakes_are_user_errors_that_say_what_to_do(tmp_path):
+    """No --data-dir, or a val/ whose classes differ from train/'s: one line a user can act on (the class
+    mismatch was a plain ValueError, a traceback in the CLI)."""
+    from acon.errors import UserError
+
+    with pytest.raises(DatasetNotFoundError, match="no data_dir given; pass --data-dir DIR"):
+        load_dataset("imagefolder")
+    _write_tree(tmp_path / "train")
+    _write_tree(tmp_path / "val", per_class=1, classes=("cat", "cow"))
+    with pytest.raises(UserError, match=r"val/ classes \['cat', 'cow'\] differ from train/ classes \['cat', 'dog'\]"):
+        load_dataset("imagefolder", data_dir=str(tmp_path), image_size=8)
+
+
 def test_corrupt_image_names_the_file(tmp_path):
     _write_tree(tmp_path, per_class=2)
     (tmp_path / "dog" / "1.png").write_bytes(b"\x89PNG broken")

@@ -48,13 +48,16 @@ def _limited(ds, limit: int | None, seed: int):
 
 def _check_classes(train, other, name: str) -> None:
     if other is not None and other.classes != train.classes:
-        raise ValueError(f"imagefolder: {name}/ classes {other.classes} differ from train/ classes {train.classes}")
+        raise DatasetFormatError(f"imagefolder: {name}/ classes {other.classes} differ from train/ classes {train.classes}")
 
 
 @DATASETS.register("imagefolder", help="class-folder images from data_dir (train/ + val/ or test/, or one tree that is split)")
 def load_imagefolder(*, data_dir=None, download=False, val_fraction=0.1, seed=0, limit=None, image_size: int = 32) -> DataSplits:
     """Images under ``data_dir`` resized to ``image_size``; a single tree is split into seeded train/val."""
-    if data_dir is None or not Path(data_dir).is_dir():
+    if data_dir is None:
+        raise DatasetNotFoundError("imagefolder: no data_dir given; pass --data-dir DIR, a folder of class subfolders "
+                                   "(or train/ and val/ or test/ of them)")
+    if not Path(data_dir).is_dir():
         raise DatasetNotFoundError(f"imagefolder: data_dir {data_dir!r} is not a directory (an image folder cannot be downloaded)")
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
