@@ -222,10 +222,12 @@ def _searched_study(args: argparse.Namespace):
     """The Optuna study behind a search (hpo) study, for its importance plot; None for grids or if absent."""
     import optuna
 
-    from studies.storage import open_storage, resolve_storage, storage_file
+    from studies.storage import open_storage, require_existing, resolve_storage, storage_file
 
     name = args.study_name or f"{args.study}-{args.preset}"
     url = resolve_storage(args.storage, study=name)  # the default file that holds it: optuna.db or optuna.journal
+    if args.storage:
+        require_existing(url)  # a storage named on purpose must be there; the default one may not be
     path = storage_file(url)
     if path is not None and not Path(path).exists():
         return None

@@ -66,6 +66,8 @@ def build_report(study: str, *, tracking_uri: str | None = None, experiment: str
     if out_dir is None and not log_to_mlflow:
         return _render(rep, formats[0], [])
     wanted = formats + tuple(f for f in ("html", "csv") if log_to_mlflow and f not in formats)
+    if out_dir is not None:
+        _check_writable(Path(out_dir))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out_dir) if out_dir is not None else Path(tmp)
         images = _plots(rep, folder, optuna_study) if plots else []
@@ -106,6 +108,18 @@ def _render(rep: _Report, fmt: str, images: list[Path]) -> str:
         return html_page(f"{rep.runs.study}: ablation", [*rep.header.splitlines(), rep.summary], rep.runs.settings, rep.shown,
                          rep.notes(rep.shown), images)
     return format_table(rep.shown, fmt)
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and make sure a file can be written there, or say why not in one line."""
+    if folder.exists() and not folder.is_dir():
+        raise ReportError(f"cannot write the report to {folder}: it is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ReportError(f"cannot write the report to {folder}: {e.strerror or e}") from None
 
 
 def _metric(runs: StudyRuns, metric: str | None) -> str:

@@ -61,6 +61,7 @@ BAD_INPUT = [
     (["run", "design_space", "--dataset", "cifar10", "--data-dir", "nowhere"], "--download"),
     (["overhead", "--model", "tiny_cnn", "--r", "x"], "--r takes integers"),
     (["report", "no_such_study"], "no_such_study"),
+    (["report", "design_space", "--plots", "--storage", "sqlite:///nothere.db"], "no Optuna storage at nothere.db"),
 ]
 
 

@@ -164,3 +164,18 @@ def test_a_misspelt_axis_or_baseline_value_is_refused_with_the_choices(store, kw
     with pytest.raises(ReportError) as error:
         build_report("abl", tracking_uri=uri, log_to_mlflow=False, **kwargs)
     assert str(error.value).startswith(message)
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_anything_is_logged(store, tmp_path):
+    from report import ReportError
+
+    uri, parent, _ = store
+    before = MlflowClient(tracking_uri=uri).get_run(parent).data.tags["mlflow.note.content"]
+    a_file = tmp_path / "table.txt"
+    a_file.write_text("mine")
+    with pytest.raises(ReportError, match=f"cannot write the report to {a_file}: it is a file, not a folder"):
+        build_report("abl", tracking_uri=uri, out_dir=a_file)
+    with pytest.raises(ReportError, match="cannot write the report to .*: Not a directory"):
+        build_report("abl", tracking_uri=uri, out_dir=a_file / "below")
+    assert a_file.read_text() == "mine"
+    assert MlflowClient(tracking_uri=uri).get_run(parent).data.tags["mlflow.note.content"] == before
