@@ -11,6 +11,7 @@ import socket
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -21,7 +22,7 @@ from studies.interrupt import check, graceful_signals
 from studies.settings import Settings
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study
 from studies.storage import (first_line, heartbeat_interval, open_storage, record_heartbeat, require_existing,
-                             resolve_storage, resolve_tracking_uri)
+                             resolve_storage, resolve_tracking_uri, storage_file)
 from studies.tracking.summary import publish
 from studies.tracking.writer import PARENT_ATTR, Tracker
 from studies.training.config import DEVICES, check_choice, check_int
@@ -163,15 +164,23 @@ def _open(spec: Study, settings: Settings, options: RunOptions, *, join: bool) -
     holder: dict[str, _Session] = {}
     if join:  # a worker must not create an empty SQLite or journal file where it expected a study
         require_existing(url)
+    created = _new_file(url)
     storage = open_storage(url)
     if join and name not in optuna.get_all_study_names(storage):  # before the tracker creates the experiment
         raise UserError(f"no study named {name!r} in this storage; start it with `run_study.py run` first")
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
         storage.heartbeat_stale_trial_callback = lambda st, t: _requeue_dead(holder["s"], t)
-    # the tracking store is checked before the Optuna study is created: a bad URI leaves nothing behind
-    tracker = Tracker(resolve_tracking_uri(options.tracking_uri), options.experiment or spec.name, study=spec.name,
-                      optuna_study=name, preset=options.preset, axes=DESIGN_AXES, metric=spec.metric,
-                      direction=spec.direction)
+    # the tracking store is checked before the Optuna study is created: a bad URI leaves nothing behind,
+    # not even the storage file that opening the storage just created
+    try:
+        tracker = Tracker(resolve_tracking_uri(options.tracking_uri), options.experiment or spec.name, study=spec.name,
+                          optuna_study=name, preset=options.preset, axes=DESIGN_AXES, metric=spec.metric,
+                          direction=spec.direction)
+    except BaseException:
+        if created is not None:
+            _dispose(storage)
+            created.unlink(missing_ok=True)
+        raise
     optuna_study = _create_or_load(spec, name, storage, settings, join=join)
     parent = optuna_study.user_attrs.get(PARENT_ATTR)
     if join and parent:
@@ -184,6 +193,19 @@ def _open(spec: Study, settings: Settings, options: RunOptions, *, join: bool) -
                        download=options.download, threads=options.threads, progress=options.progress)
     holder["s"] = _Session(spec, settings, optuna_study, tracker, ctx, url)
     return holder["s"]
+
+
+def _new_file(url: str) -> Path | None:
+    """The file a SQLite or journal storage at ``url`` would create now, or None (it exists, or a server)."""
+    path = storage_file(url)
+    return None if path is None or os.path.exists(path) else Path(path)
+
+
+def _dispose(storage: Any) -> None:
+    """Close a SQLite storage's connections before its file is removed."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
 
 
 def _create_or_load(spec: Study, name: str, storage: Any, settings: Settings, *, join: bool) -> optuna.Study:
