@@ -25,7 +25,8 @@ from studies.storage import (first_line, heartbeat_interval, open_storage, recor
                              resolve_storage, resolve_tracking_uri, storage_file)
 from studies.tracking.summary import publish
 from studies.tracking.writer import PARENT_ATTR, Tracker
-from studies.training.config import DEVICES, check_choice, check_int
+from studies.training.config import check_int
+from studies.training.loop import resolve_device
 from studies.trial import TrialContext, axis_choices, cell_key, enqueue_cell, execute_trial, load_data
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -95,9 +96,10 @@ def resolve(study: Study | str, options: RunOptions) -> tuple[Study, Settings]:
 
 
 def check_options(options: RunOptions) -> None:
-    """Refuse a bad device, thread count or trial limit before any store is opened: each trial would
+    """Refuse a bad device (or CUDA where there is none), thread count or trial limit before any store is
+    opened: each trial would
     otherwise fail on it, one after another, and leave a study of failed trials behind."""
-    check_choice("device", options.device, DEVICES)
+    resolve_device(options.device)  # a known name, and CUDA there when asked for
     if options.threads is not None:
         check_int("threads", options.threads, 1)
     if options.max_trials is not None:

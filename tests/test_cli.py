@@ -123,6 +123,17 @@ def test_bad_input_prints_one_line_and_exits_non_zero_leaving_no_study(args, exp
     assert sorted(p.name for p in cwd.iterdir()) == []  # no store, not even an empty one
 
 
+def test_device_cuda_where_there_is_none_is_refused_before_any_store(tmp_path):
+    """It ran every cell as a failed trial (each one failing on the device) and left the stores behind."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --device cuda is valid here")
+    proc = in_process(("run", "design_space", "--device", "cuda"), tmp_path)
+    assert proc.returncode == 2 and "CUDA is not available here" in error_line(proc)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unreachable_tracking_server_is_one_line_and_creates_no_study(tmp_path):
     proc = cli("run", "design_space", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)
     assert proc.returncode == 2

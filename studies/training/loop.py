@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from acon.errors import UserError
+
 from studies.data.augment import augment_batch, default_padding
 from studies.data.batches import DeviceData, steps_per_epoch
 from studies.data import DataSplits
@@ -57,12 +59,13 @@ class TrainResult:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; ``cuda`` without CUDA -> ValueError."""
+    """``auto`` -> cuda if available else cpu; ``cuda`` without CUDA -> UserError (a ValueError)."""
     check_choice("device", device, DEVICES)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but CUDA is not available here; use device='auto' or 'cpu'")
+        raise UserError("device 'cuda' was asked for but CUDA is not available here "
+                        "(torch.cuda.is_available() is False); use --device auto or cpu")
     return torch.device(device)
 
 
