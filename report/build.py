@@ -41,6 +41,14 @@ class _Report:
     footnote: str  # what could not be compared, and the next run; each format adds the legend of its own columns
     summary: str = ""  # what to conclude and what to run next (report.summary)
     baseline_label: str = ""
+    top: pd.DataFrame | None = None  # a search study's best trials (``best_trials``)
+
+    def intro(self, fmt: str) -> list[str]:
+        """The summary, then (a search study) its best trials as a table in ``fmt``."""
+        lines = [wrap(self.summary) if fmt == "terminal" else self.summary]
+        if self.top is not None and not self.top.empty:
+            lines += ["", format_table(self.top, fmt)] if fmt == "terminal" else [format_table(self.top, fmt)]
+        return lines
 
     def notes(self, frame: pd.DataFrame) -> str:
         """The legend of ``frame``'s columns, then the footnote."""
@@ -89,18 +97,57 @@ def _build(runs: StudyRuns, group_by, baseline, metric, effect=None) -> _Report:
     label = ",".join(f"{k}={v}" for k, v in spec.items()) or "baseline"
     shown = add_columns(display_frame(table, groups, accuracy=accuracy, baseline_label=label), table)
     paragraph, next_run = summary.conclusions(runs, table, groups, column, label, accuracy, effect)
+    top = None
+    if runs.search:  # the table's rows mix trials of different sampled settings: the best trials come first
+        top = best_trials(runs, column, accuracy)
+        paragraph = _search_summary(runs, column, len(top))
     return _Report(runs, column, groups, accuracy, table, shown, _header(runs, column, accuracy),
-                   "\n".join(filter(None, [_footer(spec, table), next_run])), paragraph, label)
+                   "\n".join(filter(None, [_footer(spec, table), next_run])), paragraph, label, top)
+
+
+TOP_TRIALS = 5
+
+
+def best_trials(runs: StudyRuns, column: str, accuracy: bool, top: int = TOP_TRIALS) -> pd.DataFrame:
+    """A search study's best completed trials, best first: trial number, objective and the settings the search
+    sampled (the ``param.*`` columns that differ between its completed trials)."""
+    done = runs.kept[(runs.kept["state"] == "COMPLETE") & runs.kept[column].notna()]
+    sampled = [c for c in done.columns if c.startswith("param.") and done[c].nunique(dropna=True) > 1]
+    best = done.sort_values(column, ascending=runs.direction == "minimize", kind="stable").head(top)
+    name = "acc %" if accuracy else column
+    out = pd.DataFrame({"trial": best["trial"].astype(str).to_numpy(),
+                        name: [f"{v * (100.0 if accuracy else 1.0):.2f}" for v in best[column]]})
+    for c in sampled:
+        out[c.removeprefix("param.")] = [_short(v) for v in best[c]]
+    return out
+
+
+def _search_summary(runs: StudyRuns, column: str, shown: int) -> str:
+    """The summary line of a search study, above its best trials."""
+    done = int(((runs.kept["state"] == "COMPLETE") & runs.kept[column].notna()).sum())
+    if not shown:
+        return "No trial of this search has completed yet."
+    return (f"Best {shown} of {done} completed trials of this search, with the settings it sampled (the table "
+            f"after them averages trials of different settings; compare designs with a grid study):")
+
+
+def _short(value) -> str:
+    """A sampled setting as text: floats to 4 significant digits (``0.05485``), the rest as logged."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(value) if number.is_integer() and "." not in str(value) else f"{number:.4g}"
 
 
 def _render(rep: _Report, fmt: str, images: list[Path]) -> str:
     """The report as text in ``fmt``: terminal and Markdown with header and footnote, CSV raw, HTML a page."""
     if fmt == "terminal":
         compact = compact_frame(rep.table, rep.groups, accuracy=rep.accuracy)
-        return "\n".join([rep.header, wrap(rep.summary), "", format_table(compact, "terminal"), "",
+        return "\n".join([rep.header, *rep.intro(fmt), "", format_table(compact, "terminal"), "",
                           wrap(rep.notes(compact))])
     if fmt == "markdown":
-        return "\n\n".join([rep.header.replace("\n", "  \n"), rep.summary, format_table(rep.shown, "markdown"),
+        return "\n\n".join([rep.header.replace("\n", "  \n"), *rep.intro(fmt), format_table(rep.shown, "markdown"),
                             rep.notes(rep.shown)])
     if fmt == "csv":
         return format_table(rep.table, "csv")

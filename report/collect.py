@@ -40,6 +40,7 @@ class StudyRuns:
     tracking_uri: str
     preset: str = ""
     settings: dict = field(default_factory=dict)  # the parent run's params: the study's settings
+    search: bool = False  # trials sample settings (TPE, random): several of one design and seed are no duplicate
 
     @property
     def kept(self) -> pd.DataFrame:
@@ -65,10 +66,11 @@ def collect(study: str, *, tracking_uri: str | None = None, experiment: str | No
         raise EmptyStudyError(f"study {study!r} has no trial runs under its parent run {parent.info.run_id}")
     tags = parent.data.tags
     axes = [a for a in tags.get(schema.AXES, "").split(",") if a]
-    frame = mark_duplicates(trials_frame(runs, axes), axes)
+    search = schema.is_search(tags, parent.data.params)
+    frame = mark_duplicates(trials_frame(runs, axes), [] if search else axes)
     return StudyRuns(study, exp.experiment_id, parent.info.run_id, axes, tags.get(schema.METRIC, "val_acc"),
                      tags.get(schema.DIRECTION, "maximize"), frame, tracking_uri or mlflow.get_tracking_uri(),
-                     parent.data.tags.get(schema.PRESET, ""), parent.data.params)
+                     parent.data.tags.get(schema.PRESET, ""), parent.data.params, search)
 
 
 def _require_store(uri: str, study: str) -> None:
@@ -162,7 +164,8 @@ def mark_duplicates(frame: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """Add ``duplicate``: why a row repeats another ("" when it does not).
 
     A trial number logged twice, or one design cell + seed completed twice (two workers),
-    is kept once: the completed, then earliest, run wins.
+    is kept once: the completed, then earliest, run wins. Without ``axes`` (a search study, whose
+    trials of one cell and seed differ in their sampled settings) only the trial number counts.
     """
     frame = frame.assign(_rank=frame["state"].map(_STATE_RANK).fillna(len(STATES)))
     frame = frame.sort_values(["_rank", "start_time"], kind="stable").drop(columns="_rank")

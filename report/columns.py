@@ -80,7 +80,8 @@ def legend(columns, *, baseline_label: str, accuracy: bool) -> str:
         "err %": "err %: 100 - accuracy",
         CI_COLUMN: "95% CI: t-interval of the mean" + (", clipped to 0-100" if accuracy else "")
                    + f" (needs {m} seeds)",
-        "Δ": f"Δ: mean per-seed difference to the baseline {baseline_label} (paired on the seeds both have)",
+        "Δ": (f"Δ: mean per-seed difference to the baseline {baseline_label} (paired on the seeds both have)"
+              if baseline_label != "baseline" else "Δ: difference to a baseline row (none here)"),
         "pairs": "pairs: seeds present in the row and the baseline",
         "p (t)": "p (t): paired t-test (exact sign test when every pair differs by the same amount)",
         "p (Holm)": "p (Holm): the paired t-test's p adjusted (Holm) for the number of rows tested against the "

@@ -177,7 +177,7 @@ def _open(spec: Study, settings: Settings, options: RunOptions, *, join: bool) -
     try:
         tracker = Tracker(resolve_tracking_uri(options.tracking_uri), options.experiment or spec.name, study=spec.name,
                           optuna_study=name, preset=options.preset, axes=DESIGN_AXES, metric=spec.metric,
-                          direction=spec.direction)
+                          direction=spec.direction, sampler=spec.sampler)
     except BaseException:
         if created is not None:
             _dispose(storage)

@@ -19,17 +19,19 @@ class Trial:
     curves: dict = field(default_factory=dict)
     reason: str | None = None
     cost: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # what a search sampled for this trial, over SETTINGS
 
 
-def write_study(uri: str, study: str, trials: list[Trial], *, axes, metric: str = "val_acc") -> Tracker:
+def write_study(uri: str, study: str, trials: list[Trial], *, axes, metric: str = "val_acc",
+                sampler: str = "grid") -> Tracker:
     """A parent run and one child run per trial, through the same ``Tracker`` calls a trial makes."""
     tracker = Tracker(uri, study, study=study, optuna_study=f"{study}-quick", preset="quick", axes=tuple(axes),
-                      metric=metric, direction="maximize")
+                      metric=metric, direction="maximize", sampler=sampler)
     tracker.open_parent()
     tracker.describe_parent(f"**{study}**: a test study", SETTINGS)
     for t in trials:
         label = "/".join(str(t.cell[a]) for a in axes)
-        run = tracker.start_trial(t.number, t.cell, SETTINGS, label)
+        run = tracker.start_trial(t.number, t.cell, {**SETTINGS, **t.settings}, label)
         if t.cost:
             tracker.log_cost(run, t.cost)
         for step, values in enumerate(zip(*t.curves.values()), 1):

@@ -179,3 +179,32 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_before_anything_is_
         build_report("abl", tracking_uri=uri, out_dir=a_file / "below")
     assert a_file.read_text() == "mine"
     assert MlflowClient(tracking_uri=uri).get_run(parent).data.tags["mlflow.note.content"] == before
+
+
+def test_a_search_study_leads_with_its_best_trials_and_the_settings_it_sampled(tmp_path):
+    """One design, one seed, four TPE trials of different lr and epochs (one failed): the report names the best
+    completed trials first, best first, with the sampled settings only (not the fixed model or dataset)."""
+    from _tracked import Trial
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cell = {"activation": "meta_acon", "generator": "channel", "r": "8", "seed": 0}
+    sampled = [(0.2, 0.0079, 2, "COMPLETE"), (0.946, 0.054851, 7, "COMPLETE"), (0.9, 0.3, 5, "COMPLETE"),
+               (0.5, 0.45, 6, "FAIL")]
+    trials = [Trial(n, cell, state=state, final={"val_acc": acc} if state == "COMPLETE" else {},
+                    settings={"lr": lr, "epochs": epochs}) for n, (acc, lr, epochs, state) in enumerate(sampled)]
+    write_study(uri, "search", trials, axes=["activation", "generator", "r"], sampler="tpe")
+    out = tmp_path / "out"
+    text = build_report("search", tracking_uri=uri, formats=("terminal", "markdown"), out_dir=out)
+    assert "3 complete, 0 pruned, 1 failed" in text and "Best 3 of 3 completed trials of this search" in text
+    lines = text.splitlines()
+    head = lines.index(next(line for line in lines if line.startswith("trial ")))
+    assert lines[head].split() == ["trial", "acc", "%", "epochs", "lr"]
+    assert [line.split() for line in lines[head + 2:head + 5]] == [["1", "94.60", "7", "0.05485"],
+                                                                    ["2", "90.00", "5", "0.3"],
+                                                                    ["0", "20.00", "2", "0.0079"]]
+    markdown = (out / "search_table.md").read_text(encoding="utf-8")
+    assert "| trial   | acc %   | epochs   | lr      |" in markdown
+    note = MlflowClient(tracking_uri=uri).search_runs(
+        [MlflowClient(tracking_uri=uri).get_experiment_by_name("search").experiment_id],
+        filter_string="tags.`acon.role` = 'parent'")[0].data.tags["mlflow.note.content"]
+    assert "| 1       | 94.60   | 7        | 0.05485 |" in note  # the description in the MLflow UI shows them too

@@ -76,3 +76,26 @@ def test_a_missing_sqlite_store_is_refused_and_not_created(tmp_path):
         collect("abl", tracking_uri=f"sqlite:///{missing}")
     assert "\n" not in str(info.value)
     assert list(missing.parent.iterdir()) == []  # MLflow would have created an empty store here
+
+
+def test_a_search_studys_trials_of_one_design_and_seed_are_trials_not_duplicates(tmp_path):
+    """TPE gives every trial of the one design (seed 0) its own lr: three trials, not one counted once.
+    The same runs from a grid study are one cell run three times. Parent runs from before the sampler tag
+    are told apart by their n_trials setting, which only a search has."""
+    from mlflow import MlflowClient
+
+    cell = {"activation": "meta_acon", "generator": "channel", "r": "8", "seed": 0}
+    trials = [Trial(n, cell, final={"val_acc": acc}) for n, acc in enumerate([0.2, 0.95, 0.9])]
+    counts = {}
+    for sampler in ("tpe", "grid"):
+        uri = f"sqlite:///{tmp_path / sampler}.db"
+        write_study(uri, sampler, trials, axes=["activation", "generator", "r"], sampler=sampler)
+        runs = collect(sampler, tracking_uri=uri)
+        counts[sampler] = (runs.search, runs.counts()["complete"], runs.counts()["duplicates"])
+    assert counts == {"tpe": (True, 3, 0), "grid": (False, 1, 2)}
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'tpe'}.db")
+    parent = collect("tpe", tracking_uri=client.tracking_uri).parent_run_id
+    client.delete_tag(parent, "acon.sampler")  # a parent run written before the tag existed
+    assert collect("tpe", tracking_uri=client.tracking_uri).counts()["complete"] == 1  # read as a grid ...
+    client.log_param(parent, "n_trials", "8")
+    assert collect("tpe", tracking_uri=client.tracking_uri).counts()["complete"] == 3  # ... unless it searched

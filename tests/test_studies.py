@@ -157,8 +157,8 @@ def test_hpo_study_samples_the_search_space_and_prunes(tmp_path):
     assert len(finished) == 5
     assert all(1e-3 <= t.params["lr"] <= 0.3 for t in finished)
     assert {t.user_attrs["variant"] for t in finished} == {"relu/all"}
-    children, _ = child_runs(tmp_path, "tinyhpo")
-    assert len(children) == 5
+    children, parent = child_runs(tmp_path, "tinyhpo")
+    assert len(children) == 5 and parent["tags.acon.sampler"].tolist() == ["tpe"]
     assert set(children["params.lr"]) == {str(t.params["lr"]) for t in finished}
     pruned = children[children["tags.acon.state"] == "PRUNED"]
     assert (pruned["status"] == "KILLED").all()

@@ -17,6 +17,7 @@ UI_WORKFLOW = "machine_learning"
 ROLE, PARENT, TRIAL = "acon.role", "parent", "trial"
 STUDY, PRESET, OPTUNA_STUDY, STORAGE = "acon.study", "acon.preset", "optuna.study_name", "acon.storage"
 AXES, METRIC, DIRECTION, BEST = "acon.axes", "acon.metric", "acon.direction", "acon.best_variant"
+SAMPLER, GRID = "acon.sampler", "grid"  # a grid runs each design cell once per seed; a search samples settings
 TRIAL_NUMBER, STATE, VARIANT, FAIL_REASON = "optuna.trial_number", "acon.state", "acon.variant", "acon.fail_reason"
 PARENT_RUN, NOTE = "mlflow.parentRunId", "mlflow.note.content"  # MLflow's own: nesting and the description
 
@@ -119,3 +120,12 @@ def run_name(cell: dict[str, Any]) -> str:
 def mean_key(variant: str) -> str:
     """The parent-run metric holding a variant's mean objective (MLflow keys take no ``·`` or ``/`` runs)."""
     return MEAN + variant.replace("/", ".").replace("·", ".")
+
+
+def is_search(parent_tags: dict[str, str], parent_params: dict[str, str]) -> bool:
+    """Whether a study's trials sample their settings (TPE, random) rather than run grid cells: then two
+    trials of one design and seed are two trials, not a duplicate. Parent runs from before the sampler
+    tag say it by their ``n_trials`` setting, which only a search has."""
+    if SAMPLER in parent_tags:
+        return parent_tags[SAMPLER] != GRID
+    return parent_params.get("n_trials", "-") not in ("-", "", "None")

@@ -30,7 +30,7 @@ class Tracker:
     """Logs one study (parent run) and its trials (child runs) to an MLflow tracking store."""
 
     def __init__(self, tracking_uri: str, experiment: str | None, *, study: str, optuna_study: str, preset: str,
-                 axes: tuple[str, ...], metric: str, direction: str):
+                 axes: tuple[str, ...], metric: str, direction: str, sampler: str = schema.GRID):
         self.uri = tracking_uri
         self.client = _connect(tracking_uri)
         self.experiment_id = self._experiment(experiment) if experiment else None
@@ -38,6 +38,7 @@ class Tracker:
         self.parent_tags = {
             schema.ROLE: schema.PARENT, schema.STUDY: study, schema.PRESET: preset, schema.OPTUNA_STUDY: optuna_study,
             schema.AXES: ",".join(axes), schema.METRIC: self.objective, schema.DIRECTION: direction,
+            schema.SAMPLER: sampler,
         }
         self.parent_id: str | None = None
 
