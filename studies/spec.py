@@ -18,12 +18,11 @@ import optuna
 
 from acon.errors import UserError
 from acon.registry import Registry
-from studies.tracking.schema import variant_parts
+from studies.tracking.schema import DESIGN_AXES, variant_parts
 from studies.settings import Preset, Settings, check_keys
 from studies.training.config import check_choice
 
-#: The design axes every cell names; an axis that does not apply to a cell is "-".
-DESIGN_AXES = ("activation", "generator", "r", "placement", "gate")
+#: Every cell names the design axes (``DESIGN_AXES``); an axis that does not apply to a cell is "-".
 NOT_APPLICABLE = "-"
 SAMPLERS = ("grid", "tpe", "random")
 PRUNERS = ("none", "median", "hyperband")

@@ -34,6 +34,9 @@ def child_runs(tmp_path, experiment: str):
 def test_grid_study_runs_every_cell_once_and_mirrors_it_in_mlflow(tmp_path):
     result = run_study(tiny_study(), stores(tmp_path))
     assert result.counts == {"COMPLETE": 4}
+    from studies.tracking.summary import summary_text
+
+    assert "best trial" not in summary_text(result)  # a grid's params are its cells, nothing was sampled
     study = optuna.load_study(study_name="tiny-quick", storage=f"sqlite:///{tmp_path}/optuna.db")
     cells = sorted((t.params["activation"], t.params["seed"]) for t in study.trials)
     assert cells == [("meta_acon", 0), ("meta_acon", 1), ("relu", 0), ("relu", 1)]
@@ -157,6 +160,12 @@ def test_hpo_study_samples_the_search_space_and_prunes(tmp_path):
     assert len(finished) == 5
     assert all(1e-3 <= t.params["lr"] <= 0.3 for t in finished)
     assert {t.user_attrs["variant"] for t in finished} == {"relu/all"}
+    from studies.tracking.summary import summary_text
+
+    done = [t for t in result.study.trials if t.state.name == "COMPLETE"]
+    best = max(done, key=lambda t: t.value)
+    assert f"best trial #{best.number}: val_acc {best.value * 100:.2f} % with lr={best.params['lr']:.4g}" \
+        in summary_text(result)
     children, parent = child_runs(tmp_path, "tinyhpo")
     assert len(children) == 5 and parent["tags.acon.sampler"].tolist() == ["tpe"]
     assert set(children["params.lr"]) == {str(t.params["lr"]) for t in finished}

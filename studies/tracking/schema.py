@@ -36,6 +36,9 @@ COST = "cost."
 COST_KEYS = ("params", "params_extra", "params_extra_pct", "macs", "elementwise_ops", "flops", "flops_extra_pct",
              "sites")
 SEED = "seed"
+# The axes of a design cell (studies.spec): with the seed, a grid trial's Optuna params and its run's identity.
+DESIGN_AXES = ("activation", "generator", "r", "placement", "gate")
+CELL_PARAMS = DESIGN_AXES + (SEED,)
 # The parent run's per-variant summary: metric "mean/<variant>" (the objective's mean over seeds).
 MEAN = "mean/"
 

@@ -60,7 +60,7 @@ def summary_text(result, tracking_uri: str | None = None) -> str:
     table = summary_frame(study, scale=scale).rename(columns={"mean": f"mean {name}{' %' if scale == 100 else ''}"})
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(result.counts.items()))
     lines = [f"study {study.study_name}: ran {result.ran} trial(s) now; {counts}",
-             _markdown(table) if len(table) else "(no trials)"]
+             _markdown(table) if len(table) else "(no trials)", *_best_sampled(study, name, scale)]
     never, failed = unfinished(study)
     if never:
         lines.append(f"{len(never)} cell(s) not run yet: {_some(never)}; rerun the same command to run them")
@@ -69,6 +69,22 @@ def summary_text(result, tracking_uri: str | None = None) -> str:
     if tracking_uri:
         lines += _browse(tracking_uri, result.parent_run_id)
     return "\n".join(lines)
+
+
+def _best_sampled(study, name: str, scale: float) -> list[str]:
+    """A search study's best trial and the settings it sampled (a grid's params are its cell: no line)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not done:
+        return []
+    pick = max if study.direction.name == "MAXIMIZE" else min
+    best = pick(done, key=lambda t: t.value)
+    sampled = {k: v for k, v in best.params.items() if k not in schema.CELL_PARAMS}
+    if not sampled:
+        return []
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(sampled.items()))
+    unit = " %" if scale == 100 else ""
+    return [f"best trial #{best.number}: {name} {best.value * scale:.2f}{unit} with {shown} "
+            f"(the table averages trials of different settings; `report` lists the best ones)"]
 
 
 def publish(tracker, spec, settings: dict, study) -> None:
