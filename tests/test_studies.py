@@ -37,6 +37,8 @@ def test_grid_study_runs_every_cell_once_and_mirrors_it_in_mlflow(tmp_path):
     from studies.tracking.summary import summary_text
 
     assert "best trial" not in summary_text(result)  # a grid's params are its cells, nothing was sampled
+    _, parent = child_runs(tmp_path, "tiny")
+    assert "metrics.best/val_acc" not in parent and "tags.acon.best_trial" not in parent
     study = optuna.load_study(study_name="tiny-quick", storage=f"sqlite:///{tmp_path}/optuna.db")
     cells = sorted((t.params["activation"], t.params["seed"]) for t in study.trials)
     assert cells == [("meta_acon", 0), ("meta_acon", 1), ("relu", 0), ("relu", 1)]
@@ -168,6 +170,9 @@ def test_hpo_study_samples_the_search_space_and_prunes(tmp_path):
         in summary_text(result)
     children, parent = child_runs(tmp_path, "tinyhpo")
     assert len(children) == 5 and parent["tags.acon.sampler"].tolist() == ["tpe"]
+    # the parent run's metrics: the best trial's objective and number, beside the per-variant mean
+    assert parent["metrics.best/val_acc"].tolist() == [pytest.approx(best.value, rel=1e-5)]
+    assert parent["tags.acon.best_trial"].tolist() == [str(best.number)]
     assert set(children["params.lr"]) == {str(t.params["lr"]) for t in finished}
     pruned = children[children["tags.acon.state"] == "PRUNED"]
     assert (pruned["status"] == "KILLED").all()

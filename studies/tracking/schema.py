@@ -41,6 +41,7 @@ DESIGN_AXES = ("activation", "generator", "r", "placement", "gate")
 CELL_PARAMS = DESIGN_AXES + (SEED,)
 # The parent run's per-variant summary: metric "mean/<variant>" (the objective's mean over seeds).
 MEAN = "mean/"
+BEST_PREFIX, BEST_TRIAL = "best/", "acon.best_trial"  # a search's best trial: its objective and number
 
 # The parent run's description: question, results (run summary, then the report's table), settings.
 RESULTS_HEADING, SETTINGS_HEADING = "\n\n## Results\n\n", "\n\n## Settings\n\n"

@@ -73,11 +73,9 @@ def summary_text(result, tracking_uri: str | None = None) -> str:
 
 def _best_sampled(study, name: str, scale: float) -> list[str]:
     """A search study's best trial and the settings it sampled (a grid's params are its cell: no line)."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    if not done:
+    best = _best_trial(study)
+    if best is None:
         return []
-    pick = max if study.direction.name == "MAXIMIZE" else min
-    best = pick(done, key=lambda t: t.value)
     sampled = {k: v for k, v in best.params.items() if k not in schema.CELL_PARAMS}
     if not sampled:
         return []
@@ -87,12 +85,22 @@ def _best_sampled(study, name: str, scale: float) -> list[str]:
             f"(the table averages trials of different settings; `report` lists the best ones)"]
 
 
+def _best_trial(study):
+    """The completed trial with the best objective, or None."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    pick = max if study.direction.name == "MAXIMIZE" else min
+    return pick(done, key=lambda t: t.value) if done else None
+
+
 def publish(tracker, spec, settings: dict, study) -> None:
     """Leave the study on its parent run: description, settings as params, mean objective per variant."""
     frame = summary_frame(study)
     means = {v: m for v, m in zip(frame["variant"], frame["mean"]) if pd.notna(m)}
     pick = max if spec.direction == "maximize" else min
     tracker.summarize(means, pick(means, key=means.get) if means else None)
+    best = _best_trial(study)
+    if best is not None and not spec.is_grid:
+        tracker.summarize_search(best.number, best.value)
     name, scale = objective_scale(study)
     shown = summary_frame(study, scale=scale)
     results = _markdown(shown) if len(shown) else "_no trial finished yet_"

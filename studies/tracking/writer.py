@@ -114,6 +114,12 @@ class Tracker:
         if best:
             self.client.set_tag(self.parent_id, schema.BEST, best)
 
+    def summarize_search(self, number: int, value: float) -> None:
+        """A search study's best trial: its objective as the parent metric ``best/<objective>`` (beside the
+        per-variant means, which average trials of different sampled settings), its number as a tag."""
+        self.log_metrics(self.parent_id, {schema.BEST_PREFIX + self.objective.removeprefix(schema.FINAL): value})
+        self.client.set_tag(self.parent_id, schema.BEST_TRIAL, str(number))
+
     def log_artifacts(self, paths: list[Path], folder: str) -> None:
         """Upload files to the parent run under ``folder`` (``report/tables``, ``report/plots``)."""
         for path in paths:
