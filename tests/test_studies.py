@@ -173,6 +173,8 @@ def test_hpo_study_samples_the_search_space_and_prunes(tmp_path):
     # the parent run's metrics: the best trial's objective and number, beside the per-variant mean
     assert parent["metrics.best/val_acc"].tolist() == [pytest.approx(best.value, rel=1e-5)]
     assert parent["tags.acon.best_trial"].tolist() == [str(best.number)]
+    # one design and seed, five trials: each child run's name says which trial it is
+    assert sorted(children["tags.mlflow.runName"]) == sorted(f"relu s0 #{t.number}" for t in result.study.trials)
     assert set(children["params.lr"]) == {str(t.params["lr"]) for t in finished}
     pruned = children[children["tags.acon.state"] == "PRUNED"]
     assert (pruned["status"] == "KILLED").all()

@@ -131,7 +131,10 @@ class Tracker:
         tags = {schema.PARENT_RUN: self.parent_id, schema.ROLE: schema.TRIAL, schema.STUDY: self.parent_tags[schema.STUDY],
                 schema.OPTUNA_STUDY: self.parent_tags[schema.OPTUNA_STUDY], schema.TRIAL_NUMBER: str(number),
                 schema.STATE: "RUNNING", schema.VARIANT: label, schema.METRIC: self.objective}
-        run = self.client.create_run(self.experiment_id, run_name=schema.run_name(cell), tags=tags)
+        name = schema.run_name(cell)
+        if self.parent_tags.get(schema.SAMPLER, schema.GRID) != schema.GRID:  # a search's trials share cell and seed
+            name += f" #{number}"
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         params = {**settings, **cell}
         self.client.log_batch(run.info.run_id, params=[Param(k, _param_str(v)) for k, v in sorted(params.items())])
         return run.info.run_id
