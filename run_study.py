@@ -171,9 +171,9 @@ def _run_options(args: argparse.Namespace, **extra: Any):
 def _check_study(name: str) -> None:
     """Refuse an unknown built-in study name before loading torch, optuna's storages and MLflow (seconds).
     A study file is loaded once, by the runner: it is the user's code."""
-    from studies.spec import load_study
+    from studies.spec import is_study_file, load_study
 
-    if not (name.endswith(".py") or Path(name).is_file()):
+    if not is_study_file(name):
         load_study(name)
 
 
@@ -243,14 +243,16 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     """Print the params/FLOPs overhead table over the given values of each axis."""
     from report import format_table, overhead_table
     from report.overhead import terminal_frame
+    from report.tables import check_formats
 
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
     rs = [_int("--r", v) for v in split(args.r)]
     table = overhead_table(split(args.model), split(args.generator), rs, split(args.placement),
                            input_size=args.input_size, activation=args.activation, latency=args.latency,
                            export=args.export)
-    terminal = args.format in ("terminal", "txt", "text")
-    print(format_table(terminal_frame(table) if terminal else table, args.format))
+    fmt = check_formats(args.format)[0]  # "txt" and "text" are the terminal too
+    terminal = fmt == "terminal"
+    print(format_table(terminal_frame(table) if terminal else table, fmt))
     print(table.attrs.get("convention", ""))
     if terminal and not table.empty:
         print("the baseline's counts, MACs and elementwise ops: --format markdown or csv")

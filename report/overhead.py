@@ -15,7 +15,7 @@ import torch
 from ablation import complexity
 from ablation.sites import Site, describe_replaced
 from ablation.surgery import NoSiteError
-from report.errors import ReportError
+from studies.training.config import check_int
 
 EXPORTS = ("onnx",)
 
@@ -55,8 +55,8 @@ def overhead_table(models, generators, rs, placements, *, input_size=None, activ
         from report.export import require_export_extra
 
         require_export_extra()
-    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1):
-        raise ReportError(f"input size must be an integer >= 1 (pixels per side), got {input_size!r}")
+    if input_size is not None:
+        check_int("input size", input_size, 1)
     builder = builder or _default_builder()
     rows, skipped, baselines = [], [], {}
     for model, gen, r, place in _cells(models, generators, rs, placements):

@@ -101,7 +101,8 @@ def param_importances(study) -> dict[str, float]:
     """fANOVA importance of the params of ``study`` (an ``optuna.Study``), largest first, the same on every run.
 
     fANOVA, not Optuna 5's default PED-ANOVA: the question is how much of the objective's variance a
-    design param explains, not what puts a trial in the top 10% (one or two trials in a small grid). A grid study's ``seed`` stays in: it is not a choice to make, but leaving it out makes the forest
+    design param explains, not what puts a trial in the top 10% (one or two trials in a small grid).
+    A grid study's ``seed`` stays in: it is not a choice to make, but leaving it out makes the forest
     explain the seeds' spread with the design params (a param with no effect gets a share).
     """
     import optuna

@@ -97,8 +97,7 @@ def resolve(study: Study | str, options: RunOptions) -> tuple[Study, Settings]:
 
 def check_options(options: RunOptions) -> None:
     """Refuse a bad device (or CUDA where there is none), thread count or trial limit before any store is
-    opened: each trial would
-    otherwise fail on it, one after another, and leave a study of failed trials behind."""
+    opened: each trial would otherwise fail on it, one after another, and leave a study of failed trials behind."""
     resolve_device(options.device)  # a known name, and CUDA there when asked for
     if options.threads is not None:
         check_int("threads", options.threads, 1)

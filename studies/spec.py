@@ -133,9 +133,14 @@ def variant_label(cell: dict[str, Any]) -> str:
     return "/".join(variant_parts(cell))
 
 
+def is_study_file(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` names a user's study file (``*.py`` or an existing file), not a built-in study."""
+    return name_or_path.endswith(".py") or Path(name_or_path).is_file()
+
+
 def load_study(name_or_path: str) -> Study:
     """A built-in study by name, or the ``STUDY`` defined in a user's Python file."""
-    if name_or_path.endswith(".py") or Path(name_or_path).is_file():
+    if is_study_file(name_or_path):
         return _load_study_file(Path(name_or_path))
     import studies.builtin  # noqa: F401  (registers the built-in studies)
 

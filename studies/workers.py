@@ -26,7 +26,7 @@ from studies.runner import DONE, RunOptions, StudyRun, missing_cells, optuna_stu
     state_counts
 from studies.tracking.schema import PARENT_ATTR, RUN_ID_ATTR
 from studies.settings import Settings, to_argv
-from studies.spec import Study
+from studies.spec import Study, is_study_file
 from studies.storage import mask_url, note_on_trial, resolve_storage, resolve_tracking_uri
 
 #: Seconds an interrupted worker gets to reach its next training step; then a second SIGTERM stops it at once.
@@ -291,7 +291,7 @@ def _study_ref(study: Study | str) -> str:
     if not isinstance(study, str):
         raise UserError("run_workers needs a built-in study name or a .py file defining STUDY: "
                          "worker processes load the study by that name")
-    return str(Path(study).resolve()) if study.endswith(".py") or Path(study).is_file() else study
+    return str(Path(study).resolve()) if is_study_file(study) else study
 
 
 def _preload_data(settings: Settings, options: RunOptions) -> None:

@@ -86,10 +86,11 @@ def _best_sampled(study, name: str, scale: float) -> list[str]:
 
 
 def _best_trial(study):
-    """The completed trial with the best objective, or None."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    pick = max if study.direction.name == "MAXIMIZE" else min
-    return pick(done, key=lambda t: t.value) if done else None
+    """The completed trial with the best objective (Optuna's ``best_trial``), or None before any completes."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
 
 
 def publish(tracker, spec, settings: dict, study) -> None:

@@ -132,7 +132,7 @@ class Tracker:
                 schema.OPTUNA_STUDY: self.parent_tags[schema.OPTUNA_STUDY], schema.TRIAL_NUMBER: str(number),
                 schema.STATE: "RUNNING", schema.VARIANT: label, schema.METRIC: self.objective}
         name = schema.run_name(cell)
-        if self.parent_tags.get(schema.SAMPLER, schema.GRID) != schema.GRID:  # a search's trials share cell and seed
+        if schema.is_search(self.parent_tags, {}):  # a search's trials share cell and seed
             name += f" #{number}"
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         params = {**settings, **cell}
