@@ -124,6 +124,9 @@ def _add_report(sub: Any) -> None:
                    help="do not update the study's MLflow parent run (artifacts, description, summary metrics)")
     p.add_argument("--plots", action="store_true",
                    help="also draw EDF and learning-curve plots (and parameter importance for search studies)")
+    p.add_argument("--activations", action="store_true",
+                   help="also show what each design's ACON sites learned: beta and linear fraction by stage (with "
+                        "--plots: beta by depth, its spread across inputs, the learned curves)")
     p.add_argument("--storage", help="Optuna storage, for the importance plot (default $ACON_STORAGE or optuna.db)")
     p.add_argument("--study-name", help="Optuna study name (default: STUDY-PRESET)")
     p.add_argument("--preset", default="quick", help="preset the study ran with (default quick)")
@@ -214,7 +217,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     searched = _searched_study(args) if args.plots else None
     print(build_report(args.study, tracking_uri=args.tracking_uri, experiment=args.experiment, group_by=group_by,
                        baseline=args.baseline, metric=args.metric, formats=formats, out_dir=args.out,
-                       plots=args.plots, optuna_study=searched, log_to_mlflow=not args.no_log, effect=args.effect))
+                       plots=args.plots, optuna_study=searched, log_to_mlflow=not args.no_log, effect=args.effect,
+                       activations=args.activations))
     return 0
 
 

@@ -7,6 +7,7 @@ from ablation.build import build_model
 from ablation.generators import GENERATORS, generator_complexity, get_generator, register_generator
 from ablation.models import MODELS, create_model, default_input_size, list_models, register_model
 from ablation.placement import PLACEMENTS, parse_placement, register_policy, select_sites
+from ablation.site_stats import activation_stats
 from ablation.sites import SITE_KINDS, Site, assign_stages, describe_replaced
 from ablation.surgery import NoSiteError, apply_placement, list_sites
 
@@ -22,7 +23,7 @@ def list_placements() -> list[str]:
 
 
 __all__ = [
-    "GENERATORS", "MODELS", "NoSiteError", "PLACEMENTS", "SITE_KINDS", "Site", "apply_placement", "assign_stages", "build_model",
+    "GENERATORS", "MODELS", "NoSiteError", "PLACEMENTS", "SITE_KINDS", "Site", "activation_stats", "apply_placement", "assign_stages", "build_model",
     "describe_replaced",
     "create_model", "default_input_size", "generator_complexity", "get_generator", "list_generators", "list_models",
     "list_placements", "list_sites", "parse_placement", "register_generator", "register_model", "register_policy",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from acon.registry import unknown_choice
+from report import activations as act
 from report import plots, summary
 from report.columns import add_columns, legend
 from report.pareto import plot_pareto
@@ -42,6 +43,8 @@ class _Report:
     summary: str = ""  # what to conclude and what to run next (report.summary)
     baseline_label: str = ""
     top: pd.DataFrame | None = None  # a search study's best trials (``best_trials``)
+    sites: pd.DataFrame | None = None  # with ``activations``: every trial's site table (``report.activations``)
+    channels: pd.DataFrame | None = None
 
     def intro(self, fmt: str) -> list[str]:
         """The summary, then (a search study) its best trials as a table in ``fmt``."""
@@ -55,11 +58,21 @@ class _Report:
         return "\n".join([legend(frame.columns, baseline_label=self.baseline_label, accuracy=self.accuracy),
                           self.footnote])
 
+    def activations(self) -> tuple[pd.DataFrame, str] | None:
+        """The per-design table of what the sites learned and its legend (None: not asked for)."""
+        if self.sites is None:
+            return None
+        table = act.activation_table(self.sites)
+        if table.empty:
+            return table, ("No completed trial of this study recorded ACON activation statistics "
+                           "(activations/sites.csv; a run with --act-images 0 records none).")
+        return table, act.LEGEND
+
 
 def build_report(study: str, *, tracking_uri: str | None = None, experiment: str | None = None, group_by=None,
                  baseline: str | dict | None = "activation=relu", metric: str | None = None,
                  formats=("terminal",), out_dir=None, plots: bool = False, log_to_mlflow: bool = True,
-                 optuna_study=None, effect: float | None = None) -> str:
+                 optuna_study=None, effect: float | None = None, activations: bool = False) -> str:
     """Build the ablation report of ``study`` and return it in the first of ``formats``.
 
     Files (one per format, plus PNG/SVG plots when ``plots``) go to ``out_dir``. With
@@ -67,10 +80,14 @@ def build_report(study: str, *, tracking_uri: str | None = None, experiment: str
     Markdown table in its description and the mean objective per row as metrics.
     ``optuna_study`` (an ``optuna.Study``) adds the parameter-importance plot. ``effect`` (in the table's
     units, e.g. 0.5 accuracy points) is the difference the seeds-needed column and the next-run line plan for.
+    ``activations`` adds what each design's sites learned (``report.activations``): a table by stage and,
+    with ``plots``, beta by depth, its spread across inputs and the learned curves.
     """
     formats = check_formats(formats)
     check_effect(effect)
     rep = _build(collect(study, tracking_uri=tracking_uri, experiment=experiment), group_by, baseline, metric, effect)
+    if activations:
+        rep.sites, rep.channels = act.collect_sites(rep.runs)
     if out_dir is None and not log_to_mlflow:
         return _render(rep, formats[0], [])
     wanted = formats + tuple(f for f in ("html", "csv") if log_to_mlflow and f not in formats)
@@ -142,19 +159,29 @@ def _short(value) -> str:
 
 def _render(rep: _Report, fmt: str, images: list[Path]) -> str:
     """The report as text in ``fmt``: terminal and Markdown with header and footnote, CSV raw, HTML a page."""
+    acts = rep.activations()
     if fmt == "terminal":
         compact = compact_frame(rep.table, rep.groups, accuracy=rep.accuracy)
+        more = [] if acts is None else ["", ACT_HEADING, *_table_lines(acts[0], "terminal"), "", wrap(acts[1])]
         return "\n".join([rep.header, *rep.intro(fmt), "", format_table(compact, "terminal"), "",
-                          wrap(rep.notes(compact))])
+                          wrap(rep.notes(compact)), *more])
     if fmt == "markdown":
+        more = [] if acts is None else [f"**{ACT_HEADING}**", *_table_lines(acts[0], "markdown"), acts[1]]
         return "\n\n".join([rep.header.replace("\n", "  \n"), *rep.intro(fmt), format_table(rep.shown, "markdown"),
-                            rep.notes(rep.shown)])
+                            rep.notes(rep.shown), *more])
     if fmt == "csv":
         return format_table(rep.table, "csv")
     if fmt == "html":
         return html_page(f"{rep.runs.study}: ablation", [*rep.header.splitlines(), rep.summary], rep.runs.settings, rep.shown,
-                         rep.notes(rep.shown), images)
+                         rep.notes(rep.shown), images, more=[] if acts is None else [(ACT_HEADING, *acts)])
     return format_table(rep.shown, fmt)
+
+
+ACT_HEADING = "What each design's activation sites learned (mean over seeds)"
+
+
+def _table_lines(table: pd.DataFrame, fmt: str) -> list[str]:
+    return [format_table(table, fmt)] if not table.empty else []
 
 
 def _check_writable(folder: Path) -> None:
@@ -227,12 +254,15 @@ def _footer(spec: dict, table) -> str:
 
 
 def _write(rep: _Report, folder: Path, formats, images: list[Path]) -> list[Path]:
-    """One table file per format (``STUDY_table.EXT``)."""
+    """One table file per format (``STUDY_table.EXT``); with activations, every trial's sites (``STUDY_sites.csv``)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         paths.append(folder / f"{rep.runs.study}_table{SUFFIX[fmt]}")
         paths[-1].write_text(_render(rep, fmt, images) + "\n", encoding="utf-8")
+    if rep.sites is not None and not rep.sites.empty:
+        paths.append(folder / f"{rep.runs.study}_sites.csv")
+        rep.sites.to_csv(paths[-1], index=False)
     return paths
 
 
@@ -253,6 +283,8 @@ def _plots(rep: _Report, folder: Path, optuna_study) -> list[Path]:
     if optuna_study is not None:
         paths += plots.plot_param_importance(optuna_study, folder)
     paths += plot_pareto(rep.table, rep.groups, folder, ylabel="accuracy (%)" if rep.accuracy else column)
+    if rep.sites is not None:
+        paths += act.plot_activations(rep.sites, rep.channels, folder)
     return paths
 
 

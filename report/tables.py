@@ -115,8 +115,9 @@ def wrap(text: str, width: int = WIDTH) -> str:
 
 
 def html_page(title: str, intro: list[str], settings: dict, table: pd.DataFrame, footnote: str,
-              images: list[Path]) -> str:
-    """A complete UTF-8 HTML page: title, study lines, settings, the table, its footnote, PNG plots inline."""
+              images: list[Path], more: list[tuple[str, pd.DataFrame, str]] = ()) -> str:
+    """A complete UTF-8 HTML page: title, study lines, the table, its footnote, ``more`` (heading, table, note)
+    sections, PNG plots inline, settings."""
     esc = html.escape
     rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in sorted(settings.items()))
     plots = "".join(f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,'
@@ -127,6 +128,8 @@ def html_page(title: str, intro: list[str], settings: dict, table: pd.DataFrame,
             f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>"
             + "".join(f"<p>{esc(line)}</p>" for line in intro if line.strip())
             + f'<h2>Ablation table</h2><div class="wide">{format_table(table, "html")}</div><div class="note">{notes}</div>'
+            + "".join(f'<h2>{esc(heading)}</h2><div class="wide">{format_table(frame, "html") if not frame.empty else ""}'
+                      f'</div><div class="note"><p>{esc(note)}</p></div>' for heading, frame, note in more)
             + (f"<h2>Plots</h2>{plots}" if plots else "")
             + f"<h2>Settings</h2><table class=\"settings\">{rows}</table></body></html>\n")
 

@@ -55,6 +55,12 @@ class Settings(Mapping):
     eval_batch_size: int = setting(1024, "evaluation batch size", results=False, logged=False, low=1)
     nonfinite: str = setting("raise", "on a non-finite loss: raise (the trial fails) or stop (keep the epochs so far)",
                              choices=NONFINITE_ACTIONS)
+    act_images: int = setting(2048, "held-out images each site's activation statistics are measured on after "
+                              "training (0: not measured)", results=False, low=0)
+    act_every: int = setting(0, "also measure the activation statistics every K epochs (0: only after training)",
+                             results=False, low=0)
+    save_model: bool = setting(False, "save each trial's trained weights (state_dict) as an artifact of its run",
+                               results=False)
     # off by default: on the quick study's model compiling costs more than it saves (benchmarks/README.md)
     compile: str = setting("off", "torch.compile each trial's model: off, on, or a torch.compile mode",
                            results=False, choices=tuple(COMPILE_MODES))

@@ -163,10 +163,28 @@ def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any],
         trial.report(values[metric], m.epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
+        every = settings["act_every"]
+        if every and m.epoch % every == 0 and m.epoch < cfg.epochs:
+            _record_activations(ctx, run_id, model, sites, settings, data, m.epoch, final=False)
 
     result = train(model, data, cfg, on_epoch=on_epoch, progress=check)  # check: stop at a step on Ctrl-C
     ctx.tracker.log_final(run_id, {**result.final, "best_val_acc": max(h.val_acc for h in result.history)})
+    _record_activations(ctx, run_id, model, sites, settings, data, len(result.history), final=True)
+    if settings["save_model"]:
+        ctx.tracker.log_state_dict(run_id, model.state_dict())
     return float(result.final[metric])
+
+
+def _record_activations(ctx: TrialContext, run_id: str, model, sites: list, settings: dict[str, Any], data,
+                        epoch: int, *, final: bool) -> None:
+    """What each activation site learned, on held-out images (``act_images``; 0: not measured)."""
+    if not settings["act_images"]:
+        return
+    from studies.training.activations import measure_held_out
+
+    stats = measure_held_out(model, data, images=settings["act_images"], batch_size=settings["eval_batch_size"],
+                             sites=sites)
+    ctx.tracker.log_activations(run_id, stats, epoch, final=final)
 
 
 def _short(metric: str, values: dict[str, Any]) -> str:

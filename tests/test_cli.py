@@ -296,5 +296,5 @@ def test_a_misspelt_setting_in_a_users_study_file_is_one_line_naming_the_valid_s
     assert proc.returncode == 2
     line = error_line(proc)
     assert "unknown setting 'batchsize' in the fixed settings of study 'my_study'" in line
-    assert "valid settings: amp, augment, batch_size, " in line
+    assert "valid settings: act_every, act_images, amp, augment, batch_size, " in line
     assert not (tmp_path / "optuna.db").exists()

@@ -198,7 +198,7 @@ def test_settings_defaults_are_the_documented_base_and_the_declaration_derives_t
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"fixed": {"epoch": 3}}, r"unknown setting 'epoch' in the fixed settings of study 'tiny'; valid settings: amp, "),
+    ({"fixed": {"epoch": 3}}, r"unknown setting 'epoch' in the fixed settings of study 'tiny'; valid settings: act_every, act_images, amp, "),
     ({"presets": {"paper": {"lrate": 1}}}, r"unknown setting 'lrate' in preset 'paper' of study 'tiny'"),
     ({"presets": {"paper": {"designs": ()}}}, r"'designs' in preset 'paper' .*Preset\(designs=\.\.\.\)"),
     ({"fixed": {"seeds": 0}}, r"seeds must be an integer in 1\.\.1000, got 0"),

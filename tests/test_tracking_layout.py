@@ -162,3 +162,69 @@ def test_a_dataset_write_that_fails_for_another_reason_is_not_retried(tmp_path):
     with pytest.raises(MlflowException, match="active"):
         tracker.log_dataset(run_id, "digits", {"train": 8}, {"classes": 10})
     assert len(calls) == 1
+
+
+def _sites_of(client, run, tmp_path, folder=schema.ACTIVATIONS_DIR):
+    import pandas as pd
+
+    return pd.read_csv(client.download_artifacts(run.info.run_id, f"{folder}/{schema.SITES_FILE}", str(tmp_path)))
+
+
+def test_every_trial_records_what_its_sites_learned_as_a_table_and_act_metrics(real, tmp_path):
+    _, client, _, children, _, _ = real
+    for run in children:
+        sites = _sites_of(client, run, tmp_path / run.info.run_id)
+        assert list(sites["site"]) == list(range(4))  # tiny_cnn: three conv blocks and the head, in depth order
+        assert (sites["x_std"] > 0).all() and list(sites["stage"]) == [1, 2, 3, 3]
+        if run.data.params["activation"] == "meta_acon":
+            assert len(sites) == int(run.data.params["cost.sites"]) and set(sites["generator"]) == {"channel"}
+            assert sites["beta_mean"].between(0, 1).all() and sites["linear_fraction"].between(0, 1).all()
+            history = client.get_metric_history(run.info.run_id, "act/linear_fraction")
+            assert [m.step for m in history] == [1]  # the one epoch, beside val/acc
+            assert history[0].value == pytest.approx(sites["linear_fraction"].mean(), abs=1e-5)
+        else:  # the baseline's rows line up by site, with its inputs' statistics only
+            assert sites["beta_mean"].isna().all() and set(sites["activation"]) == {"relu"}
+            assert not any(k.startswith(schema.ACT) for k in run.data.metrics)
+
+
+def test_report_activations_shows_each_acon_design_by_stage_and_draws_the_plots(real, tmp_path):
+    _, client, parent, _, options, _ = real
+    text = build_report("layout", tracking_uri=options.tracking_uri, activations=True, plots=True, out_dir=tmp_path,
+                        log_to_mlflow=False)
+    section = text.split("activation sites learned")[1]
+    row = next(line for line in section.splitlines() if line.startswith("meta_acon·channel·r4"))
+    assert "relu" not in section.split("\n\n")[0]  # no ACON site, no row: its input statistics are in the CSV
+    assert len(row.split()) == 10  # design, n, β, spread, linear, linear of seeds 0 and 1, stages 1..3 (β/linear)
+    assert {"act_beta_by_depth.png", "act_beta_spread_by_depth.png", "act_curves.png"} <= {p.name for p in tmp_path.iterdir()}
+    import pandas as pd
+
+    every = pd.read_csv(tmp_path / "layout_sites.csv")
+    assert len(every) == 4 * 4 and set(every["seed"]) == {0, 1}  # 4 trials x 4 sites
+
+
+def test_a_trial_saves_its_weights_and_epoch_tables_when_asked(tmp_path):
+    import torch
+
+    from ablation import build_model
+
+    options = RunOptions(storage=f"sqlite:///{tmp_path}/optuna.db", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                         progress=False, device="cpu")
+    fixed = {**TINY, "seeds": 1, "epochs": 2, "save_model": True, "act_every": 1, "act_images": 16}
+    run_study(Study(name="saved", doc="weights", designs=DESIGNS[1:], fixed=fixed), options)
+    client = MlflowClient(tracking_uri=options.tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("saved").experiment_id],
+                             f"tags.`{schema.ROLE}` = '{schema.TRIAL}'")[0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "act/beta_mean")] == [1, 2]
+    early = _sites_of(client, run, tmp_path / "e1", schema.activations_dir(1))
+    final = _sites_of(client, run, tmp_path / "e2")
+    assert len(early) == len(final) == 4 and not early["beta_mean"].equals(final["beta_mean"])  # it trained between
+    state = torch.load(client.download_artifacts(run.info.run_id, schema.MODEL_FILE, str(tmp_path)))
+    model, _ = build_model("tiny_cnn", activation="meta_acon", generator="channel", r=4, num_classes=10,
+                           in_channels=1, input_size=8)
+    model.load_state_dict(state)  # strict: the saved trial rebuilds from its cell
+    from studies.training.activations import measure_held_out
+    from studies.trial import load_data
+
+    data = load_data("digits", None, False, 240)
+    again = measure_held_out(model, data, images=16, batch_size=1024).sites
+    assert again["beta_mean"].to_numpy() == pytest.approx(final["beta_mean"].to_numpy(), rel=1e-4)

@@ -57,7 +57,7 @@ def test_workers_need_a_study_they_can_load_and_known_settings(tmp_path):
     study = Study(name="inline", doc="not loadable by name", designs=(RELU,))
     with pytest.raises(UserError, match="a .py file defining STUDY"):
         run_workers(study, _options(tmp_path), workers=2)
-    with pytest.raises(UserError, match=r"unknown setting 'epoch' in the overrides; valid settings: amp, augment, "):
+    with pytest.raises(UserError, match=r"unknown setting 'epoch' in the overrides; valid settings: act_every, act_images, amp, augment, "):
         worker_command("x.py", _options(tmp_path, overrides={"epoch": 3}), threads=1)
 
 

@@ -47,11 +47,23 @@ BEST_PREFIX, BEST_TRIAL = "best/", "acon.best_trial"  # a search's best trial: i
 RESULTS_HEADING, SETTINGS_HEADING = "\n\n## Results\n\n", "\n\n## Settings\n\n"
 NOTE_LIMIT = 7900  # MLflow keeps tag values up to 8,000 characters
 
+# What each activation site learned (ablation.site_stats), per child run: the tables as artifacts (after training;
+# every K epochs under activations/epoch_K/), site means as metrics at the epoch measured, the weights on request.
+ACTIVATIONS_DIR = "activations"
+SITES_FILE, CHANNELS_FILE = "sites.csv", "channels.csv"
+ACT = "act/"  # act/beta_mean, act/linear_fraction: means over the ACON sites
+MODEL_FILE = "model/state_dict.pt"
+
 # Artifacts of the parent run.
 TABLES_DIR, PLOTS_DIR = "report/tables", "report/plots"
 
 # Optuna study and trial user attrs that link to MLflow.
 PARENT_ATTR, RUN_ID_ATTR = "mlflow_parent_run_id", "mlflow_run_id"
+
+
+def activations_dir(epoch: int | None = None) -> str:
+    """The artifact folder of a child run's activation tables: after training, or at ``epoch``."""
+    return ACTIVATIONS_DIR if epoch is None else f"{ACTIVATIONS_DIR}/epoch_{epoch}"
 
 
 def run_status(state: str) -> str:

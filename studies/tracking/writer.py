@@ -173,6 +173,26 @@ class Tracker:
         ordered = {self.objective: final.pop(self.objective)} if self.objective in final else {}
         self.log_metrics(run_id, {**ordered, **final})
 
+    def log_activations(self, run_id: str, stats, step: int, *, final: bool) -> None:
+        """A measurement of ``ablation.site_stats``: its tables as CSV artifacts (``activations/``, or
+        ``activations/epoch_<step>/`` for one during training) and its site means as ``act/*`` at ``step``."""
+        folder = schema.activations_dir(None if final else step)
+        self.client.log_text(run_id, stats.sites.to_csv(index=False), f"{folder}/{schema.SITES_FILE}")
+        if not stats.channels.empty:
+            self.client.log_text(run_id, stats.channels.to_csv(index=False), f"{folder}/{schema.CHANNELS_FILE}")
+        self.log_metrics(run_id, {schema.ACT + k: v for k, v in stats.summary().items()}, step=step)
+
+    def log_state_dict(self, run_id: str, state_dict: dict) -> None:
+        """The trained weights as ``model/state_dict.pt`` (``torch.save``), to rebuild and inspect the trial later."""
+        import tempfile
+
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(schema.MODEL_FILE).name
+            torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, path)
+            self.client.log_artifact(run_id, str(path), artifact_path=str(Path(schema.MODEL_FILE).parent))
+
     def log_metrics(self, run_id: str, metrics: dict[str, float | None], step: int | None = None) -> None:
         """Log finite metrics, at ``step`` (an epoch) or as final values, to 6 significant digits
         (a float32 training loss has no more; the UI shows 0.312542, not 0.31254219412803650)."""
