@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_list(sub: Any) -> None:
     p = sub.add_parser("list", help="list studies, generators, placements, models, datasets or activations")
     p.add_argument("what", nargs="?", default="studies", choices=LISTABLE)
+    p.add_argument("--timm", action="store_true", help="with models: every timm model, as timm/<name> (needs timm)")
     p.set_defaults(func=cmd_list)
 
 
@@ -153,6 +154,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     """Print the names (and one-line help) of a registry."""
     from studies.catalog import registry_for
 
+    if args.timm:
+        if args.what != "models":
+            raise UserError("--timm lists models: run_study.py list models --timm")
+        from ablation.timm_models import list_timm_models
+
+        print("\n".join(list_timm_models()))
+        return 0
     reg = registry_for(args.what)
     width = max((len(n) for n in reg.names()), default=0)
     for name in reg.names():

@@ -36,7 +36,8 @@ def build_model(
     ``ablation.sites.SITE_KINDS``, whichever the model uses). An activation factory that declares
     ``original`` gets the module it replaces.
     """
-    model = create_model(name, num_classes=num_classes, in_channels=in_channels, small_input=small_input)
+    model = create_model(name, num_classes=num_classes, in_channels=in_channels, small_input=small_input,
+                         input_size=input_size)
     size = input_size or default_input_size(name, small_input)
     make = _activation_factory(activation, generator, r, options)
     # The model was made here, so surgery may change it in place instead of copying it.

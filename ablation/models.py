@@ -7,6 +7,7 @@ images for the families in ``SMALL_INPUT_FAMILIES``; other torchvision models re
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Callable, Iterator
 from unittest import mock
 
@@ -14,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
-from acon.registry import Registry
+from acon.registry import Entry, Registry
 from ablation import small_models
 
 MODELS = Registry(
@@ -29,16 +30,42 @@ MODELS = Registry(
 register_model = MODELS.register
 
 
-def create_model(name: Any, *, num_classes: int = 10, in_channels: int = 3, small_input: bool = False) -> nn.Module:
-    """Build model ``name`` (random init) for ``num_classes`` and ``in_channels``."""
+def model_entry(name: Any) -> Entry:
+    """The entry of a model name: registered, ``timm/<name>`` (timm, without weights) or an import path
+    (``mynets.py:make_net``, ``mypkg.models:make_net``); a class or callable passes straight through."""
+    from ablation.model_paths import is_import_path, path_entry
+    from ablation.timm_models import is_timm, timm_entry
+
+    if isinstance(name, str) and name not in MODELS:
+        if is_timm(name):
+            return timm_entry(name)
+        if is_import_path(name):
+            return path_entry(name)
+    return MODELS.entry(name)
+
+
+def create_model(name: Any, *, num_classes: int = 10, in_channels: int = 3, small_input: bool = False,
+                 input_size: int | None = None) -> nn.Module:
+    """Build model ``name`` (random init) for ``num_classes`` and ``in_channels``; a factory that declares
+    ``input_size`` gets the input side too (timm's ViTs take it as ``img_size``)."""
     if num_classes < 1 or in_channels < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
-    return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, small_input=small_input)
+    factory = model_entry(name).obj
+    extra = {"input_size": input_size} if _declares_input_size(factory) else {}
+    return factory(num_classes=num_classes, in_channels=in_channels, small_input=small_input, **extra)
+
+
+def _declares_input_size(factory: Any) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return "input_size" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def default_input_size(name: Any, small_input: bool = False) -> int:
     """The input side used for shape propagation: 32 for small inputs, else the model's native size."""
-    meta = MODELS.entry(name).meta
+    meta = model_entry(name).meta
     return meta["input_size"] if meta["native_small"] or not small_input else 32
 
 

@@ -82,11 +82,29 @@ def describe_replaced(sites: Sequence[Site]) -> str:
     return ", ".join(f"{kind} x{n}" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def add_site_kind(kind: str, *, classes: tuple[type, ...] = (), functions: tuple[Any, ...] = ()) -> None:
+    """Count more activation modules and functions as sites of ``kind`` (a library's own GELU, Swish ...).
+
+    Their modules become fx leaves and their functions are autowrapped, so each call stays one node."""
+    own_classes, own_functions, methods = SITE_KINDS[kind]
+    SITE_KINDS[kind] = (own_classes + tuple(c for c in classes if c not in own_classes),
+                        own_functions + tuple(f for f in functions if f not in own_functions), methods)
+
+
 class SiteTracer(fx.Tracer):
-    """The default fx tracer, plus leaves for modules whose Python branches read ``self.training``."""
+    """The default fx tracer, plus leaves for activation modules of any library (a call stays one node) and for
+    modules whose Python branches read ``self.training``; timm's no-trace modules and functions stay whole."""
+
+    def __init__(self, *, whole_blocks: bool = False) -> None:
+        from ablation.timm_models import notrace
+
+        self.leaves, functions = notrace(whole_blocks=whole_blocks)
+        python = tuple(f for _, fns, _ in SITE_KINDS.values() for f in fns if getattr(f, "__module__", "").startswith("timm"))
+        super().__init__(autowrap_functions=functions + python)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _extra_leaves()) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, _extra_leaves() + self.leaves + _site_classes())
+                or super().is_leaf_module(m, qualname))
 
 
 def _extra_leaves() -> tuple[type, ...]:
@@ -97,10 +115,17 @@ def _extra_leaves() -> tuple[type, ...]:
     return (StochasticDepth,)
 
 
+def _site_classes() -> tuple[type, ...]:
+    return tuple(c for classes, _, _ in SITE_KINDS.values() for c in classes)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """Symbolically trace ``model``; a model fx cannot trace gets a ValueError saying why."""
     try:
-        graph = SiteTracer().trace(model)
+        try:
+            graph = SiteTracer().trace(model)
+        except Exception:  # a library block that fx cannot enter (control flow on a tensor) stays whole: its
+            graph = SiteTracer(whole_blocks=True).trace(model)  # own activations are then not sites
     except Exception as e:  # fx raises many types (TraceError, TypeError, RuntimeError ...)
         raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx, so its call sites cannot be found: {e}") from e
     return fx.GraphModule(model, graph, type(model).__name__)

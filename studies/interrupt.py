@@ -24,6 +24,11 @@ def check(*_: Any) -> None:
         raise Interrupted(_pending[0])
 
 
+def pending() -> bool:
+    """Whether a signal arrived that the next ``check`` will raise (a custom loop polls this)."""
+    return bool(_pending)
+
+
 @contextmanager
 def graceful_signals() -> Iterator[None]:
     """Within the block SIGINT and SIGTERM are recorded, then raised by ``check`` (main thread only)."""

@@ -112,11 +112,16 @@ def optuna_study_name(spec: Study, options: RunOptions) -> str:
 
 def check_names(spec: Study, settings: Settings) -> None:
     """Refuse unknown model, dataset, activation, generator or placement names before anything runs."""
-    from ablation import MODELS, parse_placement, get_generator
+    from ablation import parse_placement, get_generator
+    from ablation.models import model_entry
     from acon import get_activation
     from studies.data import DATASETS
 
-    MODELS.get(settings["model"])
+    model_entry(settings["model"])
+    if isinstance(spec.train, str):  # a training loop by import path: found now, not in every trial
+        from studies.custom_loop import resolve_train
+
+        resolve_train(spec.train)
     DATASETS.get(settings["dataset"])
     for design in spec.designs:
         try:

@@ -22,6 +22,12 @@ from studies.tracking.schema import DESIGN_AXES, variant_parts
 from studies.settings import Preset, Settings, check_keys
 from studies.training.config import check_choice
 
+def _is_import_path(value: Any) -> bool:
+    from ablation.model_paths import is_import_path
+
+    return is_import_path(value)
+
+
 #: Every cell names the design axes (``DESIGN_AXES``); an axis that does not apply to a cell is "-".
 NOT_APPLICABLE = "-"
 SAMPLERS = ("grid", "tpe", "random")
@@ -45,6 +51,8 @@ class Study:
     metric: str = "val_acc"
     direction: str = "maximize"
     search_space: Callable[[optuna.Trial], dict[str, Any]] | None = None
+    # your own training loop, train(model, data, settings, tracker) -> dict (studies.custom_loop), or its import path
+    train: Callable[..., dict] | str | None = None
 
     def __post_init__(self) -> None:
         check_choice("sampler", self.sampler, SAMPLERS)
@@ -54,6 +62,9 @@ class Study:
             raise UserError(f"study {self.name!r}: a grid study needs at least one design cell")
         if self.sampler != "grid" and self.search_space is None:
             raise UserError(f"study {self.name!r}: a {self.sampler} study needs a search_space function")
+        if self.train is not None and not callable(self.train) and not _is_import_path(self.train):
+            raise UserError(f"study {self.name!r}: train={self.train!r} must be a function train(model, data, settings, "
+                            f"tracker) or its import path (loops.py:train, mypkg.loops:train)")
         presets = {k: p if isinstance(p, Preset) else Preset(settings=dict(p)) for k, p in self.presets.items()}
         object.__setattr__(self, "presets", presets)
         check_keys(self.fixed, f"the fixed settings of study {self.name!r}")

@@ -154,25 +154,49 @@ def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any],
     cfg = train_config(settings, seed=int(cell["seed"]), device=ctx.device, threads=ctx.threads)
     metric = ctx.spec.metric
 
-    def on_epoch(m) -> None:
-        values = dataclasses.asdict(m)
-        del values["epoch"]
-        ctx.tracker.log_epoch(run_id, {metric: values[metric], **values}, step=m.epoch)  # the objective first
+    def report(epoch: int, values: dict[str, Any]) -> None:
+        """One epoch, whichever loop trained it: logged, shown, reported to Optuna, pruned, measured."""
+        first = {metric: values[metric]} if metric in values else {}  # the objective first
+        ctx.tracker.log_epoch(run_id, {**first, **values}, step=epoch)
         if ctx.bar is not None:
-            ctx.bar.set_postfix_str(f"{schema.run_name(cell)} e{m.epoch}/{cfg.epochs} {_short(metric, values)}")
-        trial.report(values[metric], m.epoch)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {m.epoch}")
+            ctx.bar.set_postfix_str(f"{schema.run_name(cell)} e{epoch}/{cfg.epochs} {_short(metric, values)}")
+        if metric in values:  # an epoch without the objective (a custom loop's choice) is logged, not reported
+            trial.report(values[metric], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
         every = settings["act_every"]
-        if every and m.epoch % every == 0 and m.epoch < cfg.epochs:
-            _record_activations(ctx, run_id, model, sites, settings, data, m.epoch, final=False)
+        if every and epoch % every == 0 and epoch < cfg.epochs:
+            _record_activations(ctx, run_id, model, sites, settings, data, epoch, final=False)
 
-    result = train(model, data, cfg, on_epoch=on_epoch, progress=check)  # check: stop at a step on Ctrl-C
-    ctx.tracker.log_final(run_id, {**result.final, "best_val_acc": max(h.val_acc for h in result.history)})
-    _record_activations(ctx, run_id, model, sites, settings, data, len(result.history), final=True)
+    if ctx.spec.train is not None:
+        final, epochs = _custom_loop(ctx, model, data, settings, cell, cfg, report)
+    else:
+        def on_epoch(m) -> None:
+            values = dataclasses.asdict(m)
+            report(values.pop("epoch"), values)
+
+        result = train(model, data, cfg, on_epoch=on_epoch, progress=check)  # check: stop at a step on Ctrl-C
+        final = {**result.final, "best_val_acc": max(h.val_acc for h in result.history)}
+        epochs = len(result.history)
+    ctx.tracker.log_final(run_id, final)
+    _record_activations(ctx, run_id, model, sites, settings, data, epochs, final=True)
     if settings["save_model"]:
         ctx.tracker.log_state_dict(run_id, model.state_dict())
-    return float(result.final[metric])
+    return float(final[metric])
+
+
+def _custom_loop(ctx: TrialContext, model, data, settings, cell: dict[str, Any], cfg, report) -> tuple[dict, int]:
+    """Train with the study's own loop: (its final metrics, the epochs it logged)."""
+    from studies.custom_loop import TrialTracker, final_value, resolve_train
+    from studies.training.loop import resolve_device
+
+    fn = resolve_train(ctx.spec.train)
+    device = str(resolve_device(cfg.device))
+    tracker = TrialTracker(report, seed=int(cell["seed"]), device=device, cell=cell, epochs=cfg.epochs)
+    final = fn(model, data, settings, tracker)
+    check()  # the loop returned because of Ctrl-C or SIGTERM: the trial is interrupted, not complete
+    final_value(final, ctx.spec.metric, fn)
+    return dict(final), tracker.logged
 
 
 def _record_activations(ctx: TrialContext, run_id: str, model, sites: list, settings: dict[str, Any], data,

@@ -77,8 +77,14 @@ def trial_state(status: str, tag: str | None = None) -> str:
 
 
 def epoch_metrics(values: dict[str, Any]) -> dict[str, Any]:
-    """Per-epoch values keyed as logged (``val_acc`` -> ``val/acc``); unknown names keep theirs."""
-    return {EPOCH_METRICS.get(k, k): v for k, v in values.items()}
+    """Per-epoch values keyed as logged (``val_acc`` -> ``val/acc``); other ``train_``, ``val_`` and ``test_`` names
+    go to their section too (``val_f1`` -> ``val/f1``, a custom loop's), the rest keep theirs."""
+    return {EPOCH_METRICS.get(k) or _section(k): v for k, v in values.items()}
+
+
+def _section(name: str) -> str:
+    head, _, rest = name.partition("_")
+    return f"{head}/{rest}" if head in ("train", "val", "test") and rest else name
 
 
 def final_metric(name: str) -> str:
