@@ -84,6 +84,13 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes on this machine (default 1; several share optuna.journal by default)")
     p.add_argument("--gpus", help="spread the workers over these GPUs, e.g. 0,1 (one CUDA_VISIBLE_DEVICES each)")
+    p.add_argument("--race", action="store_true",
+                   help="race the designs across seeds: 3 seeds each, then one more per round for the designs a test "
+                        "has not shown to be worse than the best (--seeds: the most any design gets)")
+    p.add_argument("--race-alpha", type=float, default=0.05,
+                   help="probability of ever dropping the truly best design (default 0.05)")
+    p.add_argument("--race-test", default="friedman", choices=("friedman", "t"),
+                   help="friedman: F-Race's ranks within seeds (default); t: paired t-tests, Bonferroni over designs too")
     p.set_defaults(func=cmd_run)
 
 
@@ -198,12 +205,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers != 1 or args.gpus:
         from studies.workers import parse_gpus, run_workers
 
-        result = run_workers(args.study, _run_options(args), workers=args.workers, gpus=parse_gpus(args.gpus))
+        result = run_workers(args.study, _run_options(args, **_race(args)), workers=args.workers,
+                             gpus=parse_gpus(args.gpus))
     else:
-        result = run_study(args.study, _run_options(args, max_trials=args.max_trials))
+        result = run_study(args.study, _run_options(args, max_trials=args.max_trials, **_race(args)))
     print(summary_text(result, resolve_tracking_uri(args.tracking_uri)))
     print(f"Optuna storage {mask_url(result.storage)}")
     return 1 if unfinished(result.study)[1] else 0  # cells left failed; cells merely not run yet are fine
+
+
+def _race(args: argparse.Namespace) -> dict[str, Any]:
+    return {"race": args.race, "race_alpha": args.race_alpha, "race_test": args.race_test}
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from acon.registry import unknown_choice
 from report import activations as act
+from report import race as racing
 from report import plots, summary
 from report.columns import add_columns, legend
 from report.pareto import plot_pareto
@@ -44,6 +45,7 @@ class _Report:
     baseline_label: str = ""
     top: pd.DataFrame | None = None  # a search study's best trials (``best_trials``)
     sites: pd.DataFrame | None = None  # with ``activations``: every trial's site table (``report.activations``)
+    race: object = None  # a raced study's replayed race (``report.race``)
     channels: pd.DataFrame | None = None
 
     def intro(self, fmt: str) -> list[str]:
@@ -57,6 +59,10 @@ class _Report:
         """The legend of ``frame``'s columns, then the footnote."""
         return "\n".join([legend(frame.columns, baseline_label=self.baseline_label, accuracy=self.accuracy),
                           self.footnote])
+
+    def race_section(self) -> tuple[str, pd.DataFrame] | None:
+        """A raced study's summary line and its rounds (None: not a race)."""
+        return None if self.race is None else racing.race_lines(self.race)
 
     def activations(self) -> tuple[pd.DataFrame, str] | None:
         """The per-design table of what the sites learned and its legend (None: not asked for)."""
@@ -112,14 +118,21 @@ def _build(runs: StudyRuns, group_by, baseline, metric, effect=None) -> _Report:
                            scale=100.0 if accuracy else 1.0, effect=effect, bounds=(0.0, 100.0) if accuracy else None)
     table = table.sort_values("is_baseline", ascending=False, kind="stable").reset_index(drop=True)
     label = ",".join(f"{k}={v}" for k, v in spec.items()) or "baseline"
+    race = racing.race_of(runs, column)
+    if race is not None:  # a dropped design's row: when it left the race, not a verdict from fewer seeds
+        verdicts = racing.dropped_verdicts(race)
+        labels = group_labels(table, groups, sep="/", every_axis=True)
+        table["verdict"] = [verdicts.get(lab, v) for lab, v in zip(labels, table["verdict"])]
     shown = add_columns(display_frame(table, groups, accuracy=accuracy, baseline_label=label), table)
     paragraph, next_run = summary.conclusions(runs, table, groups, column, label, accuracy, effect)
     top = None
     if runs.search:  # the table's rows mix trials of different sampled settings: the best trials come first
         top = best_trials(runs, column, accuracy)
         paragraph = _search_summary(runs, column, len(top))
-    return _Report(runs, column, groups, accuracy, table, shown, _header(runs, column, accuracy),
-                   "\n".join(filter(None, [_footer(spec, table), next_run])), paragraph, label, top)
+    rep = _Report(runs, column, groups, accuracy, table, shown, _header(runs, column, accuracy),
+                  "\n".join(filter(None, [_footer(spec, table), next_run])), paragraph, label, top)
+    rep.race = race
+    return rep
 
 
 TOP_TRIALS = 5
@@ -159,21 +172,25 @@ def _short(value) -> str:
 
 def _render(rep: _Report, fmt: str, images: list[Path]) -> str:
     """The report as text in ``fmt``: terminal and Markdown with header and footnote, CSV raw, HTML a page."""
-    acts = rep.activations()
+    acts, race = rep.activations(), rep.race_section()
     if fmt == "terminal":
         compact = compact_frame(rep.table, rep.groups, accuracy=rep.accuracy)
         more = [] if acts is None else ["", ACT_HEADING, *_table_lines(acts[0], "terminal"), "", wrap(acts[1])]
+        raced = [] if race is None else ["", wrap(race[0]), *_table_lines(race[1], "terminal")]
         return "\n".join([rep.header, *rep.intro(fmt), "", format_table(compact, "terminal"), "",
-                          wrap(rep.notes(compact)), *more])
+                          wrap(rep.notes(compact)), *raced, *more])
     if fmt == "markdown":
         more = [] if acts is None else [f"**{ACT_HEADING}**", *_table_lines(acts[0], "markdown"), acts[1]]
+        raced = [] if race is None else [race[0], *_table_lines(race[1], "markdown")]
         return "\n\n".join([rep.header.replace("\n", "  \n"), *rep.intro(fmt), format_table(rep.shown, "markdown"),
-                            rep.notes(rep.shown), *more])
+                            rep.notes(rep.shown), *raced, *more])
     if fmt == "csv":
         return format_table(rep.table, "csv")
     if fmt == "html":
         return html_page(f"{rep.runs.study}: ablation", [*rep.header.splitlines(), rep.summary], rep.runs.settings, rep.shown,
-                         rep.notes(rep.shown), images, more=[] if acts is None else [(ACT_HEADING, *acts)])
+                         rep.notes(rep.shown), images,
+                         more=([] if race is None else [("Race", race[1], race[0])])
+                         + ([] if acts is None else [(ACT_HEADING, *acts)]))
     return format_table(rep.shown, fmt)
 
 
@@ -283,6 +300,8 @@ def _plots(rep: _Report, folder: Path, optuna_study) -> list[Path]:
     if optuna_study is not None:
         paths += plots.plot_param_importance(optuna_study, folder)
     paths += plot_pareto(rep.table, rep.groups, folder, ylabel="accuracy (%)" if rep.accuracy else column)
+    if rep.race is not None:
+        paths += racing.plot_race(runs, rep.race, column, folder, scale=100.0 if rep.accuracy else 1.0)
     if rep.sites is not None:
         paths += act.plot_activations(rep.sites, rep.channels, folder)
     return paths

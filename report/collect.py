@@ -41,6 +41,7 @@ class StudyRuns:
     preset: str = ""
     settings: dict = field(default_factory=dict)  # the parent run's params: the study's settings
     search: bool = False  # trials sample settings (TPE, random): several of one design and seed are no duplicate
+    tags: dict = field(default_factory=dict)  # the parent run's tags (a race's plan: studies.race)
 
     @property
     def kept(self) -> pd.DataFrame:
@@ -70,7 +71,7 @@ def collect(study: str, *, tracking_uri: str | None = None, experiment: str | No
     frame = mark_duplicates(trials_frame(runs, axes), [] if search else axes)
     return StudyRuns(study, exp.experiment_id, parent.info.run_id, axes, tags.get(schema.METRIC, "val_acc"),
                      tags.get(schema.DIRECTION, "maximize"), frame, tracking_uri or mlflow.get_tracking_uri(),
-                     parent.data.tags.get(schema.PRESET, ""), parent.data.params, search)
+                     parent.data.tags.get(schema.PRESET, ""), parent.data.params, search, dict(tags))
 
 
 def _require_store(uri: str, study: str) -> None:

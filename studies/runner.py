@@ -6,6 +6,7 @@ off, so it completes the study without duplicating what is done.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -20,7 +21,8 @@ from optuna.trial import TrialState
 from acon.errors import UserError
 from studies.interrupt import check, graceful_signals
 from studies.settings import Settings
-from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study
+from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study, variant_label
+from studies.tracking import schema
 from studies.storage import (first_line, heartbeat_interval, open_storage, record_heartbeat, require_existing,
                              resolve_storage, resolve_tracking_uri, storage_file)
 from studies.tracking.summary import publish
@@ -30,6 +32,8 @@ from studies.training.loop import resolve_device
 from studies.trial import TrialContext, axis_choices, cell_key, enqueue_cell, execute_trial, load_data
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+RACE_POLL_SECONDS = 1.0
+RACE_TAKEOVER = 3  # idle polls after which any worker queues a race's next round
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
@@ -49,6 +53,9 @@ class RunOptions:
     threads: int | None = None
     progress: bool = True
     max_trials: int | None = None
+    race: bool = False  # race the designs across seeds (studies.race): --seeds is then the most any design gets
+    race_alpha: float = 0.05
+    race_test: str = "friedman"
 
 
 @dataclass
@@ -156,6 +163,8 @@ class _Session:
     tracker: Tracker
     ctx: TrialContext
     url: str = ""
+    race_tagged: set = field(default_factory=set)  # child runs this process tagged as dropped from the race
+    idle: int = 0  # polls this worker waited with nothing to run (a race between rounds)
 
 
 def _result(session: _Session, ran: int) -> StudyRun:
@@ -188,6 +197,7 @@ def _open(spec: Study, settings: Settings, options: RunOptions, *, join: bool) -
             created.unlink(missing_ok=True)
         raise
     optuna_study = _create_or_load(spec, name, storage, settings, join=join)
+    _start_race(spec, settings, options, optuna_study, join)
     parent = optuna_study.user_attrs.get(PARENT_ATTR)
     if join and parent:
         tracker.attach_parent(parent)
@@ -296,6 +306,7 @@ def _next_trial(session: _Session) -> optuna.Trial | None:
         optuna.storages.fail_stale_trials(study)
         if not session.spec.is_grid:
             return _claim(study) if _remaining(session) > 0 else None
+        raced = RACE_ATTR in study.user_attrs
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             trial = _claim(study)
             if "cell_key" not in trial.user_attrs:  # another worker took the last cell in between
@@ -303,10 +314,38 @@ def _next_trial(session: _Session) -> optuna.Trial | None:
                 continue
             first = _duplicate_of(study, trial)
             if first is None:
+                session.idle = 0
                 return trial
             _drop(study, trial, first)
+        elif raced:
+            if not _race_step(session):
+                return None
         elif not _wait_for_running(study):
             return None
+
+
+def _race_step(session: _Session) -> bool:
+    """A raced study with an empty queue: queue its next round, or wait for the round's running cells; False
+    when the race is over. One worker queues a round: the one that ran the round's last trial (the others
+    would queue it too, and duplicate its cells, if they all saw the round end at once); another takes over
+    after ``RACE_TAKEOVER`` idle polls (that worker died before queueing)."""
+    study = session.optuna_study
+    if (_race_owner(study) == worker_id() or session.idle >= RACE_TAKEOVER) and enqueue_missing(session):
+        session.idle = 0
+        return True
+    state = race_state(study)
+    if state.finished or (not state.needed and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
+        return False
+    time.sleep(heartbeat_interval(study) or RACE_POLL_SECONDS)  # others run this round's cells
+    check()  # Ctrl-C while waiting stops here
+    session.idle += 1
+    return True
+
+
+def _race_owner(study: optuna.Study) -> str | None:
+    """The worker that ran the newest finished trial: the one to queue the race's next round."""
+    done = [t for t in study.get_trials(deepcopy=False, states=DONE) if not t.user_attrs.get("spurious")]
+    return max(done, key=lambda t: t.number).user_attrs.get("worker") if done else None
 
 
 def worker_id() -> str:
@@ -374,16 +413,95 @@ def enqueue_missing(session: _Session) -> int:
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
     taken = {t.user_attrs.get("cell_key") for t in study.get_trials(deepcopy=False, states=live)}
     cells = session.spec.cells(session.settings)
-    missing = [c for c in cells if cell_key(c) not in taken]
+    wanted = cells
+    state = race_state(study)
+    if state is not None:  # a race queues only its current round's cells
+        needed = set(state.needed)
+        wanted = [c for c in cells if (variant_label(c), c["seed"]) in needed]
+        _record_race(session, state)
+    missing = [c for c in wanted if cell_key(c) not in taken]
     for cell in missing:
         enqueue_cell(study, cell, axis_choices(cells))
+    if missing and session.ctx.bar is not None:
+        session.ctx.bar.total = max(session.ctx.bar.total or 0, session.ctx.bar.n + len(missing))
     return len(missing)
 
 
+RACE_ATTR = "race"  # the Optuna study's user attr holding a race's plan, designs and baseline
+
+
+def race_state(study: optuna.Study):
+    """A raced study's state, replayed from its trials (``studies.race``); None for any other study."""
+    from studies.race import RacePlan, race
+
+    recorded = study.user_attrs.get(RACE_ATTR)
+    if recorded is None:
+        return None
+    data = dict(recorded)
+    designs, baseline = data.pop("designs"), data.pop("baseline")
+    done: dict[str, set[int]] = {}
+    values: dict[str, dict[int, float]] = {}
+    for t in study.get_trials(deepcopy=False, states=DONE):
+        if t.user_attrs.get("spurious") or "variant" not in t.user_attrs:
+            continue
+        label, seed = t.user_attrs["variant"], int(t.user_attrs["seed"])
+        done.setdefault(label, set()).add(seed)
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            values.setdefault(label, {})[seed] = float(t.value)
+    return race(designs, done, values, RacePlan(**data), baseline)
+
+
+def _start_race(spec: Study, settings: Settings, options: RunOptions, study: optuna.Study, join: bool) -> None:
+    """Record a race's plan on the study (``run --race``), or bring a recorded one's seed budget up to date."""
+    from studies.race import RacePlan
+
+    recorded = study.user_attrs.get(RACE_ATTR)
+    if recorded is None and not (options.race and not join):
+        return
+    if not spec.is_grid:
+        raise UserError(f"--race races the design cells of a grid study; {spec.name!r} samples its settings (a search)")
+    seeds = int(settings["seeds"])
+    if recorded is None:
+        plan = RacePlan(max_seeds=seeds, alpha=options.race_alpha, test=options.race_test, direction=spec.direction)
+        cells = spec.cells(settings)
+        designs = list(dict.fromkeys(variant_label(c) for c in cells))
+        baseline = next((variant_label(c) for c in cells if c["activation"] == "relu"), None)
+        study.set_user_attr(RACE_ATTR, {**dataclasses.asdict(plan), "designs": designs, "baseline": baseline})
+    elif recorded["max_seeds"] != seeds and not join:  # more --seeds: a bigger budget for the same race
+        plan = {k: v for k, v in recorded.items() if k not in ("designs", "baseline")}
+        RacePlan(**{**plan, "max_seeds": seeds})  # a budget below the first round's seeds is refused
+        study.set_user_attr(RACE_ATTR, {**recorded, "max_seeds": seeds})
+
+
+def _record_race(session: _Session, state) -> None:
+    """The race on MLflow: the plan and its status on the parent run, each drop on the parent and on the dropped
+    design's child runs (round, p-value, the design it lost to)."""
+    from studies import race as racing
+
+    tracker, study = session.tracker, session.optuna_study
+    recorded = dict(study.user_attrs[RACE_ATTR])
+    designs, baseline = recorded.pop("designs"), recorded.pop("baseline")
+    tags = {**racing.plan_tags(racing.RacePlan(**recorded), designs, baseline),
+            racing.STATUS_TAG: racing.describe_state(state)}
+    for label, drop in state.dropped.items():
+        tags[f"{racing.DROPPED_TAG}.{label.replace('/', '.')}"] = racing.describe_drop(drop)
+    tracker.tag(tracker.parent_id, tags)
+    for t in study.get_trials(deepcopy=False):
+        drop = state.dropped.get(t.user_attrs.get("variant"))
+        run_id = t.user_attrs.get(schema.RUN_ID_ATTR)
+        if drop is not None and run_id and run_id not in session.race_tagged:
+            tracker.tag(run_id, {racing.DROPPED_TAG: racing.describe_drop(drop)})
+            session.race_tagged.add(run_id)
+
+
 def missing_cells(study: optuna.Study, spec: Study, settings: Settings) -> int:
-    """Grid cells of ``spec`` with no COMPLETE or PRUNED trial in ``study``; 0 for search studies."""
+    """Grid cells of ``spec`` with no COMPLETE or PRUNED trial in ``study`` (a race: the cells it still needs);
+    0 for search studies."""
     if not spec.is_grid:
         return 0
+    state = race_state(study)
+    if state is not None:
+        return len(state.needed)
     done = {t.user_attrs.get("cell_key") for t in study.get_trials(deepcopy=False, states=DONE)}
     return sum(cell_key(c) not in done for c in spec.cells(settings))
 

@@ -61,6 +61,7 @@ def summary_text(result, tracking_uri: str | None = None) -> str:
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(result.counts.items()))
     lines = [f"study {study.study_name}: ran {result.ran} trial(s) now; {counts}",
              _markdown(table) if len(table) else "(no trials)", *_best_sampled(study, name, scale)]
+    lines += _race_lines(study)
     never, failed = unfinished(study)
     if never:
         lines.append(f"{len(never)} cell(s) not run yet: {_some(never)}; rerun the same command to run them")
@@ -69,6 +70,20 @@ def summary_text(result, tracking_uri: str | None = None) -> str:
     if tracking_uri:
         lines += _browse(tracking_uri, result.parent_run_id)
     return "\n".join(lines)
+
+
+def _race_lines(study) -> list[str]:
+    """A raced study: where the race stands, who was dropped, and the trials it used against the full grid."""
+    from studies.race import describe_state
+    from studies.runner import race_state
+
+    state = race_state(study)
+    if state is None:
+        return []
+    dropped = "; ".join(f"{d} in round {drop.round} (p={drop.p:.2g} vs {drop.lost_to})"
+                        for d, drop in state.dropped.items()) or "none"
+    grid = (len(state.alive) + len(state.dropped)) * state.plan.max_seeds
+    return [f"race: {describe_state(state)}; dropped: {dropped}; {len(state.wanted())} of the {grid} grid cells"]
 
 
 def _best_sampled(study, name: str, scale: float) -> list[str]:

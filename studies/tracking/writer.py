@@ -120,6 +120,10 @@ class Tracker:
         self.log_metrics(self.parent_id, {schema.BEST_PREFIX + self.objective.removeprefix(schema.FINAL): value})
         self.client.set_tag(self.parent_id, schema.BEST_TRIAL, str(number))
 
+    def tag(self, run_id: str, tags: dict[str, str]) -> None:
+        """Set tags on a run (the parent or a child), e.g. a race's status and its drops."""
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
     def log_artifacts(self, paths: list[Path], folder: str) -> None:
         """Upload files to the parent run under ``folder`` (``report/tables``, ``report/plots``)."""
         for path in paths:

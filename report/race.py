@@ -1,0 +1,81 @@
+"""A raced study (``run --race``) in the report: its rounds, who was dropped and why, and its progress by seed.
+
+The race is replayed from the trials with the plan its parent run records (``studies.race`` is a pure
+function of the results), so the report shows exactly what the runs decided.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from report.collect import StudyRuns
+from report.plots import save
+from studies.race import RaceState, plan_from_tags, race
+
+
+def race_of(runs: StudyRuns, column: str) -> RaceState | None:
+    """The study's race replayed from its trials, or None for a study that was not raced."""
+    plan, designs, baseline = plan_from_tags(runs.tags)
+    if plan is None:
+        return None
+    rows = runs.kept[runs.kept["state"].isin(("COMPLETE", "PRUNED"))]
+    done = {d: set(int(s) for s in g["seed"]) for d, g in rows.groupby("variant")}
+    complete = rows[(rows["state"] == "COMPLETE") & rows[column].notna()]
+    values = {d: {int(s): float(v) for s, v in zip(g["seed"], g[column])} for d, g in complete.groupby("variant")}
+    return race(designs or sorted(done), done, values, plan, baseline)
+
+
+def race_lines(state: RaceState) -> tuple[str, pd.DataFrame]:
+    """A one-line summary and a table of the rounds: seeds, designs run, the best, who was dropped (p, vs)."""
+    plan = state.plan
+    status = f"finished: {state.reason}" if state.finished else f"in round {state.round} ({len(state.needed)} cell(s) to run)"
+    head = (f"race: {plan.test} test after each round, the true best dropped with probability at most {plan.alpha} "
+            f"(each test at {plan.level(len(state.alive) + len(state.dropped)):.2g}); seeds {plan.min_seeds}..{plan.max_seeds}; "
+            f"{status}; {len(state.wanted())} cells run or queued of a {len(state.alive) + len(state.dropped)} x "
+            f"{plan.max_seeds} grid")
+    rows = [{"round": r.number, "seeds": r.seeds, "designs": len(r.ran), "best": _short(r.best),
+             "dropped (p, lost to)": ", ".join(f"{_short(d.design)} (p={d.p:.2g})" for d in r.dropped) or "-"}
+            for r in state.rounds]
+    return head, pd.DataFrame(rows)
+
+
+def dropped_verdicts(state: RaceState) -> dict[str, str]:
+    """The verdict of each dropped design's row: ``dropped in round k``."""
+    return {d: f"dropped in round {drop.round}" for d, drop in state.dropped.items()}
+
+
+def plot_race(runs: StudyRuns, state: RaceState, column: str, out_dir: Path, *, scale: float = 1.0) -> list[Path]:
+    """Each design's running mean and 95% t-interval of the objective by seed count; an x where it was dropped."""
+    from scipy import stats
+
+    done = runs.kept[(runs.kept["state"] == "COMPLETE") & runs.kept[column].notna()]
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for i, (variant, g) in enumerate(sorted(done.groupby("variant"), key=lambda kv: str(kv[0]))):
+        values = (g.sort_values("seed")[column] * scale).to_numpy()
+        n = np.arange(1, len(values) + 1)
+        mean = np.cumsum(values) / n
+        half = np.array([stats.t.ppf(0.975, k - 1) * np.std(values[:k], ddof=1) / np.sqrt(k) if k > 1 else np.nan
+                         for k in n])
+        color = f"C{i % 10}"
+        ax.plot(n, mean, marker="o", ms=3, color=color, label=_short(variant))
+        ax.fill_between(n, mean - half, mean + half, color=color, alpha=0.12)
+        drop = state.dropped.get(variant)
+        if drop is not None:
+            ax.plot([drop.seeds], [mean[min(drop.seeds, len(mean)) - 1]], "x", ms=10, mew=2, color=color)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="seeds run", ylabel=column + (" (%)" if scale == 100.0 else ""),
+           title="race: running mean and 95% interval by seed count (x: dropped)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save(fig, out_dir, "race_progress")
+
+
+def _short(variant: str) -> str:
+    parts = str(variant).split("/")
+    return "·".join(parts[:-1] if len(parts) > 1 and parts[-1] == "all" else parts)
+

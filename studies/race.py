@@ -1,0 +1,237 @@
+"""Racing designs across seeds (F-Race, Birattari et al. 2002; irace, López-Ibáñez et al. 2016).
+
+Every design runs the first ``min_seeds`` seeds; after that, each round adds one seed to the designs still in
+the race, and after each round a design whose paired difference to the current best design (on the seeds
+both have) is significantly worse is dropped. The baseline is never dropped, so every survivor is compared
+with it on the same seeds. The race ends when one design besides the baseline is left, or the seed budget
+(``max_seeds``) is used.
+
+Error control: the probability of ever dropping the truly best design stays at or below ``alpha``. Each test
+is a one-sided paired t-test at level ``alpha / (L (D - 1))``: ``L`` looks (rounds with a test, planned up
+front: ``max_seeds - min_seeds + 1``) and ``D - 1`` designs the best could be compared with (Bonferroni). The
+truly best design T is dropped only if T tests significantly worse than the current best B at some look;
+that event lies in the union, over looks and over every other design j, of "T tests significantly worse
+than j", each of probability at most the test's level when T is truly at least as good as j. So the sum,
+``L (D - 1)`` levels, is ``alpha``. The split is conservative (the looks share data); ``benchmarks/race.py``
+measures how conservative.
+
+The race is a pure function of the results so far (``race``): any process, any time, replays it from the
+finished trials and gets the same rounds, drops and next cells, which is what makes several workers and a
+resume after an interruption agree without any shared state beyond the trials themselves.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+from acon.errors import UserError
+
+MIN_SEEDS = 3
+TESTS = ("friedman", "t")
+
+
+@dataclass(frozen=True)
+class RacePlan:
+    """A race's budget and error level: seeds ``min_seeds..max_seeds``, ``alpha`` for dropping the true best."""
+
+    max_seeds: int
+    min_seeds: int = MIN_SEEDS
+    alpha: float = 0.05
+    direction: str = "maximize"
+    test: str = "friedman"  # "friedman": F-Race's ranks within each seed; "t": paired t-test of each pair
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.min_seeds, int) or self.min_seeds < 2:
+            raise UserError(f"a race needs at least 2 seeds before its first test, got min_seeds={self.min_seeds!r}")
+        if not isinstance(self.max_seeds, int) or self.max_seeds < self.min_seeds:
+            raise UserError(f"a race needs --seeds >= {self.min_seeds} (its first round runs {self.min_seeds} seeds of "
+                            f"every design), got {self.max_seeds!r}")
+        if not 0.0 < self.alpha < 1.0:
+            raise UserError(f"race alpha must be in (0, 1), got {self.alpha!r}")
+        if self.test not in TESTS:
+            raise UserError(f"unknown race test {self.test!r}; valid choices: {', '.join(TESTS)}")
+
+    @property
+    def looks(self) -> int:
+        """Rounds with a test: one after each seed count from ``min_seeds`` to ``max_seeds``."""
+        return self.max_seeds - self.min_seeds + 1
+
+    def level(self, designs: int) -> float:
+        """The level of each test: ``alpha / looks`` for Friedman's (gated by its omnibus test),
+        ``alpha / (looks x (designs - 1))`` for paired t-tests."""
+        return self.alpha / (self.looks * (1 if self.test == "friedman" else max(1, designs - 1)))
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A design dropped from the race: in which round, after how many seeds, against which design, how surely."""
+
+    design: str
+    round: int
+    seeds: int
+    p: float
+    lost_to: str
+    delta: float  # its mean paired difference to ``lost_to`` (negative: worse, in the objective's direction)
+
+
+@dataclass(frozen=True)
+class Round:
+    """One finished round: its seed count, who ran it and who was dropped after it."""
+
+    number: int
+    seeds: int
+    ran: tuple[str, ...]
+    best: str
+    dropped: tuple[Drop, ...]
+
+
+@dataclass
+class RaceState:
+    """Where a race stands: its finished rounds, the designs still in it, the cells it needs next, and whether
+    (and why) it is over."""
+
+    plan: RacePlan
+    rounds: list[Round] = field(default_factory=list)
+    alive: list[str] = field(default_factory=list)
+    dropped: dict[str, Drop] = field(default_factory=dict)
+    seeds: int = 0  # the seed count the current round brings every design in the race to
+    needed: list[tuple[str, int]] = field(default_factory=list)  # (design, seed) cells still to run
+    finished: bool = False
+    reason: str = ""
+
+    @property
+    def round(self) -> int:
+        """The number of the round in progress (or the last one, when the race is over)."""
+        return len(self.rounds) + (0 if self.finished else 1)
+
+    def wanted(self) -> set[tuple[str, int]]:
+        """Every (design, seed) cell the race has asked for so far: finished rounds' and the current one's."""
+        cells = {(d, s) for r in self.rounds for d in r.ran for s in range(r.seeds)}
+        return cells | {(d, s) for d in self.alive for s in range(self.seeds)}
+
+
+def race(designs: Sequence[str], done: Mapping[str, set[int]], values: Mapping[str, Mapping[int, float]],
+         plan: RacePlan, baseline: str | None = None) -> RaceState:
+    """Replay the race on the results so far.
+
+    ``designs`` in the study's order; ``done[d]``: the seeds of ``d`` that finished (completed or pruned);
+    ``values[d][seed]``: the objective of its completed ones. Returns the state, with the cells still needed.
+    """
+    from scipy import stats
+
+    state = RaceState(plan, alive=list(designs), seeds=plan.min_seeds)
+    level = plan.level(len(designs))
+    sign = 1.0 if plan.direction == "maximize" else -1.0
+    while True:
+        state.needed = [(d, s) for d in state.alive for s in range(state.seeds) if s not in done.get(d, set())]
+        if state.needed:
+            return state
+        k = state.seeds
+        means = {d: _mean([sign * v for s, v in values.get(d, {}).items() if s < k]) for d in state.alive}
+        ranked = [d for d in state.alive if not math.isnan(means[d])]
+        best = max(ranked, key=lambda d: (means[d], -state.alive.index(d))) if ranked else state.alive[0]
+        worse = _p_friedman(state.alive, values, k, sign, best, stats) if plan.test == "friedman" else {}
+        drops = []
+        for d in state.alive:
+            if d in (best, baseline):
+                continue
+            diffs = [sign * (values[d][s] - values[best][s]) for s in range(k)
+                     if s in values.get(d, {}) and s in values.get(best, {})]
+            p = worse.get(d, 1.0) if plan.test == "friedman" else _p_worse(diffs, stats)
+            if p < level:
+                drops.append(Drop(d, len(state.rounds) + 1, k, p, best, _mean(diffs) * sign))
+        state.rounds.append(Round(len(state.rounds) + 1, k, tuple(state.alive), best, tuple(drops)))
+        for drop in drops:
+            state.dropped[drop.design] = drop
+            state.alive.remove(drop.design)
+        left = [d for d in state.alive if d != baseline]
+        if len(left) <= 1:
+            state.finished, state.reason = True, "one design left besides the baseline" if baseline else "one design left"
+        elif k >= plan.max_seeds:
+            state.finished, state.reason = True, f"seed budget used ({plan.max_seeds} seeds)"
+        if state.finished:
+            state.needed = []
+            return state
+        state.seeds = k + 1
+
+
+def _p_friedman(alive: list[str], values: Mapping[str, Mapping[int, float]], k: int, sign: float, best: str,
+                stats) -> dict[str, float]:
+    """F-Race's test: ranks within each seed (block) that every design in the race completed; unless Friedman's
+    test finds a difference at all (p < 0.05 is not required here: its p is the floor of every pair's), each
+    design's one-sided p of ranking below ``best``, from Conover's post-hoc t with (n - 1)(k - 1) degrees of
+    freedom. Returns {design: p}."""
+    import numpy as np
+
+    blocks = [s for s in range(k) if all(s in values.get(d, {}) for d in alive)]
+    n, m = len(blocks), len(alive)
+    if n < 2 or m < 2:
+        return {}
+    table = np.array([[sign * values[d][s] for d in alive] for s in blocks])
+    ranks = np.vstack([stats.rankdata(row) for row in table])  # high rank: better
+    sums = ranks.sum(axis=0)
+    a = float((ranks ** 2).sum())
+    c = n * m * (m + 1) ** 2 / 4.0
+    spread = a - c
+    if spread <= 0:  # every rank tied: nothing tells the designs apart
+        return {}
+    friedman = (m - 1) * (float((sums ** 2).sum()) - n * c) / spread
+    p_all = float(stats.chi2.sf(friedman, m - 1))
+    scale = np.sqrt(2 * (n * a - float((sums ** 2).sum())) / ((n - 1) * (m - 1)))
+    out = {}
+    for j, d in enumerate(alive):
+        gap = float(sums[alive.index(best)] - sums[j])
+        if scale == 0:
+            out[d] = 0.0 if gap > 0 else 1.0
+        else:
+            out[d] = max(p_all, float(stats.t.sf(gap / scale, df=(n - 1) * (m - 1))))
+    return out
+
+
+def _p_worse(diffs: list[float], stats) -> float:
+    """One-sided paired t-test p-value that the mean difference is below 0 (1.0 with fewer than 2 pairs)."""
+    if len(diffs) < 2:
+        return 1.0
+    mean = _mean(diffs)
+    spread = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (len(diffs) - 1))
+    if spread == 0.0:  # identical differences: certain, in whichever direction they point
+        return 0.0 if mean < 0 else 1.0
+    return float(stats.t.cdf(mean / (spread / math.sqrt(len(diffs))), df=len(diffs) - 1))
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+RACE_TAG = "acon.race"  # the parent run's record of a race: its plan, designs and baseline (JSON)
+DROPPED_TAG = "acon.race.dropped"  # on a dropped design's child runs; on the parent, one per design (+ ".<label>")
+STATUS_TAG = "acon.race.status"
+
+
+def plan_tags(plan: RacePlan, designs: Sequence[str], baseline: str | None) -> dict[str, str]:
+    """The parent-run tag that lets anyone replay the race: plan, designs in order, baseline."""
+    return {RACE_TAG: json.dumps({**asdict(plan), "designs": list(designs), "baseline": baseline})}
+
+
+def plan_from_tags(tags: Mapping[str, str]) -> tuple[RacePlan | None, list[str], str | None]:
+    """(plan, designs, baseline) from a parent run's tags; (None, [], None) for a study that was not raced."""
+    if RACE_TAG not in tags:
+        return None, [], None
+    data: dict[str, Any] = json.loads(tags[RACE_TAG])
+    designs, baseline = data.pop("designs", []), data.pop("baseline", None)
+    return RacePlan(**data), designs, baseline
+
+
+def describe_drop(drop: Drop) -> str:
+    """``round 2 (4 seeds): p=0.0011 vs acon_c/all, mean difference -4.1``: a tag's text."""
+    return (f"round {drop.round} ({drop.seeds} seeds): p={drop.p:.2g} vs {drop.lost_to}, "
+            f"mean difference {drop.delta:+.4g}")
+
+
+def describe_state(state: RaceState) -> str:
+    """The parent run's race status in a line."""
+    if state.finished:
+        return f"finished after round {len(state.rounds)}: {state.reason}"
+    return f"round {state.round}: {len(state.alive)} designs to {state.seeds} seeds each"

@@ -1,0 +1,194 @@
+"""Racing designs across seeds (``studies.race``): the rounds, the drops and the error control, on known results."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from acon.errors import UserError
+from studies.race import RacePlan, race
+
+
+def _results(means: dict[str, float], seeds: int, noise: float = 1.0, seed: int = 0):
+    """Completed results of every design on ``seeds`` seeds: a shared seed effect plus each design's noise."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(0, noise, seeds)
+    values = {d: {s: m + shared[s] + rng.normal(0, noise) for s in range(seeds)} for d, m in means.items()}
+    return {d: set(range(seeds)) for d in means}, values
+
+
+def test_a_clearly_worse_design_is_dropped_after_the_minimum_seeds_and_the_best_never():
+    means = {"relu": 90.0, "best": 95.0, "close": 94.8, "bad": 60.0}
+    plan = RacePlan(max_seeds=8, min_seeds=3, test="t")
+    done, values = _results(means, 3, noise=0.3)
+    state = race(list(means), done, values, plan, baseline="relu")
+    assert [r.seeds for r in state.rounds] == [3] and "bad" in state.dropped
+    drop = state.dropped["bad"]
+    assert (drop.round, drop.seeds, drop.lost_to) == (1, 3, "best") and drop.p < plan.level(4) and drop.delta < -30
+    assert state.alive == ["relu", "best", "close"] and not state.finished
+    assert state.needed == [("relu", 3), ("best", 3), ("close", 3)]  # the next round: one more seed each, not "bad"
+
+
+def test_the_race_waits_for_its_rounds_cells_and_the_baseline_stays_to_the_end():
+    means = {"relu": 80.0, "best": 95.0}
+    plan = RacePlan(max_seeds=5, min_seeds=3)
+    done, values = _results(means, 3, noise=0.2)
+    done["best"].discard(2)  # a cell of round 1 is still running
+    state = race(list(means), done, values, plan, baseline="relu")
+    assert state.rounds == [] and state.needed == [("best", 2)]
+    done, values = _results(means, 3, noise=0.2)
+    state = race(list(means), done, values, plan, baseline="relu")
+    assert state.finished and state.reason == "one design left besides the baseline" and "relu" not in state.dropped
+
+
+def test_designs_that_cannot_be_told_apart_run_the_whole_budget():
+    means = {"relu": 90.0, "a": 90.0, "b": 90.0}
+    plan = RacePlan(max_seeds=5, min_seeds=3)
+    done, values = _results(means, 5, noise=1.0, seed=3)
+    state = race(list(means), done, values, plan, baseline="relu")
+    assert state.finished and state.reason == "seed budget used (5 seeds)"
+    assert [r.seeds for r in state.rounds] == [3, 4, 5] and not state.dropped
+    assert state.wanted() == {(d, s) for d in means for s in range(5)}
+
+
+def test_minimising_drops_the_design_with_the_larger_value():
+    means = {"base": 9.0, "low": 0.1, "high": 5.0}  # the baseline is worse still, and stays
+    state = race(list(means), *_results(means, 3, noise=0.01), RacePlan(max_seeds=6, direction="minimize", test="t"),
+                 baseline="base")
+    assert set(state.dropped) == {"high"} and state.dropped["high"].lost_to == "low" and state.finished
+
+
+def test_the_level_splits_alpha_over_looks_and_comparisons_and_bad_plans_are_refused():
+    plan = RacePlan(max_seeds=8, min_seeds=3, alpha=0.05, test="t")
+    assert plan.looks == 6 and plan.level(6) == pytest.approx(0.05 / 30)
+    assert RacePlan(max_seeds=8).level(6) == pytest.approx(0.05 / 6)  # Friedman's omnibus gate: looks only
+    with pytest.raises(UserError, match=r"unknown race test 'z'; valid choices: friedman, t"):
+        RacePlan(max_seeds=5, test="z")
+    with pytest.raises(UserError, match=r"needs --seeds >= 3"):
+        RacePlan(max_seeds=2)
+    with pytest.raises(UserError, match=r"alpha must be in \(0, 1\)"):
+        RacePlan(max_seeds=5, alpha=0.5 * 3)
+
+
+@pytest.mark.parametrize("test", ["friedman", "t"])
+def test_a_best_design_is_dropped_at_most_alpha_of_the_time_when_designs_tie(test):
+    """All designs equal (the hardest case for a best one: each of them is): over 300 races a given one is
+    dropped in at most alpha of them (0.09 is a 99% binomial bound at 0.05 on 300 draws)."""
+    means = {f"d{i}": 0.0 for i in range(6)}
+    plan = RacePlan(max_seeds=8, min_seeds=3, alpha=0.05, test=test)
+    drops = sum("d1" in race(list(means), *_results(means, 8, seed=i), plan, baseline="d0").dropped for i in range(300))
+    assert drops / 300 <= 0.09
+
+
+def test_friedman_drops_a_design_ranked_last_on_every_seed_however_noisy_its_values():
+    """A t-test cannot drop a design whose results swing wildly (layer-wise meta-ACON's 31/86/78); ranks can."""
+    means = {"relu": 90.0, "best": 95.0, "mid": 93.0, "wild": 60.0}
+    done, values = _results(means, 5, noise=0.3)
+    values["wild"] = {s: v + (25.0 if s % 2 else -25.0) for s, v in values["wild"].items()}  # always last, huge spread
+    t_state = race(list(means), done, values, RacePlan(max_seeds=5, test="t"), baseline="relu")
+    f_state = race(list(means), done, values, RacePlan(max_seeds=5), baseline="relu")
+    assert "wild" not in t_state.dropped and f_state.dropped["wild"].lost_to == "best"
+
+
+_RACE_STUDY = '''
+import os
+import signal
+import time
+
+from studies import Study
+
+MEANS = {{"relu": 0.80, "acon_c": 0.95, "acon_a": 0.95, "silu": 0.30}}
+
+
+def train(model, data, settings, tracker):
+    """No training: a known result per design and seed, so the race's decisions are known in advance."""
+    cell = tracker.cell
+    time.sleep({sleep})
+    marker = os.environ.get("RACE_STOP_MARKER")
+    if marker and cell["activation"] == "acon_c" and cell["seed"] == 3 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGTERM)  # in the middle of round 2
+        while not tracker.should_stop():
+            time.sleep(0.01)
+        return {{}}
+    value = MEANS[cell["activation"]] + 0.002 * ((7 * cell["seed"] + len(cell["activation"])) % 5)
+    tracker.log_epoch(1, val_acc=value)
+    return {{"val_acc": value}}
+
+
+STUDY = Study(
+    name="{name}", doc="a race with known results",
+    designs=({{"activation": "relu", "placement": "all"}}, {{"activation": "acon_c", "placement": "all"}},
+             {{"activation": "acon_a", "placement": "all"}}, {{"activation": "silu", "placement": "all"}}),
+    fixed={{"model": "tiny_cnn", "dataset": "digits", "limit": 60, "epochs": 1, "seeds": 5, "act_images": 0}},
+    train=train,
+)
+'''
+
+
+def _race_study(tmp_path, name: str, sleep: float = 0.0) -> str:
+    path = tmp_path / f"{name}.py"
+    path.write_text(_RACE_STUDY.format(name=name, sleep=sleep))
+    return str(path)
+
+
+def _options(tmp_path, **kw):
+    from studies.runner import RunOptions
+
+    return RunOptions(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False, device="cpu", race=True,
+                      race_test="t", **kw)
+
+
+def _cells(study, state="COMPLETE"):
+    return [(t.user_attrs["variant"], t.user_attrs["seed"]) for t in study.trials
+            if t.state.name == state and not t.user_attrs.get("spurious")]
+
+
+def test_a_race_drops_the_clearly_worse_design_after_round_one_and_runs_fewer_cells(tmp_path):
+    from mlflow import MlflowClient
+
+    from report import build_report
+    from studies.runner import run_study
+    from studies.tracking import schema
+
+    result = run_study(_race_study(tmp_path, "raced"), _options(tmp_path, storage=f"sqlite:///{tmp_path}/o.db"))
+    done = _cells(result.study)
+    assert len(done) == len(set(done)) == 4 * 3 + 3 * 2 and result.missing == 0  # 18 of the 20 grid cells
+    assert sorted(s for d, s in done if d == "silu/all") == [0, 1, 2]
+    assert sorted(s for d, s in done if d == "acon_c/all") == [0, 1, 2, 3, 4]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    parent = client.get_run(result.parent_run_id).data.tags
+    assert parent["acon.race.dropped.silu.all"].startswith("round 1 (3 seeds): p=") and "vs acon_c/all" in parent[
+        "acon.race.dropped.silu.all"]
+    assert parent["acon.race.status"] == "finished after round 3: seed budget used (5 seeds)"
+    silu_runs = [t.user_attrs[schema.RUN_ID_ATTR] for t in result.study.trials if t.user_attrs.get("variant") == "silu/all"]
+    assert all("round 1" in client.get_run(r).data.tags["acon.race.dropped"] for r in silu_runs)
+    text = build_report("raced", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", log_to_mlflow=False, plots=True,
+                        out_dir=tmp_path / "rep")
+    silu_row = next(line for line in text.splitlines() if line.startswith("silu"))
+    assert "dropped in round 1" in silu_row
+    assert "finished: seed budget used (5 seeds); 18 cells run or queued of a 4 x 5 grid" in " ".join(text.split())
+    assert (tmp_path / "rep" / "race_progress.png").exists()
+
+
+def test_a_race_stopped_mid_round_resumes_where_it_stopped_and_runs_no_cell_twice(tmp_path, monkeypatch):
+    from studies.interrupt import Interrupted
+    from studies.runner import run_study
+
+    monkeypatch.setenv("RACE_STOP_MARKER", str(tmp_path / "stopped"))
+    path, options = _race_study(tmp_path, "resumed"), _options(tmp_path, storage=f"sqlite:///{tmp_path}/o.db")
+    with pytest.raises(Interrupted):
+        run_study(path, options)
+    result = run_study(path, options)
+    done = _cells(result.study)
+    assert len(done) == len(set(done)) == 18 and _cells(result.study, "FAIL") == [("acon_c/all", 3)]
+
+
+def test_two_workers_race_together_and_queue_each_round_once(tmp_path):
+    from studies.workers import run_workers
+
+    storage = f"journal:///{tmp_path}/race.journal"
+    result = run_workers(_race_study(tmp_path, "together", sleep=0.3), _options(tmp_path, storage=storage), workers=2)
+    trials = result.study.get_trials()
+    assert not [t for t in trials if t.user_attrs.get("spurious")]  # no cell queued twice
+    done = _cells(result.study)
+    assert len(done) == len(set(done)) == 18 and len({t.user_attrs["worker"] for t in trials}) == 2
