@@ -99,6 +99,13 @@ def resolve(study: Study | str, options: RunOptions) -> tuple[Study, Settings]:
     spec = spec.for_preset(options.preset)
     settings = spec.settings(options.preset, options.overrides)
     check_names(spec, settings)
+    if options.race:  # before any store is opened: a bad race leaves nothing behind
+        from studies.race import RacePlan
+
+        if not spec.is_grid:
+            raise UserError(f"--race races the design cells of a grid study; {spec.name!r} samples its settings "
+                            f"(a search)")
+        RacePlan(max_seeds=int(settings["seeds"]), alpha=options.race_alpha, test=options.race_test)
     return spec, settings
 
 
@@ -458,8 +465,6 @@ def _start_race(spec: Study, settings: Settings, options: RunOptions, study: opt
     recorded = study.user_attrs.get(RACE_ATTR)
     if recorded is None and not (options.race and not join):
         return
-    if not spec.is_grid:
-        raise UserError(f"--race races the design cells of a grid study; {spec.name!r} samples its settings (a search)")
     seeds = int(settings["seeds"])
     if recorded is None:
         plan = RacePlan(max_seeds=seeds, alpha=options.race_alpha, test=options.race_test, direction=spec.direction)

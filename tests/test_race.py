@@ -119,7 +119,7 @@ STUDY = Study(
     name="{name}", doc="a race with known results",
     designs=({{"activation": "relu", "placement": "all"}}, {{"activation": "acon_c", "placement": "all"}},
              {{"activation": "acon_a", "placement": "all"}}, {{"activation": "silu", "placement": "all"}}),
-    fixed={{"model": "tiny_cnn", "dataset": "digits", "limit": 60, "epochs": 1, "seeds": 5, "act_images": 0}},
+    fixed={{"model": "tiny_cnn", "dataset": "digits", "limit": 60, "epochs": 1, "seeds": 4, "act_images": 0}},
     train=train,
 )
 '''
@@ -131,11 +131,16 @@ def _race_study(tmp_path, name: str, sleep: float = 0.0) -> str:
     return str(path)
 
 
-def _options(tmp_path, **kw):
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory) -> str:
+    """One MLflow store for the module's studies (each its own experiment): creating one costs seconds."""
+    return f"sqlite:///{tmp_path_factory.mktemp('race')}/mlflow.db"
+
+
+def _options(tracking: str, **kw):
     from studies.runner import RunOptions
 
-    return RunOptions(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False, device="cpu", race=True,
-                      race_test="t", **kw)
+    return RunOptions(tracking_uri=tracking, progress=False, device="cpu", race=True, race_test="t", **kw)
 
 
 def _cells(study, state="COMPLETE"):
@@ -143,52 +148,72 @@ def _cells(study, state="COMPLETE"):
             if t.state.name == state and not t.user_attrs.get("spurious")]
 
 
-def test_a_race_drops_the_clearly_worse_design_after_round_one_and_runs_fewer_cells(tmp_path):
+def test_a_race_drops_the_clearly_worse_design_after_round_one_and_runs_fewer_cells(tmp_path, tracking):
     from mlflow import MlflowClient
 
     from report import build_report
     from studies.runner import run_study
     from studies.tracking import schema
 
-    result = run_study(_race_study(tmp_path, "raced"), _options(tmp_path, storage=f"sqlite:///{tmp_path}/o.db"))
+    result = run_study(_race_study(tmp_path, "raced"), _options(tracking, storage=f"sqlite:///{tmp_path}/o.db"))
     done = _cells(result.study)
-    assert len(done) == len(set(done)) == 4 * 3 + 3 * 2 and result.missing == 0  # 18 of the 20 grid cells
+    assert len(done) == len(set(done)) == 4 * 3 + 3 and result.missing == 0  # 15 of the 16 grid cells
     assert sorted(s for d, s in done if d == "silu/all") == [0, 1, 2]
-    assert sorted(s for d, s in done if d == "acon_c/all") == [0, 1, 2, 3, 4]
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert sorted(s for d, s in done if d == "acon_c/all") == [0, 1, 2, 3]
+    client = MlflowClient(tracking_uri=tracking)
     parent = client.get_run(result.parent_run_id).data.tags
     assert parent["acon.race.dropped.silu.all"].startswith("round 1 (3 seeds): p=") and "vs acon_c/all" in parent[
         "acon.race.dropped.silu.all"]
-    assert parent["acon.race.status"] == "finished after round 3: seed budget used (5 seeds)"
+    assert parent["acon.race.status"] == "finished after round 2: seed budget used (4 seeds)"
     silu_runs = [t.user_attrs[schema.RUN_ID_ATTR] for t in result.study.trials if t.user_attrs.get("variant") == "silu/all"]
     assert all("round 1" in client.get_run(r).data.tags["acon.race.dropped"] for r in silu_runs)
-    text = build_report("raced", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", log_to_mlflow=False, plots=True,
-                        out_dir=tmp_path / "rep")
+    text = build_report("raced", tracking_uri=tracking, log_to_mlflow=False)
     silu_row = next(line for line in text.splitlines() if line.startswith("silu"))
     assert "dropped in round 1" in silu_row
-    assert "finished: seed budget used (5 seeds); 18 cells run or queued of a 4 x 5 grid" in " ".join(text.split())
-    assert (tmp_path / "rep" / "race_progress.png").exists()
+    assert "finished: seed budget used (4 seeds); 15 cells run or queued of a 4 x 4 grid" in " ".join(text.split())
+    from report.collect import collect
+    from report.race import plot_race, race_of
+
+    runs = collect("raced", tracking_uri=tracking)
+    state = race_of(runs, "final/val_acc")
+    assert state.dropped.keys() == {"silu/all"}  # the report replays the race the runs decided
+    assert [p.name for p in plot_race(runs, state, "final/val_acc", tmp_path)] == ["race_progress.png", "race_progress.svg"]
 
 
-def test_a_race_stopped_mid_round_resumes_where_it_stopped_and_runs_no_cell_twice(tmp_path, monkeypatch):
+def test_a_race_stopped_mid_round_resumes_where_it_stopped_and_runs_no_cell_twice(tmp_path, monkeypatch, tracking):
     from studies.interrupt import Interrupted
     from studies.runner import run_study
 
     monkeypatch.setenv("RACE_STOP_MARKER", str(tmp_path / "stopped"))
-    path, options = _race_study(tmp_path, "resumed"), _options(tmp_path, storage=f"sqlite:///{tmp_path}/o.db")
+    path, options = _race_study(tmp_path, "resumed"), _options(tracking, storage=f"sqlite:///{tmp_path}/o.db")
     with pytest.raises(Interrupted):
         run_study(path, options)
     result = run_study(path, options)
     done = _cells(result.study)
-    assert len(done) == len(set(done)) == 18 and _cells(result.study, "FAIL") == [("acon_c/all", 3)]
+    assert len(done) == len(set(done)) == 15 and _cells(result.study, "FAIL") == [("acon_c/all", 3)]
 
 
-def test_two_workers_race_together_and_queue_each_round_once(tmp_path):
+def test_two_workers_race_together_and_queue_each_round_once(tmp_path, tracking):
     from studies.workers import run_workers
 
     storage = f"journal:///{tmp_path}/race.journal"
-    result = run_workers(_race_study(tmp_path, "together", sleep=0.3), _options(tmp_path, storage=storage), workers=2)
+    result = run_workers(_race_study(tmp_path, "together", sleep=0.3), _options(tracking, storage=storage), workers=2)
     trials = result.study.get_trials()
     assert not [t for t in trials if t.user_attrs.get("spurious")]  # no cell queued twice
     done = _cells(result.study)
-    assert len(done) == len(set(done)) == 18 and len({t.user_attrs["worker"] for t in trials}) == 2
+    assert len(done) == len(set(done)) == 15 and len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["hpo", "--race"], "error: --race races the design cells of a grid study; 'hpo' samples its settings"),
+    (["design_space", "--race", "--seeds", "2"], "error: a race needs --seeds >= 3"),
+    (["design_space", "--race", "--race-alpha", "1.5"], "error: race alpha must be in (0, 1), got 1.5"),
+])
+def test_a_bad_race_is_one_line_before_any_store_is_made(tmp_path, capsys, args, message):
+    import run_study
+
+    code = run_study.main(["run", *args, "--storage", f"sqlite:///{tmp_path}/o.db",
+                           "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(message) and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
