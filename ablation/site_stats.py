@@ -150,36 +150,47 @@ def _observe(acc: _Calls, module: nn.Module, x: Tensor) -> None:
     acc.elements += xc.numel()
     acc.samples += xc.shape[0]
     acc.batches += 1
-    acc.add("x", xc.sum())
-    acc.add("x2", xc.square().sum())
-    per_channel = xc.reshape(xc.shape[0], xc.shape[1], -1)
-    acc.add("x2_c", per_channel.square().mean(-1).sum(0))
-    acc.add("x_c", per_channel.mean(-1).sum(0))
+    # per channel, over samples and positions; the site's totals are their sums (one pass each)
+    dims = (0,) + tuple(range(2, xc.ndim))
+    acc.add("x_c", xc.sum(dim=dims))
+    acc.add("x2_c", xc.square().sum(dim=dims))
     parts = acon_parts(module, xc)
     if parts is None:
         return
-    p1, p2, beta, gate = parts
-    beta = beta.float().expand_as(xc)
-    b = beta.reshape(xc.shape[0], xc.shape[1], -1).mean(-1)  # (N, C): one beta per sample and channel
+    p1, p2, beta, centred = parts
+    beta = beta.float()
+    b = beta.mean(dim=tuple(range(2, beta.ndim))) if beta.ndim > 2 else beta  # over positions: (N|1, C|1)
+    b = b.reshape(b.shape[0], -1).expand(xc.shape[0], xc.shape[1])  # one beta per sample and channel
     acc.add("b", b.sum(0))
     acc.add("b2", b.square().sum(0))
-    g = gate(beta * (p1 - p2) * xc)
-    acc.add("lin", (1.0 - (2.0 * g - 1.0).abs()).sum())
+    # 1 - |2 g(z) - 1| summed: numel minus the sum of |2 g(z) - 1|, the gate centred (tanh(z / 2) for the sigmoid)
+    acc.add("decided", centred(xc * (beta * (p1 - p2))).abs_().sum())
     acc.add("p1", _layout.per_channel(p1, xc).reshape(-1).expand(xc.shape[1]))
     acc.add("p2", _layout.per_channel(p2, xc).reshape(-1).expand(xc.shape[1]))
 
 
+def _centred(z: Tensor) -> Tensor:
+    """``2 sigmoid(z) - 1``, as ``tanh(z / 2)`` (one op)."""
+    return torch.tanh(z * 0.5)
+
+
+def _hard_centred(z: Tensor) -> Tensor:
+    """``2 hardsigmoid(z) - 1 = clamp(z / 3, -1, 1)``."""
+    return (z * (1.0 / 3.0)).clamp_(-1.0, 1.0)
+
+
 def acon_parts(module: nn.Module, xc: Tensor) -> tuple[Tensor, Tensor, Tensor, Any] | None:
-    """``(p1, p2, beta, gate)`` of an ACON-family module for channels-first input ``xc``, all broadcasting
-    against it (ACON-A is p1 = 1, p2 = 0; ACON-B p1 = 1, p2 = p); None for any other module."""
-    gate = torch.nn.functional.hardsigmoid if getattr(module, "gate", "sigmoid") == "hard_sigmoid" else torch.sigmoid
+    """``(p1, p2, beta, centred gate)`` of an ACON-family module for channels-first input ``xc``, all
+    broadcasting against it (ACON-A is p1 = 1, p2 = 0; ACON-B p1 = 1, p2 = p; the gate as ``2 g(z) - 1``);
+    None for any other module."""
+    gate = _hard_centred if getattr(module, "gate", "sigmoid") == "hard_sigmoid" else _centred
     shaped = lambda p: _layout.per_channel(p, xc).float()  # noqa: E731
     if isinstance(module, AconA):
         beta = shaped(module.beta)
-        return torch.ones_like(beta), torch.zeros_like(beta), beta, torch.sigmoid
+        return torch.ones_like(beta), torch.zeros_like(beta), beta, _centred
     if isinstance(module, AconB):
         p = shaped(module.p)
-        return torch.ones_like(p), p, shaped(module.beta), torch.sigmoid
+        return torch.ones_like(p), p, shaped(module.beta), _centred
     if isinstance(module, AconC):
         return shaped(module.p1), shaped(module.p2), shaped(module.beta), gate
     if isinstance(module, MetaAcon):
@@ -230,8 +241,8 @@ def _frames(calls: list[_Calls], sites: Sequence[Site] | None) -> SiteStats:
 def _row(c: _Calls) -> tuple[dict[str, float], list[dict[str, float]]]:
     """One site's statistics and its per-channel values (empty for a baseline)."""
     n = max(c.elements, 1)
-    x_mean = float(c.total("x")) / n
-    out = {"x_mean": x_mean, "x_std": math.sqrt(max(float(c.total("x2")) / n - x_mean ** 2, 0.0))}
+    x_mean = float(c.total("x_c").sum()) / n
+    out = {"x_mean": x_mean, "x_std": math.sqrt(max(float(c.total("x2_c").sum()) / n - x_mean ** 2, 0.0))}
     nan = {k: math.nan for k in ("beta_mean", "beta_std_samples", "beta_std_channels", "p1_mean", "p2_mean",
                                  "linear_fraction")}
     b = c.total("b")
@@ -241,11 +252,12 @@ def _row(c: _Calls) -> tuple[dict[str, float], list[dict[str, float]]]:
     b_mean = b / calls  # per channel, over samples
     b_std = (c.total("b2") / calls - b_mean.square()).clamp_min(0).sqrt()
     p1, p2 = c.total("p1") / c.batches, c.total("p2") / c.batches
-    x_c = c.total("x_c") / calls
-    x_std = (c.total("x2_c") / calls - x_c.square()).clamp_min(0).sqrt()
+    seen = n / c.width  # elements of one channel seen
+    x_c = c.total("x_c") / seen
+    x_std = (c.total("x2_c") / seen - x_c.square()).clamp_min(0).sqrt()
     out.update(beta_mean=float(b_mean.mean()), beta_std_samples=float(b_std.mean()),
                beta_std_channels=float(b_mean.std(unbiased=False)), p1_mean=float(p1.mean()), p2_mean=float(p2.mean()),
-               linear_fraction=float(c.total("lin")) / n)
+               linear_fraction=1.0 - float(c.total("decided")) / n)
     per_channel = [{"p1": float(a), "p2": float(q), "beta_mean": float(m), "beta_std_samples": float(s),
                     "x_std": float(v)} for a, q, m, s, v in zip(p1, p2, b_mean, b_std, x_std)]
     return out, per_channel
