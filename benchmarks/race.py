@@ -84,8 +84,8 @@ def replay(study: str, tracking_uri: str | None, replays: int, test: str, rng: n
     column = schema.metric_key(runs.metric)
     done = runs.kept[(runs.kept["state"] == "COMPLETE") & runs.kept[column].notna()]
     values: dict[str, dict[int, float]] = {}
-    for row in done.itertuples(index=False):
-        values.setdefault(row.variant, {})[int(row.seed)] = 100.0 * float(getattr(row, "_asdict")()[column])
+    for variant, seed, value in zip(done["variant"], done["seed"], done[column]):
+        values.setdefault(variant, {})[int(seed)] = 100.0 * float(value)
     seeds = sorted(set.intersection(*(set(v) for v in values.values())))
     designs = list(values)
     baseline = next((d for d in designs if d.startswith("relu")), designs[0])
