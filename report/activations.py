@@ -86,12 +86,20 @@ def activation_table(sites: pd.DataFrame) -> pd.DataFrame:
     for variant, g in per_seed.groupby(level="variant", sort=True):
         row = {"design": _label(variant), "n": len(g), "β": f"{g['beta'].mean():.2f}",
                "spread": f"{g['spread'].mean():.3f}", "linear": f"{g['linear'].mean():.2f}",
-               "by seed": " ".join(f"{v:.2f}" for v in g["linear"])}
+               "by seed": _by_seed(g["linear"])}
         by_stage = stages.loc[variant].groupby(level="stage").mean()
         for stage, values in by_stage.iterrows():
             row[f"stage {stage}"] = f"{values['beta_mean']:.2f}/{values['linear_fraction']:.2f}"
         rows.append(row)
     return pd.DataFrame(rows).fillna("-")
+
+
+def _by_seed(values) -> str:
+    """Each seed's value, in seed order; with more than four seeds their range (the column stays narrow)."""
+    values = list(values)
+    if len(values) > 4:
+        return f"{min(values):.2f}..{max(values):.2f}"
+    return " ".join(f"{v:.2f}" for v in values)
 
 
 def _label(variant: str) -> str:
@@ -103,7 +111,7 @@ def _label(variant: str) -> str:
 LEGEND = ("n: seeds; β: mean switching factor over the ACON sites; spread: β's standard deviation across inputs "
           "(0 when beta does not depend on the input, as in ACON-C); linear: the linear fraction, mean of "
           "1 - |2 σ(β (p1 - p2) x) - 1| over the inputs a site sees (1: the site computes (p1 + p2) x / 2, "
-          "not activated; 0: max(p1 x, p2 x), activated); by seed: linear per seed, in seed order; stage k: "
+          "not activated; 0: max(p1 x, p2 x), activated); by seed: linear per seed, in seed order (more than four seeds: lowest..highest); stage k: "
           "β/linear of the sites in that stage. Designs without ACON sites (ReLU, Swish) have input statistics "
           "only (activations/sites.csv of their runs).")
 

@@ -38,7 +38,7 @@ def race_lines(state: RaceState) -> tuple[str, pd.DataFrame]:
             f"{status}; {len(state.wanted())} cells run or queued of a {len(state.alive) + len(state.dropped)} x "
             f"{plan.max_seeds} grid")
     rows = [{"round": r.number, "seeds": r.seeds, "designs": len(r.ran), "best": _short(r.best),
-             "dropped (p, lost to)": ", ".join(f"{_short(d.design)} (p={d.p:.2g})" for d in r.dropped) or "-"}
+             "dropped (p vs the best)": ", ".join(f"{_short(d.design)} (p={d.p:.2g})" for d in r.dropped) or "-"}
             for r in state.rounds]
     return head, pd.DataFrame(rows)
 
@@ -49,29 +49,41 @@ def dropped_verdicts(state: RaceState) -> dict[str, str]:
 
 
 def plot_race(runs: StudyRuns, state: RaceState, column: str, out_dir: Path, *, scale: float = 1.0) -> list[Path]:
-    """Each design's running mean and 95% t-interval of the objective by seed count; an x where it was dropped."""
+    """Each design's running mean and 95% t-interval (from 3 seeds) of the objective by seed count, an x where it
+    was dropped; the right panel zooms on the designs that stayed to the end."""
     from scipy import stats
 
     done = runs.kept[(runs.kept["state"] == "COMPLETE") & runs.kept[column].notna()]
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(11, 4.5))
+    panels = [fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)]
+    bounds = (0.0, 100.0) if scale == 100.0 else (-np.inf, np.inf)
+    kept_range = [np.inf, -np.inf]
     for i, (variant, g) in enumerate(sorted(done.groupby("variant"), key=lambda kv: str(kv[0]))):
         values = (g.sort_values("seed")[column] * scale).to_numpy()
         n = np.arange(1, len(values) + 1)
         mean = np.cumsum(values) / n
-        half = np.array([stats.t.ppf(0.975, k - 1) * np.std(values[:k], ddof=1) / np.sqrt(k) if k > 1 else np.nan
+        half = np.array([stats.t.ppf(0.975, k - 1) * np.std(values[:k], ddof=1) / np.sqrt(k) if k >= 3 else np.nan
                          for k in n])
-        color = f"C{i % 10}"
-        ax.plot(n, mean, marker="o", ms=3, color=color, label=_short(variant))
-        ax.fill_between(n, mean - half, mean + half, color=color, alpha=0.12)
+        low, high = np.clip(mean - half, *bounds), np.clip(mean + half, *bounds)
         drop = state.dropped.get(variant)
-        if drop is not None:
-            ax.plot([drop.seeds], [mean[min(drop.seeds, len(mean)) - 1]], "x", ms=10, mew=2, color=color)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="seeds run", ylabel=column + (" (%)" if scale == 100.0 else ""),
-           title="race: running mean and 95% interval by seed count (x: dropped)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        for ax in panels if drop is None else panels[:1]:
+            color = f"C{i % 10}"
+            ax.plot(n, mean, marker="o", ms=3, color=color, label=_short(variant))
+            ax.fill_between(n, low, high, color=color, alpha=0.12)
+            if drop is not None:
+                ax.plot([drop.seeds], [mean[min(drop.seeds, len(mean)) - 1]], "x", ms=10, mew=2, color=color)
+        if drop is None:
+            kept_range = [min(kept_range[0], np.nanmin(np.r_[low[2:], mean])), max(kept_range[1], np.nanmax(np.r_[high[2:], mean]))]
+    label = column + (" (%)" if scale == 100.0 else "")
+    for ax, title in zip(panels, ("every design (x: dropped)", "the designs that stayed to the end")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="seeds run", ylabel=label, title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if np.isfinite(kept_range).all() and kept_range[1] > kept_range[0]:
+        pad = 0.1 * (kept_range[1] - kept_range[0])
+        panels[1].set_ylim(kept_range[0] - pad, kept_range[1] + pad)
+    fig.suptitle("race: running mean and 95% t-interval (from 3 seeds) by seed count")
     return save(fig, out_dir, "race_progress")
 
 
