@@ -120,6 +120,7 @@ def publish(tracker, spec, settings: dict, study) -> None:
     name, scale = objective_scale(study)
     shown = summary_frame(study, scale=scale)
     results = _markdown(shown) if len(shown) else "_no trial finished yet_"
+    results += "".join(f"\n\n{line}" for line in _race_lines(study))  # a race: where it stands, who was dropped
     logged = {k: v for k, v in settings.items() if k != "designs"}
     tracker.describe_parent(parent_note(spec, study.study_name, logged, results), logged)
 
