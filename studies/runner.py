@@ -172,6 +172,7 @@ class _Session:
     url: str = ""
     race_tagged: set = field(default_factory=set)  # child runs this process tagged as dropped from the race
     idle: int = 0  # polls this worker waited with nothing to run (a race between rounds)
+    failed: set = field(default_factory=set)  # cell keys that failed in this process (a rerun retries them)
 
 
 def _result(session: _Session, ran: int) -> StudyRun:
@@ -299,7 +300,8 @@ def _run_loop(session: _Session, options: RunOptions) -> int:
             trial = _next_trial(session)
             if trial is None:
                 break
-            execute_trial(session.ctx, trial)
+            if execute_trial(session.ctx, trial) == TrialState.FAIL:
+                session.failed.add(trial.user_attrs.get("cell_key"))  # a race does not queue it again in this run
             ran += 1
             check()
             bar.update(1)
@@ -340,9 +342,9 @@ def _race_step(session: _Session) -> bool:
     if (_race_owner(study) == worker_id() or session.idle >= RACE_TAKEOVER) and enqueue_missing(session):
         session.idle = 0
         return True
-    state = race_state(study)
-    if state.finished or (not state.needed and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
-        return False
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if race_state(study).finished or (not running and session.idle >= RACE_TAKEOVER):
+        return False  # over, or stuck on cells that failed here: the summary names them, a rerun retries them
     time.sleep(heartbeat_interval(study) or RACE_POLL_SECONDS)  # others run this round's cells
     check()  # Ctrl-C while waiting stops here
     session.idle += 1
@@ -424,7 +426,7 @@ def enqueue_missing(session: _Session) -> int:
     state = race_state(study)
     if state is not None:  # a race queues only its current round's cells
         needed = set(state.needed)
-        wanted = [c for c in cells if (variant_label(c), c["seed"]) in needed]
+        wanted = [c for c in cells if (variant_label(c), c["seed"]) in needed and cell_key(c) not in session.failed]
         _record_race(session, state)
     missing = [c for c in wanted if cell_key(c) not in taken]
     for cell in missing:

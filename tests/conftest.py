@@ -1,4 +1,6 @@
 """Shared pytest fixtures: a seeded RNG, one CPU thread, each available device, full-precision fp32."""
+import signal
+
 import pytest
 import torch
 
@@ -56,3 +58,12 @@ def isolated_store_env():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal, also when the suite runs as a background job: a shell
+    starts those with SIGINT ignored, Python keeps it ignored, and a test that presses Ctrl-C would wait forever."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield

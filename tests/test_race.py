@@ -110,6 +110,8 @@ def train(model, data, settings, tracker):
         while not tracker.should_stop():
             time.sleep(0.01)
         return {{}}
+    if os.environ.get("RACE_BROKEN") == cell["activation"] and cell["seed"] == 1:
+        raise RuntimeError("a cell that always fails")
     value = MEANS[cell["activation"]] + 0.002 * ((7 * cell["seed"] + len(cell["activation"])) % 5)
     tracker.log_epoch(1, val_acc=value)
     return {{"val_acc": value}}
@@ -217,3 +219,14 @@ def test_a_bad_race_is_one_line_before_any_store_is_made(tmp_path, capsys, args,
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(message) and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_a_race_whose_cell_keeps_failing_stops_instead_of_retrying_it_forever(tmp_path, monkeypatch, tracking):
+    from studies.runner import run_study
+    from studies.tracking.summary import unfinished
+
+    monkeypatch.setenv("RACE_BROKEN", "acon_a")
+    result = run_study(_race_study(tmp_path, "broken"), _options(tracking, storage=f"sqlite:///{tmp_path}/o.db"))
+    assert _cells(result.study, "FAIL") == [("acon_a/all", 1)]  # tried once in this run, not again and again
+    assert len(_cells(result.study)) == 11 and result.missing == 1  # round 1 waits for it: a rerun retries it
+    assert unfinished(result.study)[1] == ["acon_a/all s1"]
