@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from report.collect import StudyRuns
 from report.plots import save
+from report.tables import short_variant
 from studies.tracking import schema
 
 #: Generators whose beta does not depend on the input: no spread across inputs to draw.
@@ -84,7 +85,7 @@ def activation_table(sites: pd.DataFrame) -> pd.DataFrame:
     stages = acon.groupby(["variant", "seed", "stage"])[["beta_mean", "linear_fraction"]].mean()
     rows = []
     for variant, g in per_seed.groupby(level="variant", sort=True):
-        row = {"design": _label(variant), "n": len(g), "β": f"{g['beta'].mean():.2f}",
+        row = {"design": short_variant(variant), "n": len(g), "β": f"{g['beta'].mean():.2f}",
                "spread": f"{g['spread'].mean():.3f}", "linear": f"{g['linear'].mean():.2f}",
                "by seed": _by_seed(g["linear"])}
         by_stage = stages.loc[variant].groupby(level="stage").mean()
@@ -100,12 +101,6 @@ def _by_seed(values) -> str:
     if len(values) > 4:
         return f"{min(values):.2f}..{max(values):.2f}"
     return " ".join(f"{v:.2f}" for v in values)
-
-
-def _label(variant: str) -> str:
-    """A run's variant tag as the terminal table names it: ``meta_acon/channel/r8/all`` -> ``meta_acon·channel·r8``."""
-    parts = str(variant).split("/")
-    return "·".join(parts[:-1] if len(parts) > 1 and parts[-1] == "all" else parts)
 
 
 LEGEND = ("n: seeds; β: mean switching factor over the ACON sites; spread: β's standard deviation across inputs "

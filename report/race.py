@@ -14,6 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from report.collect import StudyRuns
 from report.plots import save
+from report.tables import short_variant
 from studies.race import RaceState, plan_from_tags, race
 
 
@@ -37,8 +38,8 @@ def race_lines(state: RaceState) -> tuple[str, pd.DataFrame]:
             f"(each test at {plan.level(len(state.alive) + len(state.dropped)):.2g}); seeds {plan.min_seeds}..{plan.max_seeds}; "
             f"{status}; {len(state.wanted())} cells run or queued of a {len(state.alive) + len(state.dropped)} x "
             f"{plan.max_seeds} grid")
-    rows = [{"round": r.number, "seeds": r.seeds, "designs": len(r.ran), "best": _short(r.best),
-             "dropped (p vs the best)": ", ".join(f"{_short(d.design)} (p={d.p:.2g})" for d in r.dropped) or "-"}
+    rows = [{"round": r.number, "seeds": r.seeds, "designs": len(r.ran), "best": short_variant(r.best),
+             "dropped (p vs the best)": ", ".join(f"{short_variant(d.design)} (p={d.p:.2g})" for d in r.dropped) or "-"}
             for r in state.rounds]
     return head, pd.DataFrame(rows)
 
@@ -68,7 +69,7 @@ def plot_race(runs: StudyRuns, state: RaceState, column: str, out_dir: Path, *, 
         drop = state.dropped.get(variant)
         for ax in panels if drop is None else panels[:1]:
             color = f"C{i % 10}"
-            ax.plot(n, mean, marker="o", ms=3, color=color, label=_short(variant))
+            ax.plot(n, mean, marker="o", ms=3, color=color, label=short_variant(variant))
             ax.fill_between(n, low, high, color=color, alpha=0.12)
             if drop is not None:
                 ax.plot([drop.seeds], [mean[min(drop.seeds, len(mean)) - 1]], "x", ms=10, mew=2, color=color)
@@ -85,9 +86,3 @@ def plot_race(runs: StudyRuns, state: RaceState, column: str, out_dir: Path, *, 
         panels[1].set_ylim(kept_range[0] - pad, kept_range[1] + pad)
     fig.suptitle("race: running mean and 95% t-interval (from 3 seeds) by seed count")
     return save(fig, out_dir, "race_progress")
-
-
-def _short(variant: str) -> str:
-    parts = str(variant).split("/")
-    return "·".join(parts[:-1] if len(parts) > 1 and parts[-1] == "all" else parts)
-

@@ -94,6 +94,12 @@ def group_labels(table: pd.DataFrame, group_by: list[str], *, sep: str = "·", e
             for values in table[varying].itertuples(index=False)]
 
 
+def short_variant(variant: str) -> str:
+    """A run's variant tag as narrow columns show it: ``meta_acon/channel/r8/all`` -> ``meta_acon·channel·r8``."""
+    parts = str(variant).split("/")
+    return "·".join(parts[:-1] if len(parts) > 1 and parts[-1] == "all" else parts)
+
+
 def compact_frame(table: pd.DataFrame, group_by: list[str], *, accuracy: bool) -> pd.DataFrame:
     """The terminal table (fits 100 columns): label, n, mean ± std (* best), CI, Δ, Holm p, verdict."""
     name = "acc %" if accuracy else "metric"

@@ -219,16 +219,25 @@ STATUS_TAG = "acon.race.status"
 
 def plan_tags(plan: RacePlan, designs: Sequence[str], baseline: str | None) -> dict[str, str]:
     """The parent-run tag that lets anyone replay the race: plan, designs in order, baseline."""
-    return {RACE_TAG: json.dumps({**asdict(plan), "designs": list(designs), "baseline": baseline})}
+    return {RACE_TAG: json.dumps(record(plan, designs, baseline))}
+
+
+def record(plan: RacePlan, designs: Sequence[str], baseline: str | None) -> dict[str, Any]:
+    """A race as plain data (an Optuna user attr, a tag): its plan, its designs in order, its baseline."""
+    return {**asdict(plan), "designs": list(designs), "baseline": baseline}
+
+
+def unpack(data: Mapping[str, Any]) -> tuple[RacePlan, list[str], str | None]:
+    """(plan, designs, baseline) from ``record``'s data."""
+    plan = {k: v for k, v in data.items() if k not in ("designs", "baseline")}
+    return RacePlan(**plan), list(data.get("designs", [])), data.get("baseline")
 
 
 def plan_from_tags(tags: Mapping[str, str]) -> tuple[RacePlan | None, list[str], str | None]:
     """(plan, designs, baseline) from a parent run's tags; (None, [], None) for a study that was not raced."""
     if RACE_TAG not in tags:
         return None, [], None
-    data: dict[str, Any] = json.loads(tags[RACE_TAG])
-    designs, baseline = data.pop("designs", []), data.pop("baseline", None)
-    return RacePlan(**data), designs, baseline
+    return unpack(json.loads(tags[RACE_TAG]))
 
 
 def describe_drop(drop: Drop) -> str:

@@ -441,13 +441,12 @@ RACE_ATTR = "race"  # the Optuna study's user attr holding a race's plan, design
 
 def race_state(study: optuna.Study):
     """A raced study's state, replayed from its trials (``studies.race``); None for any other study."""
-    from studies.race import RacePlan, race
+    from studies.race import race, unpack
 
     recorded = study.user_attrs.get(RACE_ATTR)
     if recorded is None:
         return None
-    data = dict(recorded)
-    designs, baseline = data.pop("designs"), data.pop("baseline")
+    plan, designs, baseline = unpack(recorded)
     done: dict[str, set[int]] = {}
     values: dict[str, dict[int, float]] = {}
     for t in study.get_trials(deepcopy=False, states=DONE):
@@ -457,12 +456,12 @@ def race_state(study: optuna.Study):
         done.setdefault(label, set()).add(seed)
         if t.state == TrialState.COMPLETE and t.value is not None:
             values.setdefault(label, {})[seed] = float(t.value)
-    return race(designs, done, values, RacePlan(**data), baseline)
+    return race(designs, done, values, plan, baseline)
 
 
 def _start_race(spec: Study, settings: Settings, options: RunOptions, study: optuna.Study, join: bool) -> None:
     """Record a race's plan on the study (``run --race``), or bring a recorded one's seed budget up to date."""
-    from studies.race import RacePlan
+    from studies.race import RacePlan, record, unpack
 
     recorded = study.user_attrs.get(RACE_ATTR)
     if recorded is None and not (options.race and not join):
@@ -473,11 +472,10 @@ def _start_race(spec: Study, settings: Settings, options: RunOptions, study: opt
         cells = spec.cells(settings)
         designs = list(dict.fromkeys(variant_label(c) for c in cells))
         baseline = next((variant_label(c) for c in cells if c["activation"] == "relu"), None)
-        study.set_user_attr(RACE_ATTR, {**dataclasses.asdict(plan), "designs": designs, "baseline": baseline})
+        study.set_user_attr(RACE_ATTR, record(plan, designs, baseline))
     elif recorded["max_seeds"] != seeds and not join:  # more --seeds: a bigger budget for the same race
-        plan = {k: v for k, v in recorded.items() if k not in ("designs", "baseline")}
-        RacePlan(**{**plan, "max_seeds": seeds})  # a budget below the first round's seeds is refused
-        study.set_user_attr(RACE_ATTR, {**recorded, "max_seeds": seeds})
+        plan, designs, baseline = unpack(recorded)
+        study.set_user_attr(RACE_ATTR, record(dataclasses.replace(plan, max_seeds=seeds), designs, baseline))
 
 
 def _record_race(session: _Session, state) -> None:
@@ -486,10 +484,7 @@ def _record_race(session: _Session, state) -> None:
     from studies import race as racing
 
     tracker, study = session.tracker, session.optuna_study
-    recorded = dict(study.user_attrs[RACE_ATTR])
-    designs, baseline = recorded.pop("designs"), recorded.pop("baseline")
-    tags = {**racing.plan_tags(racing.RacePlan(**recorded), designs, baseline),
-            racing.STATUS_TAG: racing.describe_state(state)}
+    tags = {**racing.plan_tags(*racing.unpack(study.user_attrs[RACE_ATTR])), racing.STATUS_TAG: racing.describe_state(state)}
     for label, drop in state.dropped.items():
         tags[f"{racing.DROPPED_TAG}.{label.replace('/', '.')}"] = racing.describe_drop(drop)
     tracker.tag(tracker.parent_id, tags)
