@@ -127,8 +127,23 @@ def trace(model: nn.Module) -> fx.GraphModule:
         except Exception:  # a library block that fx cannot enter (control flow on a tensor) stays whole: its
             graph = SiteTracer(whole_blocks=True).trace(model)  # own activations are then not sites
     except Exception as e:  # fx raises many types (TraceError, TypeError, RuntimeError ...)
-        raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx, so its call sites cannot be found: {e}") from e
+        where = _failing_module(model, e)
+        raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx{where}, so its call sites cannot be "
+                         f"found: {e}") from e
     return fx.GraphModule(model, graph, type(model).__name__)
+
+
+def _failing_module(model: nn.Module, exc: BaseException) -> str:
+    """`` (in module 'blocks.0.attn', Attention)``: the innermost submodule whose forward the trace failed in."""
+    import traceback
+
+    names = {id(m): name for name, m in model.named_modules() if name}
+    found = ""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if frame.f_code.co_name == "forward" and id(owner) in names:
+            found = f" (in module {names[id(owner)]!r}, {type(owner).__name__})"
+    return found
 
 
 def propagate_shapes(gm: fx.GraphModule, input_shape: Sequence[int]) -> None:

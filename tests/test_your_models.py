@@ -241,3 +241,13 @@ def test_a_timm_model_with_the_labs_own_loop_runs_prunes_resumes_and_reports(tmp
     assert done[0].intermediate_values[3] == pytest.approx(history[-1].value, abs=1e-5)  # Optuna saw the same
     text = build_report("own_loop", tracking_uri=options.tracking_uri, log_to_mlflow=False)
     assert "4 complete, 2 pruned, 1 failed" in text and "acon_c" in text  # the interrupted trial, as built-in
+
+
+def test_a_model_fx_cannot_trace_is_refused_naming_the_module_it_failed_in():
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x  # control flow on a tensor's value
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Sequential(nn.Identity(), Branchy()))
+    with pytest.raises(ValueError, match=r"cannot be traced by torch.fx \(in module '2\.1', Branchy\), so its call"):
+        list_sites(model, (1, 3, 8, 8))
