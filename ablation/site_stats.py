@@ -32,7 +32,6 @@ SITE_COLUMNS = ("site", "path", "stage", "width", "activation", "generator", "be
 #: One row per site and channel: what the learned curve ``y = f(x)`` of that channel is.
 CHANNEL_COLUMNS = ("site", "channel", "p1", "p2", "beta_mean", "beta_std_samples", "x_std")
 ACON_MODULES = (AconA, AconB, AconC, MetaAcon, MetaAconC)
-_BASELINE_MODULES = tuple(cls for classes, _, _ in SITE_KINDS.values() for cls in classes) + (GatedActivation,)
 
 
 @dataclass
@@ -69,6 +68,7 @@ def measure(model: nn.Module, batches: Iterable[Any], *, max_batches: int | None
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: hooks go on the eager module
     probes = _probes(model)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
     def new_forward(*_: Any) -> None:  # a pre-hook that returned a value would replace the model's input
         for p in probes:
             p.k = 0
@@ -131,11 +131,13 @@ class _Probe:
 
 def _probes(model: nn.Module) -> list[_Probe]:
     """A probe per activation module; a site module's own children (se_control's ReLU) are not sites."""
+    # read now: SITE_KINDS grows when a library's activations are registered (timm's GELU, Swish ...)
+    kinds = ACON_MODULES + (GatedActivation,) + tuple(cls for classes, _, _ in SITE_KINDS.values() for cls in classes)
     probes, inside, clock = [], (), [0]
     for path, module in model.named_modules():
         if any(p == "" or path.startswith(p + ".") for p in inside):
             continue
-        if isinstance(module, ACON_MODULES + _BASELINE_MODULES):
+        if isinstance(module, kinds):
             probes.append(_Probe(path, module, clock))
             inside += (path,)
     return probes

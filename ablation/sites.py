@@ -89,6 +89,11 @@ def add_site_kind(kind: str, *, classes: tuple[type, ...] = (), functions: tuple
     own_classes, own_functions, methods = SITE_KINDS[kind]
     SITE_KINDS[kind] = (own_classes + tuple(c for c in classes if c not in own_classes),
                         own_functions + tuple(f for f in functions if f not in own_functions), methods)
+    _AUTOWRAPPED.extend(f for f in functions if f not in _AUTOWRAPPED)
+
+
+#: Python functions added by ``add_site_kind``: fx would trace into them, so they are autowrapped (one node a call).
+_AUTOWRAPPED: list[Any] = []
 
 
 class SiteTracer(fx.Tracer):
@@ -98,13 +103,12 @@ class SiteTracer(fx.Tracer):
     def __init__(self, *, whole_blocks: bool = False) -> None:
         from ablation.timm_models import notrace
 
-        self.leaves, functions = notrace(whole_blocks=whole_blocks)
-        python = tuple(f for _, fns, _ in SITE_KINDS.values() for f in fns if getattr(f, "__module__", "").startswith("timm"))
-        super().__init__(autowrap_functions=functions + python)
+        modules, functions = notrace(whole_blocks=whole_blocks)
+        self.leaves = _extra_leaves() + modules + tuple(c for classes, _, _ in SITE_KINDS.values() for c in classes)
+        super().__init__(autowrap_functions=functions + tuple(_AUTOWRAPPED))
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (isinstance(m, _extra_leaves() + self.leaves + _site_classes())
-                or super().is_leaf_module(m, qualname))
+        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
 
 
 def _extra_leaves() -> tuple[type, ...]:
@@ -113,10 +117,6 @@ def _extra_leaves() -> tuple[type, ...]:
     from torchvision.ops import StochasticDepth
 
     return (StochasticDepth,)
-
-
-def _site_classes() -> tuple[type, ...]:
-    return tuple(c for classes, _, _ in SITE_KINDS.values() for c in classes)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:

@@ -212,6 +212,30 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
+RACE_ATTR = "race"  # the Optuna study's user attr holding a race's plan, designs and baseline (``record``)
+
+
+def race_state(study) -> RaceState | None:
+    """A raced Optuna study's state, replayed from its finished trials; None for a study that is not raced.
+    Trials are read by their user attrs ``variant`` and ``seed``; queue races (``spurious``) are left out."""
+    from optuna.trial import TrialState
+
+    recorded = study.user_attrs.get(RACE_ATTR)
+    if recorded is None:
+        return None
+    plan, designs, baseline = unpack(recorded)
+    done: dict[str, set[int]] = {}
+    values: dict[str, dict[int, float]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.user_attrs.get("spurious") or "variant" not in t.user_attrs:
+            continue
+        label, seed = t.user_attrs["variant"], int(t.user_attrs["seed"])
+        done.setdefault(label, set()).add(seed)
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            values.setdefault(label, {})[seed] = float(t.value)
+    return race(designs, done, values, plan, baseline)
+
+
 RACE_TAG = "acon.race"  # the parent run's record of a race: its plan, designs and baseline (JSON)
 DROPPED_TAG = "acon.race.dropped"  # on a dropped design's child runs; on the parent, one per design (+ ".<label>")
 STATUS_TAG = "acon.race.status"

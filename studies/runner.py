@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from acon.errors import UserError
 from studies.interrupt import check, graceful_signals
 from studies.settings import Settings
+from studies.race import RACE_ATTR, race_state
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study, variant_label
 from studies.tracking import schema
 from studies.storage import (first_line, heartbeat_interval, open_storage, record_heartbeat, require_existing,
@@ -434,29 +435,6 @@ def enqueue_missing(session: _Session) -> int:
     if missing and session.ctx.bar is not None:
         session.ctx.bar.total = max(session.ctx.bar.total or 0, session.ctx.bar.n + len(missing))
     return len(missing)
-
-
-RACE_ATTR = "race"  # the Optuna study's user attr holding a race's plan, designs and baseline
-
-
-def race_state(study: optuna.Study):
-    """A raced study's state, replayed from its trials (``studies.race``); None for any other study."""
-    from studies.race import race, unpack
-
-    recorded = study.user_attrs.get(RACE_ATTR)
-    if recorded is None:
-        return None
-    plan, designs, baseline = unpack(recorded)
-    done: dict[str, set[int]] = {}
-    values: dict[str, dict[int, float]] = {}
-    for t in study.get_trials(deepcopy=False, states=DONE):
-        if t.user_attrs.get("spurious") or "variant" not in t.user_attrs:
-            continue
-        label, seed = t.user_attrs["variant"], int(t.user_attrs["seed"])
-        done.setdefault(label, set()).add(seed)
-        if t.state == TrialState.COMPLETE and t.value is not None:
-            values.setdefault(label, {})[seed] = float(t.value)
-    return race(designs, done, values, plan, baseline)
 
 
 def _start_race(spec: Study, settings: Settings, options: RunOptions, study: optuna.Study, join: bool) -> None:

@@ -74,8 +74,7 @@ def summary_text(result, tracking_uri: str | None = None) -> str:
 
 def _race_lines(study) -> list[str]:
     """A raced study: where the race stands, who was dropped, and the trials it used against the full grid."""
-    from studies.race import describe_state
-    from studies.runner import race_state
+    from studies.race import describe_state, race_state
 
     state = race_state(study)
     if state is None:
