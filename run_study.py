@@ -112,6 +112,9 @@ def _add_study_flags(p: argparse.ArgumentParser, study_help: str) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.add_argument("--threads", type=int, help="torch threads in this process")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--outage-limit", metavar="DURATION",
+                   help="ride through an Optuna database outage this long, e.g. 90s, 5m (default $ACON_OUTAGE_LIMIT "
+                        "or 5m); past it: one error line, exit 2, a rerun resumes")
     settings = p.add_argument_group("study settings (default: the study's and its preset's)")
     for flag, kwargs in cli_flags():
         settings.add_argument(flag, **kwargs)
@@ -183,7 +186,7 @@ def _run_options(args: argparse.Namespace, **extra: Any):
     return RunOptions(preset=args.preset, overrides=overrides, storage=args.storage, tracking_uri=args.tracking_uri,
                       experiment=args.experiment, study_name=args.study_name, device=args.device,
                       data_dir=args.data_dir, download=args.download, threads=args.threads,
-                      progress=not args.no_progress, **extra)
+                      progress=not args.no_progress, outage_limit=args.outage_limit, **extra)
 
 
 def _check_study(name: str) -> None:

@@ -24,6 +24,7 @@ from studies.settings import Settings
 from studies.race import RACE_ATTR, race_state
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study, variant_label
 from studies.tracking import schema
+from studies.outage import WORKER_ATTR, outage_limit
 from studies.storage import (first_line, heartbeat_interval, open_storage, record_heartbeat, require_existing,
                              resolve_storage, resolve_tracking_uri, storage_file)
 from studies.tracking.summary import publish
@@ -57,6 +58,7 @@ class RunOptions:
     race: bool = False  # race the designs across seeds (studies.race): --seeds is then the most any design gets
     race_alpha: float = 0.05
     race_test: str = "friedman"
+    outage_limit: float | str | None = None  # seconds a storage outage is ridden through (None: $ACON_OUTAGE_LIMIT or 5 min)
 
 
 @dataclass
@@ -118,6 +120,7 @@ def check_options(options: RunOptions) -> None:
         check_int("threads", options.threads, 1)
     if options.max_trials is not None:
         check_int("max_trials", options.max_trials, 0)
+    outage_limit(options.outage_limit)  # also checks $ACON_OUTAGE_LIMIT
 
 
 def optuna_study_name(spec: Study, options: RunOptions) -> str:
@@ -189,10 +192,10 @@ def _open(spec: Study, settings: Settings, options: RunOptions, *, join: bool) -
     if join:  # a worker must not create an empty SQLite or journal file where it expected a study
         require_existing(url)
     created = _new_file(url)
-    storage = open_storage(url)
+    storage = open_storage(url, outage_limit=options.outage_limit)
     if join and name not in optuna.get_all_study_names(storage):  # before the tracker creates the experiment
         raise UserError(f"no study named {name!r} in this storage; start it with `run_study.py run` first")
-    if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
+    if hasattr(storage, "heartbeat_stale_trial_callback") and storage.get_heartbeat_interval():
         storage.heartbeat_stale_trial_callback = lambda st, t: _requeue_dead(holder["s"], t)
     # the tracking store is checked before the Optuna study is created: a bad URI leaves nothing behind,
     # not even the storage file that opening the storage just created
@@ -370,7 +373,7 @@ def _claim(study: optuna.Study) -> optuna.Trial:
         trial = study.ask()
     if heartbeat_interval(study):
         record_heartbeat(study, trial)
-    trial.set_user_attr("worker", worker_id())
+    trial.set_user_attr(WORKER_ATTR, worker_id())
     return trial
 
 
@@ -430,8 +433,10 @@ def enqueue_missing(session: _Session) -> int:
         wanted = [c for c in cells if (variant_label(c), c["seed"]) in needed and cell_key(c) not in session.failed]
         _record_race(session, state)
     missing = [c for c in wanted if cell_key(c) not in taken]
+    failed = {t.user_attrs.get("cell_key"): t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+              if not t.user_attrs.get("spurious")}  # the newest failed trial of each cell
     for cell in missing:
-        enqueue_cell(study, cell, axis_choices(cells))
+        enqueue_cell(study, cell, axis_choices(cells), retry_of=failed.get(cell_key(cell)))
     if missing and session.ctx.bar is not None:
         session.ctx.bar.total = max(session.ctx.bar.total or 0, session.ctx.bar.n + len(missing))
     return len(missing)
@@ -490,7 +495,8 @@ def _requeue_dead(session: _Session, trial: optuna.trial.FrozenTrial) -> None:
     """Heartbeat callback: a dead worker's trial is failed in MLflow and its cell queued again."""
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
-        session.tracker.fail_if_running(run_id, "worker stopped sending heartbeats (killed or crashed)")
+        session.tracker.fail_if_running(run_id, "worker stopped sending heartbeats (killed, crashed, or cut off from "
+                                                "the storage)")
     if session.spec.is_grid:
         enqueue_missing(session)
 

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import optuna
+from optuna.storages._cached_storage import _CachedStorage  # what optuna.create_study wraps an RDB in
 
 from acon.errors import UserError
 
@@ -68,14 +69,28 @@ def is_journal(url: str) -> bool:
     return url.startswith("journal:") or url.endswith(".journal")
 
 
-def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
-    """Open an Optuna storage; RDB storages get heartbeats so dead workers' trials are failed."""
+def open_storage(url: str, *, heartbeat: bool = True, outage_limit: float | str | None = None
+                 ) -> optuna.storages.BaseStorage:
+    """Open an Optuna storage; RDB storages get heartbeats so dead workers' trials are failed.
+
+    A database server's storage rides through outages up to ``outage_limit`` seconds (``studies.outage``;
+    default ``$ACON_OUTAGE_LIMIT`` or 5 min) once it is open. Opening it does not wait: a server that cannot
+    be reached at the start is more often a wrong URL than an outage, and says so in one line at once.
+    """
+    from studies.outage import ResilientStorage, outage_limit as limit_of
+
     kwargs = heartbeat_settings() if heartbeat else {}
     try:
         if is_journal(url):
             backend = optuna.storages.journal.JournalFileBackend(_journal_path(url))
             return optuna.storages.JournalStorage(backend)
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
+        if url.startswith("sqlite"):  # a local file: no server to lose, and its errors are not outages
+            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
+        limit = limit_of(outage_limit)
+        rdb = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
+        return ResilientStorage(_CachedStorage(rdb), limit=limit, name=mask_url(url))
+    except UserError:
+        raise
     except Exception as exc:  # SQLAlchemy / driver errors vary by backend
         raise StorageError(f"cannot open Optuna storage {mask_url(url)}: {first_line(exc)}") from exc
 
@@ -118,6 +133,15 @@ def record_heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
     study._storage.record_heartbeat(trial._trial_id)
 
 
+def deferring(study: optuna.Study):
+    """A block whose storage calls raise ``StorageDown`` at once during an outage instead of waiting for the
+    storage (a trial's epoch reports: training goes on, they are written when it is back)."""
+    import contextlib
+
+    storage = study._storage
+    return storage.deferring() if hasattr(storage, "deferring") else contextlib.nullcontext()
+
+
 def note_on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, key: str, value: str) -> None:
     """Set a user attr on a trial that another process is running (``Trial.set_user_attr`` needs the live trial)."""
     study._storage.set_trial_user_attr(trial._trial_id, key, value)
@@ -150,7 +174,11 @@ def _engine_kwargs(url: str) -> dict:
         # wait for a lock instead of failing at once when the MLflow UI or a reader holds it
         return {"connect_args": {"timeout": 30}}
     if url.startswith("postgresql"):
-        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+        # a connection is checked before use (a restarted server's are dead), and a connection to a server
+        # that stopped answering (a dropped network) fails within 30 s instead of TCP's many minutes
+        return {"connect_args": {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
+                                 "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30000},
+                "pool_pre_ping": True}
     return {}
 
 

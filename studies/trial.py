@@ -20,10 +20,12 @@ from studies.tracking import schema
 from studies.interrupt import Interrupted, check
 from studies.settings import Settings
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, design_cell, variant_label
-from studies.storage import heartbeat_interval, record_heartbeat
+from studies.outage import StorageDown, StorageUnavailable
+from studies.storage import deferring, heartbeat_interval, record_heartbeat
 from studies.tracking.writer import Tracker
 
 #: tqdm's layout without the rate and brackets: at 100 columns the bar keeps about 25 of them.
+RETRY_OF_ATTR = "retry_of"  # user attr of a queued cell: the number of its trial that failed before
 BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {elapsed}<{remaining}{postfix}"
 
 
@@ -77,24 +79,105 @@ def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     cell, settings = _design(ctx, trial)
     label = variant_label(cell)
     logged = settings.logged()
-    run_id = ctx.tracker.start_trial(trial.number, cell, logged, label)
+    run_id = ctx.tracker.start_trial(trial.number, cell, logged, label, retry_of=_retry_of(ctx.study, trial))
     trial.set_user_attr(schema.RUN_ID_ATTR, run_id)
+    reports = _Reports(ctx.study, trial)
     try:
         with _heartbeat(ctx.study, trial):
-            value = _train_and_log(ctx, trial, cell, settings, run_id, label)
+            value = _train_and_log(ctx, trial, cell, settings, run_id, label, reports)
     except optuna.TrialPruned:
-        ctx.study.tell(trial, state=TrialState.PRUNED)
-        ctx.tracker.end_trial(run_id, "PRUNED")
-        return TrialState.PRUNED
+        return _record(ctx, trial, run_id, reports, TrialState.PRUNED)
     except (KeyboardInterrupt, SystemExit, Interrupted) as exc:
         _fail(ctx, trial, run_id, f"interrupted ({exc or type(exc).__name__})", state="INTERRUPTED")
+        raise
+    except StorageUnavailable as exc:
+        ctx.tracker.end_trial(run_id, "FAIL", f"not recorded: {exc}")
         raise
     except Exception as exc:  # a failed trial is recorded, the study goes on
         _fail(ctx, trial, run_id, _reason(exc))
         return TrialState.FAIL
-    ctx.study.tell(trial, value)
-    ctx.tracker.end_trial(run_id, "COMPLETE")
-    return TrialState.COMPLETE
+    return _record(ctx, trial, run_id, reports, TrialState.COMPLETE, value)
+
+
+def _retry_of(study: optuna.Study, trial: optuna.Trial) -> str | None:
+    """``trial #7 (why it failed)`` for a cell queued again after its trial failed, else None."""
+    number = trial.user_attrs.get(RETRY_OF_ATTR)
+    if number is None:
+        return None
+    reason = study.get_trials(deepcopy=False)[number].user_attrs.get("fail_reason") or "failed"
+    return f"trial #{number} ({reason.splitlines()[0]})"
+
+
+def _record(ctx: TrialContext, trial: optuna.Trial, run_id: str, reports: "_Reports", state: TrialState,
+            value: float | None = None) -> TrialState:
+    """Tell Optuna the trial's result (waiting through a storage outage), then close its run.
+
+    A result that arrives after another process failed the trial (its heartbeat went stale while this worker
+    was cut off from the storage) is late: Optuna keeps the trial FAIL and its cell was queued again, so the
+    result stays out of the counts, and both MLflow runs say what happened.
+    """
+    try:
+        reports.flush()
+        ctx.study.tell(trial, value, state=state)
+    except StorageUnavailable as exc:
+        ctx.tracker.end_trial(run_id, "FAIL", f"{state.name} but not recorded: {exc}")
+        raise
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        if not _finished_elsewhere(ctx.study, trial):
+            raise
+        _late(ctx, trial, run_id, state, value)
+        return TrialState.FAIL
+    ctx.tracker.end_trial(run_id, state.name)
+    return state
+
+
+def _finished_elsewhere(study: optuna.Study, trial: optuna.Trial) -> bool:
+    return study.get_trials(deepcopy=False)[trial.number].state.is_finished()
+
+
+def _late(ctx: TrialContext, trial: optuna.Trial, run_id: str, state: TrialState, value: float | None) -> None:
+    """Both runs of a cell whose first trial's result came late: the late one, and the rerun of its cell."""
+    trials = ctx.study.get_trials(deepcopy=False)
+    mine = trials[trial.number]
+    key = mine.user_attrs.get("cell_key")
+    reruns = [t for t in trials if t.number > trial.number and key is not None and t.user_attrs.get("cell_key") == key
+              and not t.user_attrs.get("spurious")]
+    result = f"{ctx.spec.metric}={value:.4g}" if value is not None else state.name
+    why = mine.user_attrs.get("fail_reason") or "failed by another process: its heartbeat went stale"
+    where = f"its cell was queued again as trial #{reruns[0].number}" if reruns else "its cell is queued again"
+    note = (f"late result: {result} arrived after this trial was failed ({why}: this worker was cut off from the "
+            f"Optuna storage longer than the heartbeat grace); not counted, {where}")
+    ctx.tracker.end_trial(run_id, "FAIL", note)
+    ctx.tracker.tag(run_id, {schema.LATE_RESULT: result})
+    for t in reruns:
+        rerun_id = t.user_attrs.get(schema.RUN_ID_ATTR)
+        if rerun_id:
+            ctx.tracker.tag(rerun_id, {schema.RETRY_OF: f"trial #{trial.number}, whose worker lost the storage; its "
+                                                        f"late result {result} arrived and is not counted"})
+
+
+class _Reports:
+    """A trial's epoch results for Optuna. During a storage outage they are held back (training goes on and no
+    pruning is decided); the next epoch after it, or the end of the trial, writes them."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial):
+        self.study, self.trial, self.pending = study, trial, []
+
+    def add(self, value: float, epoch: int) -> bool:
+        """Report an epoch; True if it reached the storage (pruning may then be asked)."""
+        self.pending.append((value, epoch))
+        try:
+            with deferring(self.study):
+                self.flush()
+                return self.trial.should_prune()
+        except StorageDown:
+            return False
+
+    def flush(self) -> None:
+        while self.pending:
+            value, epoch = self.pending[0]
+            self.trial.report(value, epoch)
+            self.pending.pop(0)
 
 
 def _design(ctx: TrialContext, trial: optuna.Trial) -> tuple[dict[str, Any], Settings]:
@@ -127,9 +210,12 @@ def suggest_cell(trial: optuna.Trial, cells: list[dict[str, Any]]) -> dict[str, 
     return cell
 
 
-def enqueue_cell(study: optuna.Study, cell: dict[str, Any], varying: dict[str, list[Any]]) -> None:
-    """Queue a grid cell: its varying axes as Optuna params, a short key and the variant as user attrs."""
-    study.enqueue_trial(params={axis: cell[axis] for axis in varying}, user_attrs=cell_attrs(cell))
+def enqueue_cell(study: optuna.Study, cell: dict[str, Any], varying: dict[str, list[Any]],
+                 retry_of: int | None = None) -> None:
+    """Queue a grid cell: its varying axes as Optuna params, a short key and the variant as user attrs (and the
+    number of the cell's trial that failed, if it is queued again)."""
+    attrs = cell_attrs(cell) if retry_of is None else {**cell_attrs(cell), RETRY_OF_ATTR: retry_of}
+    study.enqueue_trial(params={axis: cell[axis] for axis in varying}, user_attrs=attrs)
 
 
 def cell_attrs(cell: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +229,7 @@ def cell_key(cell: dict[str, Any]) -> str:
 
 
 def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any], settings: dict[str, Any],
-                   run_id: str, label: str) -> float:
+                   run_id: str, label: str, reports: _Reports) -> float:
     from studies.training.loop import train
 
     data = ctx.data()
@@ -160,10 +246,9 @@ def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any],
         ctx.tracker.log_epoch(run_id, {**first, **values}, step=epoch)
         if ctx.bar is not None:
             ctx.bar.set_postfix_str(f"{schema.run_name(cell)} e{epoch}/{cfg.epochs} {_short(metric, values)}")
-        if metric in values:  # an epoch without the objective (a custom loop's choice) is logged, not reported
-            trial.report(values[metric], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+        # an epoch without the objective (a custom loop's choice) is logged, not reported
+        if metric in values and reports.add(values[metric], epoch):
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
         every = settings["act_every"]
         if every and epoch % every == 0 and epoch < cfg.epochs:
             _record_activations(ctx, run_id, model, sites, settings, data, epoch, final=False)
@@ -269,9 +354,14 @@ def _axis(cell: dict[str, Any], axis: str, default: Any) -> Any:
 
 
 def _fail(ctx: TrialContext, trial: optuna.Trial, run_id: str, reason: str, *, state: str = "FAIL") -> None:
-    trial.set_user_attr("fail_reason", reason[:1000])
-    ctx.study.tell(trial, state=TrialState.FAIL)
-    ctx.tracker.end_trial(run_id, state, reason)
+    try:
+        trial.set_user_attr("fail_reason", reason[:1000])
+        ctx.study.tell(trial, state=TrialState.FAIL)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        if not _finished_elsewhere(ctx.study, trial):  # failed meanwhile by another process: FAIL all the same
+            raise
+    finally:
+        ctx.tracker.end_trial(run_id, state, reason)
 
 
 def _reason(exc: BaseException) -> str:
@@ -303,4 +393,4 @@ def _heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        thread.join()
+        thread.join(timeout=interval)  # a beat waiting for the storage to come back is not waited for

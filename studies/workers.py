@@ -27,6 +27,7 @@ from studies.runner import DONE, RunOptions, StudyRun, missing_cells, optuna_stu
 from studies.tracking.schema import PARENT_ATTR, RUN_ID_ATTR
 from studies.settings import Settings, to_argv
 from studies.spec import Study, is_study_file
+from studies.outage import StorageUnavailable
 from studies.storage import mask_url, note_on_trial, resolve_storage, resolve_tracking_uri
 
 #: Seconds an interrupted worker gets to reach its next training step; then a second SIGTERM stops it at once.
@@ -130,9 +131,9 @@ def worker_command(study: str, options: RunOptions, threads: int) -> list[str]:
            "--tracking-uri", resolve_tracking_uri(options.tracking_uri), "--preset", options.preset,
            "--device", options.device, "--threads", str(threads), "--no-progress", *to_argv(options.overrides)]
     for flag, value in (("--experiment", options.experiment), ("--study-name", options.study_name),
-                        ("--data-dir", options.data_dir)):
+                        ("--data-dir", options.data_dir), ("--outage-limit", options.outage_limit)):
         if value:
-            cmd += [flag, value]
+            cmd += [flag, str(value)]
     return cmd
 
 
@@ -180,6 +181,12 @@ class _Launcher:
             self._stop_all()
             self._close_parent("KILLED")
             raise KeyboardInterrupt from None
+        except StorageUnavailable:
+            # the storage stayed away past the limit: the workers meet the same limit; whatever they cannot
+            # record stays RUNNING with a stale heartbeat, and a rerun fails it and runs its cell again
+            self._stop_all(record=False)
+            self._tracker().close_parent("FAILED")
+            raise
         finally:
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
@@ -222,8 +229,9 @@ class _Launcher:
             self.restarts += 1
             self._start()
 
-    def _stop_all(self) -> None:
-        """SIGTERM each (the trial stops at its next step), again after ``GRACE`` s (at once), SIGKILL at the end."""
+    def _stop_all(self, *, record: bool = True) -> None:
+        """SIGTERM each (the trial stops at its next step), again after ``GRACE`` s (at once), SIGKILL at the end;
+        ``record``: fail the trials of workers that did not record theirs (not possible without the storage)."""
         try:
             for timeout in (GRACE, STOP_TIMEOUT):
                 self._signal_live(signal.SIGTERM)
@@ -235,8 +243,9 @@ class _Launcher:
             if worker.proc.poll() is None:
                 worker.proc.kill()
                 worker.proc.wait()
-        fail_trials_of(self.prepared.study, {w.id for w in self.live}, resolve_tracking_uri(self.options.tracking_uri),
-                       "interrupted: the launcher stopped its workers")
+        if record:
+                fail_trials_of(self.prepared.study, {w.id for w in self.live},
+                           resolve_tracking_uri(self.options.tracking_uri), "interrupted: the launcher stopped its workers")
 
     def _signal_live(self, sig: int) -> None:
         for worker in self.live:
@@ -262,12 +271,16 @@ class _Launcher:
 
     def _close_parent(self, status: str) -> None:
         from studies.tracking.summary import publish
-        from studies.tracking.writer import Tracker
 
-        tracker = Tracker.attach(resolve_tracking_uri(self.options.tracking_uri), self.prepared.parent_run_id)
+        tracker = self._tracker()
         spec, settings = resolve(self.study, self.options)
         publish(tracker, spec, settings, self.prepared.study)
         tracker.close_parent(status)
+
+    def _tracker(self):
+        from studies.tracking.writer import Tracker
+
+        return Tracker.attach(resolve_tracking_uri(self.options.tracking_uri), self.prepared.parent_run_id)
 
     def _progress(self):
         from tqdm.auto import tqdm

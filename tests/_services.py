@@ -28,6 +28,7 @@ TINY = {"model": "tiny_cnn", "dataset": "digits", "limit": 240, "epochs": 2, "se
 RELU = {"activation": "relu", "placement": "all"}
 ACON_C = {"activation": "acon_c", "placement": "all"}
 HANG = {"activation": "test_hang", "placement": "all"}
+SLOW = {"activation": "test_slow", "placement": "all"}
 
 _STUDY_FILE = '''
 import os, time
@@ -55,7 +56,16 @@ class Hang(nn.Module):
         return torch.relu(x)
 
 
+class Slow(nn.Module):
+    """ReLU that sleeps $ACON_TEST_SLOW seconds per call: trials that last long enough to meet a fault."""
+
+    def forward(self, x):
+        time.sleep(float(os.environ.get("ACON_TEST_SLOW", "0")))
+        return torch.relu(x)
+
+
 ACTIVATIONS.register("test_hang", lambda channels, **_: Hang(), override=True)
+ACTIVATIONS.register("test_slow", lambda channels, **_: Slow(), override=True)
 STUDY = Study(name={name!r}, doc="a tiny scale-out test study", designs={designs!r}, fixed={fixed!r})
 '''
 
@@ -156,6 +166,90 @@ def table_names(url: str) -> set[str]:
     with _admin(url) as conn:
         rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
     return {r[0] for r in rows}
+
+
+class TcpProxy:
+    """A TCP proxy from a free port of 127.0.0.1 to ``host:port`` that a test controls: ``cut()`` drops every
+    connection (a reset, as when a server dies) and refuses new ones until ``restore()``. Put in front of
+    PostgreSQL, it is a database restart, a failover or a dropped network, for real: the clients see what
+    they would."""
+
+    def __init__(self, host: str, port: int):
+        import threading
+
+        self.target, self.port = (host, port), free_port()
+        self.lock, self.live, self.server = threading.Lock(), set(), None
+        self.connections = 0  # accepted so far
+        self.restore()
+
+    def url(self, url: str) -> str:
+        """``url`` (SQLAlchemy) pointed at the proxy instead of the server."""
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
+
+    def restore(self) -> None:
+        import threading
+
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self.server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def cut(self) -> None:
+        import struct
+
+        try:  # new connections are refused: nothing listens on the port (shutdown wakes the blocked accept)
+            self.server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.server.close()
+        with self.lock:
+            for s in self.live:
+                try:  # shutdown wakes the pump blocked on it (a bare close would not), close then resets
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+                except OSError:
+                    pass
+            self.live.clear()
+
+    def _accept(self, server: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self.lock:
+                self.live.update((client, upstream))
+                self.connections += 1
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+            with self.lock:
+                self.live.discard(s)
 
 
 # -- MLflow server ------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ STUDY, PRESET, OPTUNA_STUDY, STORAGE = "acon.study", "acon.preset", "optuna.stud
 AXES, METRIC, DIRECTION, BEST = "acon.axes", "acon.metric", "acon.direction", "acon.best_variant"
 SAMPLER, GRID = "acon.sampler", "grid"  # a grid runs each design cell once per seed; a search samples settings
 TRIAL_NUMBER, STATE, VARIANT, FAIL_REASON = "optuna.trial_number", "acon.state", "acon.variant", "acon.fail_reason"
+# a cell run again after its trial failed, and a result that came after its trial was failed by others
+RETRY_OF, LATE_RESULT = "acon.retry_of", "acon.late_result"
 PARENT_RUN, NOTE = "mlflow.parentRunId", "mlflow.note.content"  # MLflow's own: nesting and the description
 
 # Optuna state <-> MLflow run status. INTERRUPTED is our name for a FAIL caused by Ctrl-C/SIGTERM.

@@ -130,11 +130,15 @@ class Tracker:
             self.client.log_artifact(self.parent_id, str(path), artifact_path=folder)
 
     # -- child runs ----------------------------------------------------------------------------------
-    def start_trial(self, number: int, cell: dict[str, Any], settings: dict[str, Any], label: str) -> str:
-        """Create the child run of trial ``number`` with its design cell and settings as params."""
+    def start_trial(self, number: int, cell: dict[str, Any], settings: dict[str, Any], label: str,
+                    retry_of: str | None = None) -> str:
+        """Create the child run of trial ``number`` with its design cell and settings as params; ``retry_of``
+        says which failed trial's cell it runs again, and why that one failed."""
         tags = {schema.PARENT_RUN: self.parent_id, schema.ROLE: schema.TRIAL, schema.STUDY: self.parent_tags[schema.STUDY],
                 schema.OPTUNA_STUDY: self.parent_tags[schema.OPTUNA_STUDY], schema.TRIAL_NUMBER: str(number),
                 schema.STATE: "RUNNING", schema.VARIANT: label, schema.METRIC: self.objective}
+        if retry_of:
+            tags[schema.RETRY_OF] = retry_of[:5000]
         name = schema.run_name(cell)
         if schema.is_search(self.parent_tags, {}):  # a search's trials share cell and seed
             name += f" #{number}"
