@@ -20,12 +20,14 @@ from studies.tracking import schema
 from studies.interrupt import Interrupted, check
 from studies.settings import Settings
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, design_cell, variant_label
-from studies.outage import StorageDown, StorageUnavailable
+from studies.outage import StorageDown, StorageUnavailable, say
 from studies.storage import deferring, heartbeat_interval, record_heartbeat
 from studies.tracking.writer import Tracker
 
 #: tqdm's layout without the rate and brackets: at 100 columns the bar keeps about 25 of them.
 RETRY_OF_ATTR = "retry_of"  # user attr of a queued cell: the number of its trial that failed before
+#: Why a trial failed when it says nothing: Optuna's heartbeat check fails a trial without a reason.
+STALE = "its worker stopped sending heartbeats"
 BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {elapsed}<{remaining}{postfix}"
 
 
@@ -80,9 +82,9 @@ def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     label = variant_label(cell)
     logged = settings.logged()
     run_id = ctx.tracker.start_trial(trial.number, cell, logged, label, retry_of=_retry_of(ctx.study, trial))
-    trial.set_user_attr(schema.RUN_ID_ATTR, run_id)
     reports = _Reports(ctx.study, trial)
     try:
+        trial.set_user_attr(schema.RUN_ID_ATTR, run_id)
         with _heartbeat(ctx.study, trial):
             value = _train_and_log(ctx, trial, cell, settings, run_id, label, reports)
     except optuna.TrialPruned:
@@ -104,7 +106,7 @@ def _retry_of(study: optuna.Study, trial: optuna.Trial) -> str | None:
     number = trial.user_attrs.get(RETRY_OF_ATTR)
     if number is None:
         return None
-    reason = study.get_trials(deepcopy=False)[number].user_attrs.get("fail_reason") or "failed"
+    reason = study.get_trials(deepcopy=False)[number].user_attrs.get("fail_reason") or STALE
     return f"trial #{number} ({reason.splitlines()[0]})"
 
 
@@ -143,10 +145,11 @@ def _late(ctx: TrialContext, trial: optuna.Trial, run_id: str, state: TrialState
     reruns = [t for t in trials if t.number > trial.number and key is not None and t.user_attrs.get("cell_key") == key
               and not t.user_attrs.get("spurious")]
     result = f"{ctx.spec.metric}={value:.4g}" if value is not None else state.name
-    why = mine.user_attrs.get("fail_reason") or "failed by another process: its heartbeat went stale"
+    why = mine.user_attrs.get("fail_reason") or STALE
     where = f"its cell was queued again as trial #{reruns[0].number}" if reruns else "its cell is queued again"
     note = (f"late result: {result} arrived after this trial was failed ({why}: this worker was cut off from the "
             f"Optuna storage longer than the heartbeat grace); not counted, {where}")
+    say(f"trial #{trial.number}: {note}")
     ctx.tracker.end_trial(run_id, "FAIL", note)
     ctx.tracker.tag(run_id, {schema.LATE_RESULT: result})
     for t in reruns:

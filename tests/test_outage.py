@@ -6,6 +6,7 @@ network does; the study must finish by itself with every cell once. Needs ``$ACO
 """
 from __future__ import annotations
 
+import subprocess
 import time
 
 import optuna
@@ -13,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from sqlalchemy.engine import make_url
 
+from studies.runner import RunOptions, prepare_study
 from _services import RELU, SLOW, TcpProxy, cli, cli_start, fresh_database, postgres_url, wait_for, write_study
 
 #: Small heartbeat settings (defaults 10 s / 30 s): an outage is many heartbeats long, as a real one is.
@@ -84,3 +86,94 @@ def test_two_workers_ride_through_a_database_outage_with_every_cell_once(tmp_pat
     assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs["mlflow_run_id"] for t in trials
                                                              if "mlflow_run_id" in t.user_attrs)
     assert {r.info.status for r in children} == {"FINISHED"}
+
+
+def test_an_outage_past_the_limit_ends_in_one_line_and_a_rerun_completes_the_study(tmp_path, proxied):
+    proxy, storage, direct = proxied
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    study_file = write_study(tmp_path, "bound", designs=(RELU, SLOW), seeds=2, epochs=4)
+    args = ("run", study_file, "--workers", "2", "--storage", storage, "--tracking-uri", tracking, "--device", "cpu",
+            "--no-progress")
+    log = tmp_path / "run.log"
+    proc = cli_start(*args, "--outage-limit", "4s", log=log, ACON_TEST_SLOW="0.05", **HEARTBEAT)
+    try:
+        wait_for(lambda: _done(direct, "bound-quick") >= 1 or proc.poll() is not None, 120, "a first trial")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        proxy.cut()
+        code = proc.wait(timeout=120)  # the limit passes while the storage is still away
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proxy.restore()
+    lines = log.read_text().strip().splitlines()
+    assert code == 2, lines[-20:]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and "unreachable since" in errors[0] and "longer than the 4 s limit" in errors[0], lines
+    assert "rerun the same command" in errors[0] and "acon:***@" in errors[0] and "Traceback" not in log.read_text()
+    assert lines[-1] == errors[0]  # the last word
+    parents, _ = _runs(tracking, "bound")
+    assert [p.info.status for p in parents] == ["FAILED"]
+
+    time.sleep(4)  # the cut-off trials' heartbeats are older than the grace now: the rerun fails them as stale
+    rerun = cli(*args, timeout=300, ACON_TEST_SLOW="0.05", **HEARTBEAT)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    trials = _trials(direct, "bound-quick")
+    complete = [t.user_attrs["cell_key"] for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == len(set(complete)) == 4  # nothing lost, nothing twice
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    parents, children = _runs(tracking, "bound")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert "RUNNING" not in {r.info.status for r in children}
+    cut_short = [r for r in children if r.info.status != "FINISHED"]  # the trials the outage cut short say why
+    assert cut_short and all(r.data.tags.get("acon.fail_reason") for r in cut_short), \
+        [(r.info.status, r.data.tags) for r in cut_short]
+
+
+def test_a_worker_cut_off_longer_than_the_grace_loses_its_trial_and_its_late_result_stays_out(tmp_path, proxied):
+    proxy, storage, direct = proxied
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    study_file = write_study(tmp_path, "late", designs=(RELU, SLOW), seeds=2, epochs=3)
+    prepared = prepare_study(study_file, RunOptions(storage=direct, tracking_uri=tracking, progress=False))
+    assert prepared.counts == {"WAITING": 4}
+
+    def worker(url: str, name: str, slow: str) -> subprocess.Popen:
+        return cli_start("worker", study_file, "--storage", url, "--tracking-uri", tracking, "--device", "cpu",
+                         "--threads", "1", "--no-progress", log=tmp_path / f"{name}.log", ACON_TEST_SLOW=slow,
+                         **HEARTBEAT)
+
+    cut_off = worker(storage, "cut_off", "0.3")  # through the proxy, slow: still training when the cut comes
+    others = None
+    try:
+        mine = wait_for(lambda: [t for t in _trials(direct, "late-quick") if t.state.name == "RUNNING"
+                                 and t.user_attrs.get("worker", "").endswith(f":{cut_off.pid}")], 120, "its trial")
+        proxy.cut()
+        others = worker(direct, "others", "0")  # never cut off: fails the silent trial and runs its cell again
+        key = mine[0].user_attrs["cell_key"]
+        wait_for(lambda: [t for t in _trials(direct, "late-quick") if t.user_attrs.get("cell_key") == key
+                          and t.state.name == "COMPLETE"], 120, "the cell run again")
+        proxy.restore()
+        codes = [cut_off.wait(timeout=120), others.wait(timeout=120)]
+    finally:
+        for p in (cut_off, others):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert codes == [0, 0], [(tmp_path / f"{n}.log").read_text()[-2000:] for n in ("cut_off", "others")]
+
+    trials = _trials(direct, "late-quick")
+    complete = [t.user_attrs["cell_key"] for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == len(set(complete)) == 4  # the late result is not a second copy of its cell
+    first = trials[mine[0].number]
+    assert first.state.name == "FAIL"
+    rerun = next(t for t in trials if t.user_attrs.get("cell_key") == key and t.state.name == "COMPLETE")
+    assert rerun.user_attrs["retry_of"] == first.number
+
+    client = MlflowClient(tracking)
+    late = client.get_run(first.user_attrs["mlflow_run_id"])
+    assert late.info.status == "FAILED"
+    assert late.data.tags["acon.late_result"].startswith("val_acc=")
+    reason = late.data.tags["acon.fail_reason"]
+    assert reason.startswith("late result: val_acc=") and "heartbeats" in reason and f"trial #{rerun.number}" in reason
+    again = client.get_run(rerun.user_attrs["mlflow_run_id"])
+    assert again.info.status == "FINISHED"
+    assert again.data.tags["acon.retry_of"].startswith(f"trial #{first.number}")
+    assert "late result" in again.data.tags["acon.retry_of"]
