@@ -1,0 +1,225 @@
+"""The fault table: a study run with two workers under each fault, against an undisturbed run.
+
+Each run starts from empty stores (a fresh Optuna database on the PostgreSQL server, a fresh MLflow
+store) and runs ``run STUDY --preset quick --workers 2`` as a user would; ``--at`` seconds in, the
+fault is injected for real:
+
+- ``postgres_restart``: ``pg_ctlcluster VERSION NAME restart`` of the server that holds the Optuna study;
+- ``tracking_restart``: the MLflow tracking server (SQLite behind it) killed, started again 30 s later;
+- ``tracking_on_postgres``: the tracking server killed, the PostgreSQL it uses restarted, the server
+  started again 10 s later (the Optuna study is on the same server, so it goes away too);
+- ``sigkill_worker``: SIGKILL of one worker process;
+- ``sigterm_launcher``: SIGTERM of the launcher, then the same command again (its time is added).
+
+Per fault: exit code, cells complete (each once?), duplicates, lost cells, trials and MLflow runs left
+RUNNING, the parent run's status, and the wall time against the undisturbed run. Needs a PostgreSQL
+server this user may restart. Usage: ``python benchmarks/faults.py --postgres URL [--cluster "15 main"]
+[--faults none,postgres_restart,...] [--at 45]``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+FAULTS = ("none", "postgres_restart", "tracking_restart", "tracking_on_postgres", "sigkill_worker",
+          "sigterm_launcher")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--postgres", default=os.environ.get("ACON_TEST_POSTGRES_URL"),
+                   help="SQLAlchemy URL of a PostgreSQL database whose server may be restarted "
+                        "(default $ACON_TEST_POSTGRES_URL)")
+    p.add_argument("--cluster", default="15 main", help="pg_ctlcluster VERSION NAME of that server")
+    p.add_argument("--study", default="variants")
+    p.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, of {', '.join(FAULTS)}")
+    p.add_argument("--at", type=float, default=45.0, help="seconds into the run the fault comes (default 45)")
+    return p.parse_args(argv)
+
+
+def _admin(url: str):
+    import psycopg
+
+    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True, connect_timeout=10)
+
+
+def fresh_database(url: str) -> str:
+    name = f"acon_f_{uuid.uuid4().hex[:10]}"
+    with _admin(url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(url: str, db: str) -> None:
+    with _admin(url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{db.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TrackingServer:
+    """``mlflow server`` on a fixed port of 127.0.0.1, that can be killed and started again."""
+
+    def __init__(self, directory: Path, backend: str):
+        self.directory, self.backend, self.port = directory, backend, free_port()
+        self.url, self.proc = f"http://127.0.0.1:{self.port}", None
+
+    def start(self) -> None:
+        import urllib.request
+
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+               "--backend-store-uri", self.backend, "--artifacts-destination", str(self.directory / "artifacts"),
+               "--workers", "1"]
+        log = open(self.directory / "mlflow-server.log", "a")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("mlflow server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def pg_restart(cluster: str) -> None:
+    subprocess.run(["pg_ctlcluster", *cluster.split(), "restart"], check=True)
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def run_once(args: argparse.Namespace, fault: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="acon-faults-") as tmp:
+        tmp = Path(tmp)
+        storage = fresh_database(args.postgres)
+        tracking_db, server = None, None
+        if fault == "tracking_on_postgres":
+            tracking_db = fresh_database(args.postgres)
+            server = TrackingServer(tmp, tracking_db)
+        elif fault == "tracking_restart":
+            server = TrackingServer(tmp, f"sqlite:///{tmp}/mlflow-server.db")
+        if server is not None:
+            server.start()
+        tracking = server.url if server else f"sqlite:///{tmp}/mlflow.db"
+        cmd = [sys.executable, "-m", "run_study", "run", args.study, "--preset", "quick", "--workers", "2",
+               "--storage", storage, "--tracking-uri", tracking, "--device", "cpu", "--no-progress"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        log = tmp / "run.log"
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, stderr=open(log, "w"), stdout=subprocess.DEVNULL, cwd=tmp, env=env)
+        try:
+            codes = [inject(args, fault, proc, server, start)]
+            if fault == "sigterm_launcher":  # the user runs the same command again
+                again = subprocess.run(cmd, stderr=open(tmp / "rerun.log", "w"), stdout=subprocess.DEVNULL,
+                                       cwd=tmp, env=env)
+                codes.append(again.returncode)
+            wall = time.monotonic() - start
+            row = {"fault": fault, "exit": "/".join(map(str, codes)), "wall_s": round(wall, 1),
+                   **count(args.study, storage, tracking),
+                   "outage_lines": log.read_text().count("storage unreachable since")}
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            if server is not None:
+                server.kill()
+            drop_database(args.postgres, storage)
+            if tracking_db:
+                drop_database(args.postgres, tracking_db)
+        if row["exit"].split("/")[-1] != "0":
+            row["log"] = log.read_text().strip().splitlines()[-1][:200]
+        return row
+
+
+def inject(args: argparse.Namespace, fault: str, proc: subprocess.Popen, server, start: float) -> int:
+    """Wait ``--at`` s, inject ``fault``, wait for the launcher; its exit code."""
+    while time.monotonic() - start < args.at and proc.poll() is None:
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        return proc.returncode
+    if fault == "postgres_restart":
+        pg_restart(args.cluster)
+    elif fault == "tracking_restart":
+        server.kill()
+        time.sleep(30)
+        server.start()
+    elif fault == "tracking_on_postgres":
+        server.kill()
+        pg_restart(args.cluster)
+        time.sleep(10)
+        server.start()
+    elif fault == "sigkill_worker":
+        workers = children(proc.pid)
+        if workers:
+            os.kill(workers[0], signal.SIGKILL)
+    elif fault == "sigterm_launcher":
+        proc.send_signal(signal.SIGTERM)
+    return proc.wait()
+
+
+def count(study: str, storage: str, tracking: str) -> dict:
+    """Cells done once, duplicated and lost; trials and runs left RUNNING; the parent's status."""
+    import optuna
+    from mlflow import MlflowClient
+
+    from studies.runner import RunOptions, resolve
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec, settings = resolve(study, RunOptions())
+    cells = len(spec.cells(settings))
+    trials = optuna.load_study(study_name=f"{study}-quick", storage=storage).trials
+    done = [t.user_attrs.get("cell_key") for t in trials if t.state.name == "COMPLETE"]
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name(study).experiment_id], max_results=500)
+    parents = [r.info.status for r in runs if r.data.tags.get("acon.role") == "parent"]
+    return {"cells": f"{len(set(done))}/{cells}", "duplicated": len(done) - len(set(done)),
+            "lost": cells - len(set(done)), "trials_running": sum(t.state.name == "RUNNING" for t in trials),
+            "trials_failed": sum(t.state.name == "FAIL" and not t.user_attrs.get("spurious") for t in trials),
+            "runs_running": sum(r.info.status == "RUNNING" and r.data.tags.get("acon.role") == "trial" for r in runs),
+            "parent": "/".join(parents)}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if not args.postgres:
+        sys.exit("error: --postgres URL (or $ACON_TEST_POSTGRES_URL) is needed")
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown:
+        sys.exit(f"error: unknown faults {unknown}; choose from {', '.join(FAULTS)}")
+    rows = []
+    for fault in faults:
+        rows.append(run_once(args, fault))
+        print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
+    table = pd.DataFrame(rows)
+    if "none" in faults:
+        base = table.loc[table.fault == "none", "wall_s"].iloc[0]
+        table.insert(3, "vs_undisturbed", (table.wall_s / base).round(2))
+    print()
+    print(table.to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()
