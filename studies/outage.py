@@ -238,15 +238,16 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
             # we were cut off ourselves: every heartbeat looks old until the others are back (within a backoff
             # step of us) and have beaten again (within the grace)
             return []
-        return self._call("_get_stale_trial_ids", study_id) + self.orphans(study_id, grace)
+        stale = self._call("_get_stale_trial_ids", study_id)
+        return stale + self.orphans(study_id, grace, skip=set(stale))
 
-    def orphans(self, study_id: int, grace: float) -> list[int]:
+    def orphans(self, study_id: int, grace: float, skip: set[int] = frozenset()) -> list[int]:
         """RUNNING trials that no worker claimed for longer than ``grace`` s (a claim whose reply was lost in an
         outage, or a worker killed between taking a trial and marking it): they have no heartbeat to go stale."""
         now = datetime.now()
         found = []
         for trial in self._call("get_all_trials", study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            if WORKER_ATTR in trial.user_attrs or trial.datetime_start is None:
+            if WORKER_ATTR in trial.user_attrs or trial.datetime_start is None or trial._trial_id in skip:
                 continue
             if now - trial.datetime_start > timedelta(seconds=2 * grace):
                 self._call("set_trial_user_attr", trial._trial_id, "fail_reason",

@@ -1,0 +1,179 @@
+"""The outage wrapper's rules, each on a real Optuna RDB storage (SQLite) whose connection is made to fail.
+
+A database server going away is tested for real in ``test_outage.py``; here the faults are injected
+at the one place they happen, so each rule is checked exactly: a lost reply, a limit, a cache read.
+"""
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+import sqlalchemy.exc
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.trial import TrialState
+
+from acon.errors import UserError
+from studies import outage
+from studies.outage import ResilientStorage, StorageDown, StorageUnavailable, is_transient, outage_limit
+
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def _refused() -> sqlalchemy.exc.OperationalError:
+    return sqlalchemy.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+
+class Flaky(optuna.storages.RDBStorage):
+    """A real SQLite RDB storage; ``fail[name] = n`` makes the next n calls of ``name`` fail as an outage
+    would, before (``lost=False``) or after (``lost=True``: the write is committed, the reply lost) doing them."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.fail: dict[str, int] = {}
+        self.lost = False
+        self.calls: dict[str, int] = {}
+
+    def _maybe_fail(self, name: str, call):
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if self.fail.get(name, 0) > 0:
+            self.fail[name] -= 1
+            if self.lost:
+                call()
+            raise _refused()
+        return call()
+
+    def set_trial_state_values(self, trial_id, state, values=None):
+        return self._maybe_fail("set_trial_state_values",
+                                lambda: super(Flaky, self).set_trial_state_values(trial_id, state, values))
+
+    def set_trial_user_attr(self, trial_id, key, value):
+        return self._maybe_fail("set_trial_user_attr",
+                                lambda: super(Flaky, self).set_trial_user_attr(trial_id, key, value))
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(outage, "BACKOFF_FIRST", 0.01)
+    flaky = Flaky(f"sqlite:///{tmp_path}/o.db")
+    wrapped = ResilientStorage(_CachedStorage(flaky), limit=5, name="db")
+    study = optuna.create_study(storage=wrapped, study_name="s")
+    return flaky, wrapped, study
+
+
+def test_a_result_whose_reply_was_lost_is_not_told_twice_and_the_outage_is_two_lines(store, capsys):
+    flaky, wrapped, study = store
+    trial = study.ask()
+    flaky.fail["set_trial_state_values"], flaky.lost = 1, True  # committed, then the reply lost
+    study.tell(trial, 0.5)  # Optuna's own retry of the lost write would raise UpdateFinishedTrialError
+    assert [(t.state, t.value) for t in study.trials] == [(TrialState.COMPLETE, 0.5)]
+    assert flaky.calls["set_trial_state_values"] == 1  # not written again: the check before the retry saw it applied
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("storage unreachable since ") and "up to 5 s" in err[0]
+    assert "connection refused" in err[0] and err[1].startswith("storage reachable again at ")
+
+
+def test_a_result_for_a_trial_finished_elsewhere_meanwhile_is_refused_not_overwritten(store):
+    flaky, wrapped, study = store
+    trial = study.ask()
+    flaky.fail["set_trial_state_values"], flaky.lost = 1, False
+    original = flaky.set_trial_state_values
+
+    def failed_by_another_worker(trial_id, state, values=None):  # the outage: another worker fails the trial
+        if flaky.fail.get("set_trial_state_values"):
+            optuna.storages.RDBStorage.set_trial_state_values(flaky, trial_id, TrialState.FAIL)
+        return original(trial_id, state, values)
+
+    flaky.set_trial_state_values = failed_by_another_worker
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match="already FAIL"):
+        wrapped.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.5])
+    assert study.trials[0].state == TrialState.FAIL
+
+
+def test_writes_that_are_upserts_are_retried_and_a_claim_whose_reply_was_lost_is_not_taken(store):
+    flaky, wrapped, study = store
+    trial = study.ask()
+    flaky.fail["set_trial_user_attr"], flaky.lost = 3, True
+    trial.set_user_attr("k", "v")
+    assert study.trials[0].user_attrs == {"k": "v"} and flaky.calls["set_trial_user_attr"] == 4
+
+    study.enqueue_trial({})
+    waiting = study.trials[1]._trial_id
+    flaky.fail["set_trial_state_values"] = 1  # the claim was applied, its reply lost: whose is it? not ours
+    assert wrapped.set_trial_state_values(waiting, TrialState.RUNNING) is False
+    assert study.trials[1].state == TrialState.RUNNING and "worker" not in study.trials[1].user_attrs
+
+
+def test_past_the_limit_one_error_and_inside_deferring_no_wait(store, monkeypatch):
+    flaky, wrapped, study = store
+    trial = study.ask()
+    wrapped._outage.limit = 0.3
+    flaky.fail["set_trial_user_attr"], flaky.lost = 10 ** 6, False
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable, match=r"unreachable since .*longer than the 0 s limit.*rerun the same"):
+        trial.set_user_attr("k", "v")
+    assert isinstance(StorageUnavailable("x"), UserError)  # the CLI prints it in one line, exit code 2
+    with wrapped.deferring():
+        began = time.monotonic()
+        with pytest.raises(StorageDown):
+            trial.set_user_attr("k", "v")
+        assert time.monotonic() - began < 0.2  # no backoff: the caller holds it back and goes on
+    assert time.monotonic() - started < 5
+
+
+def test_stale_trials_are_not_judged_by_a_process_that_was_just_cut_off_itself(tmp_path, monkeypatch):
+    monkeypatch.setattr(outage, "BACKOFF_FIRST", 0.01)
+    rdb = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/h.db", heartbeat_interval=1, grace_period=1)
+    wrapped = ResilientStorage(_CachedStorage(rdb), limit=5, name="db")
+    study = optuna.create_study(storage=wrapped, study_name="h")
+    trial = study.ask()
+    wrapped.record_heartbeat(trial._trial_id)
+    time.sleep(2.2)  # the heartbeat is older than the grace
+    wrapped._outage.failed(_refused())
+    wrapped._outage.succeeded()  # we were cut off a moment ago
+    assert wrapped._get_stale_trial_ids(study._study_id) == []
+    wrapped._outage.ended -= 1 + outage.BACKOFF_MAX  # as if the outage ended grace + a backoff step ago
+    assert wrapped._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+
+
+def test_orphans_are_running_trials_no_worker_claimed_within_twice_the_grace(tmp_path):
+    rdb = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/g.db", heartbeat_interval=1, grace_period=1)
+    wrapped = ResilientStorage(_CachedStorage(rdb), limit=5, name="db")
+    study = optuna.create_study(storage=wrapped, study_name="g")
+    claimed, orphan = study.ask(), study.ask()
+    claimed.set_user_attr("worker", "host:1")
+    assert wrapped.orphans(study._study_id, 1) == []  # too young
+    time.sleep(2.2)
+    assert wrapped.orphans(study._study_id, 1) == [orphan._trial_id]
+    assert study.trials[1].user_attrs["spurious"] is True
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("5m", 300), ("1.5h", 5400), (" 2M ", 120)])
+def test_outage_limit_takes_seconds_or_a_unit(text, seconds):
+    assert outage_limit(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "abc", "5x", "inf", "nan", ""])
+def test_outage_limit_refuses_what_is_not_a_duration_naming_the_range(text, monkeypatch):
+    monkeypatch.delenv(outage.OUTAGE_ENV, raising=False)
+    with pytest.raises(UserError, match=r"--outage-limit takes a duration > 0"):
+        outage_limit(text)
+
+
+def test_the_limit_comes_from_the_environment_and_defaults_to_five_minutes(monkeypatch):
+    monkeypatch.delenv(outage.OUTAGE_ENV, raising=False)
+    assert outage_limit() == 300
+    monkeypatch.setenv(outage.OUTAGE_ENV, "2m")
+    assert outage_limit() == 120
+    monkeypatch.setenv(outage.OUTAGE_ENV, "never")
+    with pytest.raises(UserError, match="ACON_OUTAGE_LIMIT takes a duration"):
+        outage_limit()
+
+
+def test_only_connection_failures_are_outages():
+    assert is_transient(optuna.exceptions.StorageInternalError("commit failed").with_traceback(None)) is False
+    wrapped = optuna.exceptions.StorageInternalError("An exception is raised during the commit")
+    wrapped.__cause__ = _refused()
+    assert is_transient(wrapped)
+    assert not is_transient(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not is_transient(sqlalchemy.exc.DataError("INSERT", {}, Exception("value too long")))
