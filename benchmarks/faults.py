@@ -9,7 +9,9 @@ fault is injected for real:
 - ``tracking_on_postgres``: the tracking server killed, the PostgreSQL it uses restarted, the server
   started again 10 s later (the Optuna study is on the same server, so it goes away too);
 - ``sigkill_worker``: SIGKILL of one worker process;
-- ``sigterm_launcher``: SIGTERM of the launcher, then the same command again (its time is added).
+- ``sigterm_launcher``: SIGTERM of the launcher, then the same command again (its time is added);
+- ``none`` and ``none_server``: undisturbed, MLflow in SQLite / behind a tracking server (SQLite), the
+  baselines of the faults above and below.
 
 Per fault: exit code, cells complete (each once?), duplicates, lost cells, trials and MLflow runs left
 RUNNING, the parent run's status, and the wall time against the undisturbed run. Needs a PostgreSQL
@@ -31,8 +33,10 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-FAULTS = ("none", "postgres_restart", "tracking_restart", "tracking_on_postgres", "sigkill_worker",
-          "sigterm_launcher")
+FAULTS = ("none", "postgres_restart", "sigkill_worker", "sigterm_launcher", "none_server", "tracking_restart",
+          "tracking_on_postgres")
+#: The undisturbed run each fault is compared with: the same stores, no fault.
+BASELINE = {"tracking_restart": "none_server", "tracking_on_postgres": "none_server", "none_server": "none_server"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -119,7 +123,7 @@ def run_once(args: argparse.Namespace, fault: str) -> dict:
         if fault == "tracking_on_postgres":
             tracking_db = fresh_database(args.postgres)
             server = TrackingServer(tmp, tracking_db)
-        elif fault == "tracking_restart":
+        elif fault in ("tracking_restart", "none_server"):
             server = TrackingServer(tmp, f"sqlite:///{tmp}/mlflow-server.db")
         if server is not None:
             server.start()
@@ -214,9 +218,10 @@ def main(argv=None) -> None:
         rows.append(run_once(args, fault))
         print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
     table = pd.DataFrame(rows)
-    if "none" in faults:
-        base = table.loc[table.fault == "none", "wall_s"].iloc[0]
-        table.insert(3, "vs_undisturbed", (table.wall_s / base).round(2))
+    walls = dict(zip(table.fault, table.wall_s))
+    table.insert(3, "vs_undisturbed", [round(w / walls[BASELINE.get(f, "none")], 2)
+                                       if BASELINE.get(f, "none") in walls else None
+                                       for f, w in zip(table.fault, table.wall_s)])
     print()
     print(table.to_markdown(index=False))
 

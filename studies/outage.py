@@ -117,8 +117,8 @@ def say(line: str) -> None:
 class _Outage:
     """The storage's reachability as this process saw it, shared by its threads."""
 
-    def __init__(self, limit: float, name: str):
-        self.limit, self.name = limit, name
+    def __init__(self, limit: float, name: str, what: str = "Optuna storage"):
+        self.limit, self.name, self.what = limit, name, what
         self.lock = threading.Lock()
         self.since: float | None = None  # wall time of the first failed call of the current outage
         self.ended = float("-inf")  # monotonic time the last outage ended
@@ -132,7 +132,7 @@ class _Outage:
             if self.since is None:
                 self.since = time.time()
                 self.outages += 1
-                say(f"storage unreachable since {_clock(self.since)}, retrying for up to {_duration(self.limit)} "
+                say(f"{self.label} unreachable since {_clock(self.since)}, retrying for up to {_duration(self.limit)} "
                     f"({self.name}: {_reason(exc)})")
             return self.since
 
@@ -141,8 +141,13 @@ class _Outage:
             return
         with self.lock:
             if self.since is not None:
-                say(f"storage reachable again at {_clock(time.time())}, after {_duration(time.time() - self.since)}")
+                say(f"{self.label} reachable again at {_clock(time.time())}, after {_duration(time.time() - self.since)}")
                 self.since, self.ended = None, time.monotonic()
+
+    @property
+    def label(self) -> str:
+        """``storage`` (Optuna's) or ``tracking store`` (MLflow's), as the outage lines say it."""
+        return "storage" if self.what == "Optuna storage" else "tracking store"
 
     def down(self) -> bool:
         return self.since is not None
@@ -150,6 +155,41 @@ class _Outage:
     def quiet_for(self) -> float:
         """Seconds since this process last saw the storage unreachable (0 during an outage)."""
         return 0.0 if self.since is not None else time.monotonic() - self.ended
+
+    def ride(self, call: Callable[[], Any], *, check: Callable[[], Any] | None = None, defer: bool = False,
+             reaches: bool = True) -> Any:
+        """``call()``, retried with backoff while the database is unreachable, up to the limit.
+
+        ``check``, run before a retry, returns the call's result if the lost attempt was applied after all
+        (``_RETRY`` if not). ``defer``: raise ``StorageDown`` at once instead of waiting. ``reaches``: a
+        success of this call on its first attempt proves the database is back (a cached read does not).
+        """
+        attempt = 0
+        if defer and self.down() and time.monotonic() - self.tried < DEFER_RETRY:
+            raise StorageDown(self.name)
+        while True:
+            try:
+                result = _RETRY if check is None or attempt == 0 else check()
+                if result is _RETRY:
+                    result = call()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                since = self.failed(exc)
+                if defer:
+                    raise StorageDown(self.name) from exc
+                left = since + self.limit - time.time()
+                if left <= 0:
+                    raise StorageUnavailable(
+                        f"{self.what} {self.name} unreachable since {_clock(since)}, longer than the "
+                        f"{_duration(self.limit)} limit ({_reason(exc)}); nothing is lost: rerun the same command "
+                        f"when it is back to resume") from exc
+                time.sleep(min(left, BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.8, 1.0))
+                attempt += 1
+                continue
+            if attempt or reaches:
+                self.succeeded()
+            return result
 
 
 def _clock(wall: float) -> str:
@@ -185,34 +225,9 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
             self._local.defer = before
 
     def _call(self, name: str, *args: Any, check: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
-        """``backend.name(*args)``, retried while the database is unreachable. ``check``, run before a retry,
-        returns the call's result if the lost attempt was applied after all (``_RETRY`` if not)."""
-        outage, attempt = self._outage, 0
-        if getattr(self._local, "defer", False) and outage.down() and time.monotonic() - outage.tried < DEFER_RETRY:
-            raise StorageDown(self._outage.name)
-        while True:
-            try:
-                result = _RETRY if check is None or attempt == 0 else check()
-                if result is _RETRY:
-                    result = getattr(self._backend, name)(*args, **kwargs)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                since = outage.failed(exc)
-                if getattr(self._local, "defer", False):
-                    raise StorageDown(outage.name) from exc
-                left = since + outage.limit - time.time()
-                if left <= 0:
-                    raise StorageUnavailable(
-                        f"Optuna storage {outage.name} unreachable since {_clock(since)}, longer than the "
-                        f"{_duration(outage.limit)} limit ({_reason(exc)}); nothing is lost: rerun the same command "
-                        f"when it is back to resume") from exc
-                time.sleep(min(left, BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.8, 1.0))
-                attempt += 1
-                continue
-            if attempt or _reaches_database(name):  # a read Optuna answers from its cache says nothing
-                outage.succeeded()
-            return result
+        """``backend.name(*args)``, retried while the database is unreachable (``_Outage.ride``)."""
+        return self._outage.ride(lambda: getattr(self._backend, name)(*args, **kwargs), check=check,
+                                 defer=getattr(self._local, "defer", False), reaches=_reaches_database(name))
 
     # -- writes that must not be applied twice --------------------------------------------------------------
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
@@ -272,6 +287,28 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
 
 
 _RETRY = object()
+
+
+class RetryingClient:
+    """An ``MlflowClient`` on a database tracking store (``postgresql://...``) whose calls ride through its
+    outages as the Optuna storage's do. (A tracking *server* needs none: MLflow's HTTP client retries.)
+
+    MLflow's writes are upserts (tags), accept a repeat (the same param value) or are skipped when already
+    there (a metric's same step and time); a run created in a lost reply would stay RUNNING as an empty run.
+    """
+
+    def __init__(self, client: Any, *, limit: float, name: str):
+        self._client, self._outage = client, _Outage(limit, name, what="MLflow tracking store")
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._outage.ride(lambda: attr(*args, **kwargs))
+
+        return call
 
 
 def _reaches_database(name: str) -> bool:

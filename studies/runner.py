@@ -202,7 +202,7 @@ def _open(spec: Study, settings: Settings, options: RunOptions, *, join: bool) -
     try:
         tracker = Tracker(resolve_tracking_uri(options.tracking_uri), options.experiment or spec.name, study=spec.name,
                           optuna_study=name, preset=options.preset, axes=DESIGN_AXES, metric=spec.metric,
-                          direction=spec.direction, sampler=spec.sampler)
+                          direction=spec.direction, sampler=spec.sampler, outage_limit=options.outage_limit)
     except BaseException:
         if created is not None:
             _dispose(storage)

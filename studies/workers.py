@@ -280,7 +280,8 @@ class _Launcher:
     def _tracker(self):
         from studies.tracking.writer import Tracker
 
-        return Tracker.attach(resolve_tracking_uri(self.options.tracking_uri), self.prepared.parent_run_id)
+        return Tracker.attach(resolve_tracking_uri(self.options.tracking_uri), self.prepared.parent_run_id,
+                              self.options.outage_limit)
 
     def _progress(self):
         from tqdm.auto import tqdm

@@ -6,6 +6,7 @@ network does; the study must finish by itself with every cell once. Needs ``$ACO
 """
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 
@@ -34,6 +35,12 @@ def proxied(tmp_path):
             proxy.cut()
 
 
+@pytest.fixture
+def stack():
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
 def _trials(direct: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=direct).trials
 
@@ -52,9 +59,11 @@ def _runs(tracking: str, experiment: str):
     return parents, [r for r in runs if r.data.tags.get("acon.role") == "trial"]
 
 
-def test_two_workers_ride_through_a_database_outage_with_every_cell_once(tmp_path, proxied):
+def test_two_workers_ride_through_a_database_outage_with_every_cell_once(tmp_path, proxied, stack):
     proxy, storage, direct = proxied
-    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    # MLflow's store on the same server, through the same proxy: the outage takes both away
+    tracking_db = stack.enter_context(fresh_database(postgres_url()))
+    tracking = proxy.url(tracking_db)
     study_file = write_study(tmp_path, "outage", designs=(RELU, SLOW), seeds=3, epochs=4)
     log = tmp_path / "run.log"
     proc = cli_start("run", study_file, "--workers", "2", "--storage", storage, "--tracking-uri", tracking,
@@ -73,7 +82,7 @@ def test_two_workers_ride_through_a_database_outage_with_every_cell_once(tmp_pat
     err = log.read_text()
     assert code == 0, err[-3000:]
     assert cut_off < 6, "the study finished before the outage: it proves nothing"
-    assert "storage unreachable since" in err and "retrying for up to 5 min" in err and "reachable again" in err
+    assert "storage unreachable since" in err and "retrying for up to 5 min" in err and "storage reachable again" in err
 
     trials = _trials(direct, "outage-quick")
     complete = [t.user_attrs["cell_key"] for t in trials if t.state.name == "COMPLETE"]
@@ -81,7 +90,7 @@ def test_two_workers_ride_through_a_database_outage_with_every_cell_once(tmp_pat
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
     assert not [t for t in trials if t.state.name == "FAIL" and not t.user_attrs.get("spurious")], \
         [(t.number, t.user_attrs.get("fail_reason")) for t in trials if t.state.name == "FAIL"]
-    parents, children = _runs(tracking, "outage")
+    parents, children = _runs(tracking_db, "outage")
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs["mlflow_run_id"] for t in trials
                                                              if "mlflow_run_id" in t.user_attrs)

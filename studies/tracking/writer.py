@@ -30,9 +30,10 @@ class Tracker:
     """Logs one study (parent run) and its trials (child runs) to an MLflow tracking store."""
 
     def __init__(self, tracking_uri: str, experiment: str | None, *, study: str, optuna_study: str, preset: str,
-                 axes: tuple[str, ...], metric: str, direction: str, sampler: str = schema.GRID):
+                 axes: tuple[str, ...], metric: str, direction: str, sampler: str = schema.GRID,
+                 outage_limit: float | str | None = None):
         self.uri = tracking_uri
-        self.client = _connect(tracking_uri)
+        self.client = _connect(tracking_uri, outage_limit)
         self.experiment_id = self._experiment(experiment) if experiment else None
         self.objective = schema.final_metric(metric)
         self.parent_tags = {
@@ -43,10 +44,10 @@ class Tracker:
         self.parent_id: str | None = None
 
     @classmethod
-    def attach(cls, tracking_uri: str, parent_run_id: str) -> "Tracker":
+    def attach(cls, tracking_uri: str, parent_run_id: str, outage_limit: float | str | None = None) -> "Tracker":
         """A writer for an existing study's parent run (launcher, report), read from the run's tags."""
         tracker = cls.__new__(cls)
-        tracker.uri, tracker.client = tracking_uri, _connect(tracking_uri)
+        tracker.uri, tracker.client = tracking_uri, _connect(tracking_uri, outage_limit)
         run = tracker.client.get_run(parent_run_id)
         tracker.experiment_id, tracker.parent_id = run.info.experiment_id, parent_run_id
         tracker.parent_tags = {k: v for k, v in run.data.tags.items() if k.startswith(("acon.", "optuna."))}
@@ -260,15 +261,20 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)).as_uri()
 
 
-def _connect(uri: str) -> MlflowClient:
-    """A client for ``uri``, checked once with no retries so a dead server fails fast and clearly."""
+def _connect(uri: str, outage_limit: float | str | None = None) -> MlflowClient:
+    """A client for ``uri``, checked once with no retries so a dead server fails fast and clearly. On a database
+    server it then rides through outages up to ``outage_limit`` (``studies.outage``; MLflow retries HTTP itself)."""
+    from studies.outage import RetryingClient, outage_limit as limit_of
+
     try:
         with _fast_http():
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)
-        return client
     except Exception as exc:
         raise StorageError(f"cannot reach MLflow tracking store {mask_url(uri)}: {first_line(exc)[:300]}") from exc
+    if uri.startswith(("postgresql", "mysql", "mssql")):
+        return RetryingClient(client, limit=limit_of(outage_limit), name=mask_url(uri))
+    return client
 
 
 @contextmanager
