@@ -14,11 +14,12 @@ writes are upserts (attributes, intermediate values, heartbeats), safe to repeat
 was lost may exist twice: a queued cell's copy is dropped as a duplicate (``studies.runner``), and a
 RUNNING trial nobody claimed is failed as an orphan (``orphans``).
 
-Heartbeats: a process that was itself cut off from the storage within the last grace period does not
-fail other workers' trials as stale. After an outage every heartbeat in the database is old, and the
-first worker back would otherwise fail every live trial of the others.
+Heartbeats: a process that was itself cut off from the storage within the last grace period (and one
+backoff step) does not fail other workers' trials as stale. After an outage every heartbeat in the
+database is old, and the first worker back would otherwise fail every live trial of the others.
 
 Each outage prints one line when it begins and one when it ends, whichever thread saw it.
+``RetryingClient`` does the same for an MLflow client on a database tracking store.
 """
 from __future__ import annotations
 
@@ -123,7 +124,6 @@ class _Outage:
         self.since: float | None = None  # wall time of the first failed call of the current outage
         self.ended = float("-inf")  # monotonic time the last outage ended
         self.tried = float("-inf")  # monotonic time of the last failed attempt
-        self.outages = 0
 
     def failed(self, exc: BaseException) -> float:
         """Record a failed call; return the wall time the outage began."""
@@ -131,7 +131,6 @@ class _Outage:
             self.tried = time.monotonic()
             if self.since is None:
                 self.since = time.time()
-                self.outages += 1
                 say(f"{self.label} unreachable since {_clock(self.since)}, retrying for up to {_duration(self.limit)} "
                     f"({self.name}: {_reason(exc)})")
             return self.since
@@ -204,15 +203,6 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         self._outage = _Outage(limit, name)
         self._local = threading.local()
         self.heartbeat_stale_trial_callback: Callable | None = None
-
-    @property
-    def backend(self) -> BaseStorage:
-        return self._backend
-
-    @property
-    def outages(self) -> int:
-        """How many outages this process has seen."""
-        return self._outage.outages
 
     @contextlib.contextmanager
     def deferring(self) -> Iterator[None]:
