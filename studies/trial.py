@@ -151,12 +151,12 @@ def _late(ctx: TrialContext, trial: optuna.Trial, run_id: str, state: TrialState
             f"Optuna storage longer than the heartbeat grace); not counted, {where}")
     say(f"trial #{trial.number}: {note}")
     ctx.tracker.end_trial(run_id, "FAIL", note)
-    ctx.tracker.tag(run_id, {schema.LATE_RESULT: result})
+    ctx.tracker.tag(run_id, {schema.LATE_RESULT: result, schema.NOTE: f"**Not counted.** {note[0].upper()}{note[1:]}."})
     for t in reruns:
         rerun_id = t.user_attrs.get(schema.RUN_ID_ATTR)
         if rerun_id:
-            ctx.tracker.tag(rerun_id, {schema.RETRY_OF: f"trial #{trial.number}, whose worker lost the storage; its "
-                                                        f"late result {result} arrived and is not counted"})
+            retry = f"trial #{trial.number}, whose worker lost the storage; its late result {result} arrived and is not counted"
+            ctx.tracker.tag(rerun_id, {schema.RETRY_OF: retry, schema.NOTE: f"Runs again the cell of {retry}."})
 
 
 class _Reports:

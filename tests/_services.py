@@ -201,12 +201,12 @@ class TcpProxy:
     def cut(self) -> None:
         import struct
 
-        try:  # new connections are refused: nothing listens on the port (shutdown wakes the blocked accept)
-            self.server.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.server.close()
         with self.lock:
+            try:  # new connections are refused: nothing listens on the port (shutdown wakes the blocked accept)
+                self.server.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.server.close()
             for s in self.live:
                 try:  # shutdown wakes the pump blocked on it (a bare close would not), close then resets
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -231,6 +231,10 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             with self.lock:
+                if server is not self.server or self.server.fileno() == -1:  # cut while this one was connecting
+                    client.close()
+                    upstream.close()
+                    return
                 self.live.update((client, upstream))
                 self.connections += 1
             for a, b in ((client, upstream), (upstream, client)):

@@ -88,9 +88,11 @@ def test_two_workers_ride_through_a_database_outage_with_every_cell_once(tmp_pat
     complete = [t.user_attrs["cell_key"] for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == len(set(complete)) == 6  # every cell once
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
-    assert not [t for t in trials if t.state.name == "FAIL" and not t.user_attrs.get("spurious")], \
-        [(t.number, t.user_attrs.get("fail_reason")) for t in trials if t.state.name == "FAIL"]
     parents, children = _runs(tracking_db, "outage")
+    reasons = {r.info.run_id: r.data.tags.get("acon.fail_reason") for r in children}
+    assert not [t for t in trials if t.state.name == "FAIL" and not t.user_attrs.get("spurious")], \
+        [(t.number, t.user_attrs, reasons.get(t.user_attrs.get("mlflow_run_id"))) for t in trials
+         if t.state.name == "FAIL"]
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs["mlflow_run_id"] for t in trials
                                                              if "mlflow_run_id" in t.user_attrs)
@@ -186,3 +188,6 @@ def test_a_worker_cut_off_longer_than_the_grace_loses_its_trial_and_its_late_res
     assert again.info.status == "FINISHED"
     assert again.data.tags["acon.retry_of"].startswith(f"trial #{first.number}")
     assert "late result" in again.data.tags["acon.retry_of"]
+    # where the MLflow UI shows them whole: each run's description
+    assert late.data.tags["mlflow.note.content"].startswith("**Not counted.** Late result: val_acc=")
+    assert again.data.tags["mlflow.note.content"].startswith(f"Runs again the cell of trial #{first.number}")

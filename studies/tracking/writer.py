@@ -138,8 +138,9 @@ class Tracker:
         tags = {schema.PARENT_RUN: self.parent_id, schema.ROLE: schema.TRIAL, schema.STUDY: self.parent_tags[schema.STUDY],
                 schema.OPTUNA_STUDY: self.parent_tags[schema.OPTUNA_STUDY], schema.TRIAL_NUMBER: str(number),
                 schema.STATE: "RUNNING", schema.VARIANT: label, schema.METRIC: self.objective}
-        if retry_of:
+        if retry_of:  # also the run's description, where the MLflow UI shows it whole
             tags[schema.RETRY_OF] = retry_of[:5000]
+            tags[schema.NOTE] = f"Runs again the cell of {retry_of}"
         name = schema.run_name(cell)
         if schema.is_search(self.parent_tags, {}):  # a search's trials share cell and seed
             name += f" #{number}"
