@@ -83,22 +83,22 @@ def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     logged = settings.logged()
     run_id = ctx.tracker.start_trial(trial.number, cell, logged, label, retry_of=_retry_of(ctx.study, trial))
     reports = _Reports(ctx.study, trial)
-    try:
-        trial.set_user_attr(schema.RUN_ID_ATTR, run_id)
-        with _heartbeat(ctx.study, trial):
+    with _heartbeat(ctx.study, trial):  # until the result is told: it may wait for the storage to come back
+        try:
+            trial.set_user_attr(schema.RUN_ID_ATTR, run_id)
             value = _train_and_log(ctx, trial, cell, settings, run_id, label, reports)
-    except optuna.TrialPruned:
-        return _record(ctx, trial, run_id, reports, TrialState.PRUNED)
-    except (KeyboardInterrupt, SystemExit, Interrupted) as exc:
-        _fail(ctx, trial, run_id, f"interrupted ({exc or type(exc).__name__})", state="INTERRUPTED")
-        raise
-    except StorageUnavailable as exc:
-        ctx.tracker.end_trial(run_id, "FAIL", f"not recorded: {exc}")
-        raise
-    except Exception as exc:  # a failed trial is recorded, the study goes on
-        _fail(ctx, trial, run_id, _reason(exc))
-        return TrialState.FAIL
-    return _record(ctx, trial, run_id, reports, TrialState.COMPLETE, value)
+        except optuna.TrialPruned:
+            return _record(ctx, trial, run_id, reports, TrialState.PRUNED)
+        except (KeyboardInterrupt, SystemExit, Interrupted) as exc:
+            _fail(ctx, trial, run_id, f"interrupted ({exc or type(exc).__name__})", state="INTERRUPTED")
+            raise
+        except StorageUnavailable as exc:
+            ctx.tracker.end_trial(run_id, "FAIL", f"not recorded: {exc}")
+            raise
+        except Exception as exc:  # a failed trial is recorded, the study goes on
+            _fail(ctx, trial, run_id, _reason(exc))
+            return TrialState.FAIL
+        return _record(ctx, trial, run_id, reports, TrialState.COMPLETE, value)
 
 
 def _retry_of(study: optuna.Study, trial: optuna.Trial) -> str | None:
