@@ -163,7 +163,8 @@ def test_a_worker_cut_off_longer_than_the_grace_loses_its_trial_and_its_late_res
     others = None
     try:
         mine = wait_for(lambda: [t for t in _trials(direct, "late-quick") if t.state.name == "RUNNING"
-                                 and t.user_attrs.get("worker", "").endswith(f":{cut_off.pid}")], 120, "its trial")
+                                 and t.user_attrs.get("worker", "").endswith(f":{cut_off.pid}")
+                                 and "mlflow_run_id" in t.user_attrs], 120, "its trial training")
         proxy.cut()
         others = worker(direct, "others", "0")  # never cut off: fails the silent trial and runs its cell again
         key = mine[0].user_attrs["cell_key"]
