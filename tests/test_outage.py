@@ -143,7 +143,8 @@ def test_an_outage_past_the_limit_ends_in_one_line_and_a_rerun_completes_the_stu
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert "RUNNING" not in {r.info.status for r in children}
     cut_short = [r for r in children if r.info.status != "FINISHED"]  # the trials the outage cut short say why
-    assert cut_short and all(r.data.tags.get("acon.fail_reason") for r in cut_short), \
+    # (none when the cut fell between two trials)
+    assert all(r.data.tags.get("acon.fail_reason") for r in cut_short), \
         [(r.info.status, r.data.tags) for r in cut_short]
 
 
