@@ -31,12 +31,23 @@ class TrialTracker:
         ``optuna.TrialPruned`` when Optuna prunes the trial (let it propagate)."""
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
             raise UserError(f"tracker.log_epoch: epoch must be an integer >= 1, got {epoch!r}")
+        self._report(epoch, {k: _number(k, v) for k, v in metrics.items()})
         self.logged = epoch
-        self._report(epoch, {k: None if v is None else float(v) for k, v in metrics.items()})
 
     def should_stop(self) -> bool:
         """True once Ctrl-C or SIGTERM arrived: finish the current step and return."""
         return interrupt.pending()
+
+
+def _number(name: str, value: Any) -> float:
+    """A logged metric as a float; anything else is the loop's mistake, named (Optuna and MLflow take numbers)."""
+    try:
+        if value is None or isinstance(value, (bool, str)):
+            raise TypeError(name)
+        return float(value)  # a Python or NumPy number, a one-element tensor
+    except (TypeError, ValueError, RuntimeError):
+        raise UserError(f"tracker.log_epoch: {name}={value!r} is not a number; log a metric only at the epochs "
+                        f"it has a value") from None
 
 
 def resolve_train(train: TrainFn | str) -> TrainFn:

@@ -24,10 +24,10 @@ from studies.settings import Settings
 from studies.race import RACE_ATTR, race_state
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study, variant_label
 from studies.tracking import schema
-from studies.outage import WORKER_ATTR, outage_limit
-from studies.storage import (first_line, heartbeat_interval, open_storage, record_heartbeat, require_existing,
-                             resolve_storage, resolve_tracking_uri, storage_file)
-from studies.tracking.summary import publish
+from studies.outage import WORKER_ATTR, outage_limit, say
+from studies.storage import (fail_stale_trials, first_line, heartbeat_interval, open_storage, record_heartbeat,
+                             require_existing, resolve_storage, resolve_tracking_uri, storage_file)
+from studies.tracking.summary import fail_reason, publish
 from studies.tracking.writer import PARENT_ATTR, Tracker
 from studies.training.config import check_int
 from studies.training.loop import resolve_device
@@ -109,6 +109,9 @@ def resolve(study: Study | str, options: RunOptions) -> tuple[Study, Settings]:
             raise UserError(f"--race races the design cells of a grid study; {spec.name!r} samples its settings "
                             f"(a search)")
         RacePlan(max_seeds=int(settings["seeds"]), alpha=options.race_alpha, test=options.race_test)
+        if spec.pruner != "none":  # a pruned cell has no final value to rank or pair (studies.race)
+            raise UserError(f"--race decides which designs stop, with an error level; {spec.name!r} also prunes "
+                            f"(pruner={spec.pruner!r}): race a copy of it with pruner='none'")
     return spec, settings
 
 
@@ -160,7 +163,7 @@ def prepare_study(study: Study | str, options: RunOptions | None = None) -> Stud
     options = options or RunOptions()
     spec, settings = resolve(study, options)
     session = _open(spec, settings, options, join=False)
-    optuna.storages.fail_stale_trials(session.optuna_study)
+    fail_stale_trials(session.optuna_study, worker_id())
     if spec.is_grid:
         enqueue_missing(session)
     return _result(session, 0)
@@ -293,7 +296,7 @@ def _pruner(spec: Study) -> optuna.pruners.BasePruner:
 
 def _run_loop(session: _Session, options: RunOptions) -> int:
     study = session.optuna_study
-    optuna.storages.fail_stale_trials(study)
+    fail_stale_trials(study, worker_id())
     if session.spec.is_grid:
         enqueue_missing(session)
     limit = options.max_trials
@@ -316,12 +319,19 @@ def _next_trial(session: _Session) -> optuna.Trial | None:
     """Pop a WAITING cell (grid) or ask the sampler (search); None when nothing is left to run."""
     study = session.optuna_study
     while True:
-        optuna.storages.fail_stale_trials(study)
+        fail_stale_trials(study, worker_id())
         if not session.spec.is_grid:
-            return _claim(study) if _remaining(session) > 0 else None
+            if _remaining(session) <= 0:
+                return None
+            trial = _claim(study)
+            if trial is not None:
+                return trial
+            continue
         raced = RACE_ATTR in study.user_attrs
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             trial = _claim(study)
+            if trial is None:
+                continue
             if "cell_key" not in trial.user_attrs:  # another worker took the last cell in between
                 _drop(study, trial, None)
                 continue
@@ -366,14 +376,20 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _claim(study: optuna.Study) -> optuna.Trial:
-    """Take the next trial and mark it ours: a first heartbeat at once (so a kill now is noticed) and our id."""
+def _claim(study: optuna.Study) -> optuna.Trial | None:
+    """Take the next trial and mark it ours: a first heartbeat at once (so a kill now is noticed) and our id.
+    None when another process failed it before it was marked (an orphan or stale judgement during an outage)."""
     with warnings.catch_warnings():  # we record heartbeats ourselves (studies.trial), not through optimize()
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         trial = study.ask()
-    if heartbeat_interval(study):
-        record_heartbeat(study, trial)
-    trial.set_user_attr(WORKER_ATTR, worker_id())
+    try:
+        if heartbeat_interval(study):
+            record_heartbeat(study, trial)
+        trial.set_user_attr(WORKER_ATTR, worker_id())
+    except optuna.exceptions.UpdateFinishedTrialError:
+        reason = fail_reason(study.get_trials(deepcopy=False)[trial.number])
+        say(f"trial #{trial.number}: failed by another process as it was claimed here ({reason}); stepping over it")
+        return None
     return trial
 
 
@@ -492,11 +508,14 @@ def missing_cells(study: optuna.Study, spec: Study, settings: Settings) -> int:
 
 
 def _requeue_dead(session: _Session, trial: optuna.trial.FrozenTrial) -> None:
-    """Heartbeat callback: a dead worker's trial is failed in MLflow and its cell queued again."""
-    run_id = trial.user_attrs.get("mlflow_run_id")
+    """Heartbeat callback: a dead worker's trial is failed in MLflow, with the reason its Optuna trial got, and its
+    cell queued again; this worker's output says so."""
+    reason = trial.user_attrs.get(schema.FAIL_REASON_ATTR) or schema.STALE
+    say(f"trial #{trial.number} ({trial.user_attrs.get('variant', '?')} s{trial.user_attrs.get('seed', '?')}) "
+        f"failed: {reason}; its cell is queued again")
+    run_id = trial.user_attrs.get(schema.RUN_ID_ATTR)
     if run_id:
-        session.tracker.fail_if_running(run_id, "worker stopped sending heartbeats (killed, crashed, or cut off from "
-                                                "the storage)")
+        session.tracker.fail_if_running(run_id, reason)
     if session.spec.is_grid:
         enqueue_missing(session)
 

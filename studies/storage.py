@@ -142,6 +142,41 @@ def deferring(study: optuna.Study):
     return storage.deferring() if hasattr(storage, "deferring") else contextlib.nullcontext()
 
 
+def fail_stale_trials(study: optuna.Study, judge: str) -> list[int]:
+    """Optuna's ``fail_stale_trials`` that says why: each RUNNING trial whose heartbeat went stale gets its
+    ``fail_reason`` (who failed it, when, after what silence) before it is failed, since a finished trial takes
+    no attribute; then the storage's stale-trial callback runs for each. Returns the numbers it failed."""
+    from datetime import datetime
+
+    from studies.tracking import schema
+
+    storage = study._storage
+    if not heartbeat_interval(study):
+        return []
+    grace = getattr(storage, "grace_period", None) or 2 * heartbeat_interval(study)
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try:
+            attrs = storage.get_trial(trial_id).user_attrs
+            worker = attrs.get("worker", "its worker")
+            if not attrs.get(schema.FAIL_REASON_ATTR):  # an orphan says its own
+                storage.set_trial_user_attr(trial_id, schema.FAIL_REASON_ATTR, (
+                    f"{schema.STALE}: no heartbeat from {worker} for over the {grace} s grace (killed, crashed, or cut "
+                    f"off from the storage); failed by {judge} at {datetime.now():%H:%M:%S}"))
+            if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+                failed.append(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # it finished (its result arrived, or another process failed it) in between
+    callback = storage.get_heartbeat_stale_trial_callback()
+    numbers = []
+    for trial_id in failed:
+        trial = storage.get_trial(trial_id)
+        numbers.append(trial.number)
+        if callback is not None:
+            callback(study, trial)
+    return numbers
+
+
 def note_on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, key: str, value: str) -> None:
     """Set a user attr on a trial that another process is running (``Trial.set_user_attr`` needs the live trial)."""
     study._storage.set_trial_user_attr(trial._trial_id, key, value)

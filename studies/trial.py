@@ -16,18 +16,18 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import TrialState
 
+from acon.errors import UserError
 from studies.tracking import schema
 from studies.interrupt import Interrupted, check
 from studies.settings import Settings
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, design_cell, variant_label
 from studies.outage import StorageDown, StorageUnavailable, say
-from studies.storage import deferring, heartbeat_interval, record_heartbeat
+from studies.storage import deferring, first_line, heartbeat_interval, record_heartbeat
+from studies.tracking.summary import fail_reason
 from studies.tracking.writer import Tracker
 
-#: tqdm's layout without the rate and brackets: at 100 columns the bar keeps about 25 of them.
 RETRY_OF_ATTR = "retry_of"  # user attr of a queued cell: the number of its trial that failed before
-#: Why a trial failed when it says nothing: Optuna's heartbeat check fails a trial without a reason.
-STALE = "its worker stopped sending heartbeats"
+#: tqdm's layout without the rate and brackets: at 100 columns the bar keeps about 25 of them.
 BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {elapsed}<{remaining}{postfix}"
 
 
@@ -76,9 +76,27 @@ def load_data(name: str, data_dir: str | None, download: bool, limit: int | None
     return load_dataset(name, data_dir=data_dir, download=download, limit=limit, seed=0)
 
 
+class StudyCodeError(UserError):
+    """A user error in a trial (the study's own loop or factory, a model it cannot build): every cell would hit it,
+    so the run stops at the first, with the trial recorded as failed; a rerun after the fix resumes."""
+
+
+class TakenOver(Exception):
+    """This trial was failed by another process (its heartbeat went stale) while it was still training."""
+
+    def __init__(self, value: float, epoch: int):
+        super().__init__(f"taken over at epoch {epoch}")
+        self.value, self.epoch = value, epoch
+
+
 def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
-    """Run one trial to a final state (COMPLETE, PRUNED or FAIL); re-raise interruptions."""
-    cell, settings = _design(ctx, trial)
+    """Run one trial to a final state (COMPLETE, PRUNED or FAIL); re-raise interruptions and user errors."""
+    try:
+        cell, settings = _design(ctx, trial)
+    except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale between ask() and its first write
+        say(f"trial #{trial.number}: failed by another process before it started ({_why(ctx.study, trial)}); "
+            f"stepping over it, its cell is queued again")
+        return TrialState.FAIL
     label = variant_label(cell)
     logged = settings.logged()
     run_id = ctx.tracker.start_trial(trial.number, cell, logged, label, retry_of=_retry_of(ctx.study, trial))
@@ -89,12 +107,19 @@ def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
             value = _train_and_log(ctx, trial, cell, settings, run_id, label, reports)
         except optuna.TrialPruned:
             return _record(ctx, trial, run_id, reports, TrialState.PRUNED)
+        except TakenOver as exc:  # the result is late: stop now, the cell runs again elsewhere
+            _late(ctx, trial, run_id, TrialState.COMPLETE, exc.value, epoch=exc.epoch)
+            return TrialState.FAIL
         except (KeyboardInterrupt, SystemExit, Interrupted) as exc:
             _fail(ctx, trial, run_id, f"interrupted ({exc or type(exc).__name__})", state="INTERRUPTED")
             raise
         except StorageUnavailable as exc:
             ctx.tracker.end_trial(run_id, "FAIL", f"not recorded: {exc}")
             raise
+        except UserError as exc:  # every cell would fail the same way: stop, a rerun after the fix resumes
+            _fail(ctx, trial, run_id, f"{type(exc).__name__}: {exc}", user_error=True)
+            raise StudyCodeError(f"trial #{trial.number} ({schema.run_name(cell)}) stopped the run: {exc}; fix it, "
+                                 f"then rerun the same command: the study resumes where it stopped") from exc
         except Exception as exc:  # a failed trial is recorded, the study goes on
             _fail(ctx, trial, run_id, _reason(exc))
             return TrialState.FAIL
@@ -106,8 +131,12 @@ def _retry_of(study: optuna.Study, trial: optuna.Trial) -> str | None:
     number = trial.user_attrs.get(RETRY_OF_ATTR)
     if number is None:
         return None
-    reason = study.get_trials(deepcopy=False)[number].user_attrs.get("fail_reason") or STALE
-    return f"trial #{number} ({reason.splitlines()[0]})"
+    return f"trial #{number} ({fail_reason(study.get_trials(deepcopy=False)[number])})"
+
+
+def _why(study: optuna.Study, trial: optuna.Trial) -> str:
+    """The first line of why another process failed ``trial``."""
+    return fail_reason(study.get_trials(deepcopy=False)[trial.number])
 
 
 def _record(ctx: TrialContext, trial: optuna.Trial, run_id: str, reports: "_Reports", state: TrialState,
@@ -137,18 +166,23 @@ def _finished_elsewhere(study: optuna.Study, trial: optuna.Trial) -> bool:
     return study.get_trials(deepcopy=False)[trial.number].state.is_finished()
 
 
-def _late(ctx: TrialContext, trial: optuna.Trial, run_id: str, state: TrialState, value: float | None) -> None:
-    """Both runs of a cell whose first trial's result came late: the late one, and the rerun of its cell."""
+def _late(ctx: TrialContext, trial: optuna.Trial, run_id: str, state: TrialState, value: float | None,
+          epoch: int | None = None) -> None:
+    """Both runs of a cell whose first trial's result came late: the late one, and the rerun of its cell.
+    ``epoch``: the trial learned it was taken over while training, at that epoch's report, and stopped there."""
     trials = ctx.study.get_trials(deepcopy=False)
     mine = trials[trial.number]
     key = mine.user_attrs.get("cell_key")
     reruns = [t for t in trials if t.number > trial.number and key is not None and t.user_attrs.get("cell_key") == key
               and not t.user_attrs.get("spurious")]
     result = f"{ctx.spec.metric}={value:.4g}" if value is not None else state.name
-    why = mine.user_attrs.get("fail_reason") or STALE
+    if epoch is not None:
+        result += f" at epoch {epoch}"
+    why = fail_reason(mine)
     where = f"its cell was queued again as trial #{reruns[0].number}" if reruns else "its cell is queued again"
+    stopped = "; training stopped there" if epoch is not None else ""
     note = (f"late result: {result} arrived after this trial was failed ({why}: this worker was cut off from the "
-            f"Optuna storage longer than the heartbeat grace); not counted, {where}")
+            f"Optuna storage longer than the heartbeat grace); not counted, {where}{stopped}")
     say(f"trial #{trial.number}: {note}")
     ctx.tracker.end_trial(run_id, "FAIL", note)
     ctx.tracker.tag(run_id, {schema.LATE_RESULT: result, schema.NOTE: f"**Not counted.** {note[0].upper()}{note[1:]}."})
@@ -167,7 +201,8 @@ class _Reports:
         self.study, self.trial, self.pending = study, trial, []
 
     def add(self, value: float, epoch: int) -> bool:
-        """Report an epoch; True if it reached the storage (pruning may then be asked)."""
+        """Report an epoch; True if it reached the storage (pruning may then be asked). Raises ``TakenOver`` when
+        another process failed the trial meanwhile (this worker was cut off longer than the heartbeat grace)."""
         self.pending.append((value, epoch))
         try:
             with deferring(self.study):
@@ -175,6 +210,10 @@ class _Reports:
                 return self.trial.should_prune()
         except StorageDown:
             return False
+        except optuna.exceptions.UpdateFinishedTrialError:
+            if not _finished_elsewhere(self.study, self.trial):
+                raise
+            raise TakenOver(value, epoch) from None
 
     def flush(self) -> None:
         while self.pending:
@@ -254,7 +293,7 @@ def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any],
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
         every = settings["act_every"]
         if every and epoch % every == 0 and epoch < cfg.epochs:
-            _record_activations(ctx, run_id, model, sites, settings, data, epoch, final=False)
+            _record_activations(ctx, run_id, model, sites, settings, data, epoch, final=False, label=label)
 
     if ctx.spec.train is not None:
         final, epochs = _custom_loop(ctx, model, data, settings, cell, cfg, report)
@@ -267,7 +306,7 @@ def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any],
         final = {**result.final, "best_val_acc": max(h.val_acc for h in result.history)}
         epochs = len(result.history)
     ctx.tracker.log_final(run_id, final)
-    _record_activations(ctx, run_id, model, sites, settings, data, epochs, final=True)
+    _record_activations(ctx, run_id, model, sites, settings, data, epochs, final=True, label=label)
     if settings["save_model"]:
         ctx.tracker.log_state_dict(run_id, model.state_dict())
     return float(final[metric])
@@ -288,14 +327,20 @@ def _custom_loop(ctx: TrialContext, model, data, settings, cell: dict[str, Any],
 
 
 def _record_activations(ctx: TrialContext, run_id: str, model, sites: list, settings: dict[str, Any], data,
-                        epoch: int, *, final: bool) -> None:
+                        epoch: int, *, final: bool, label: str) -> None:
     """What each activation site learned, on held-out images (``act_images``; 0: not measured)."""
     if not settings["act_images"]:
         return
     from studies.training.activations import measure_held_out
 
-    stats = measure_held_out(model, data, images=settings["act_images"], batch_size=settings["eval_batch_size"],
-                             sites=sites)
+    try:
+        stats = measure_held_out(model, data, images=settings["act_images"], batch_size=settings["eval_batch_size"],
+                                 sites=sites)
+    except Exception as exc:  # a statistic must never cost a trained trial its result: warn on the run, go on
+        warning = f"site statistics not measured at epoch {epoch}: {type(exc).__name__}: {first_line(exc)}"
+        say(f"{label}: {warning}; the trial goes on (the warning is on its MLflow run)")
+        ctx.tracker.warn(run_id, warning)
+        return
     ctx.tracker.log_activations(run_id, stats, epoch, final=final)
 
 
@@ -356,9 +401,12 @@ def _axis(cell: dict[str, Any], axis: str, default: Any) -> Any:
     return default if value == NOT_APPLICABLE else value
 
 
-def _fail(ctx: TrialContext, trial: optuna.Trial, run_id: str, reason: str, *, state: str = "FAIL") -> None:
+def _fail(ctx: TrialContext, trial: optuna.Trial, run_id: str, reason: str, *, state: str = "FAIL",
+          user_error: bool = False) -> None:
     try:
-        trial.set_user_attr("fail_reason", reason[:1000])
+        trial.set_user_attr(schema.FAIL_REASON_ATTR, reason[:1000])
+        if user_error:
+            trial.set_user_attr(schema.USER_ERROR_ATTR, True)
         ctx.study.tell(trial, state=TrialState.FAIL)
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
         if not _finished_elsewhere(ctx.study, trial):  # failed meanwhile by another process: FAIL all the same

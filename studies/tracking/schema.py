@@ -21,6 +21,8 @@ SAMPLER, GRID = "acon.sampler", "grid"  # a grid runs each design cell once per 
 TRIAL_NUMBER, STATE, VARIANT, FAIL_REASON = "optuna.trial_number", "acon.state", "acon.variant", "acon.fail_reason"
 # a cell run again after its trial failed, and a result that came after its trial was failed by others
 RETRY_OF, LATE_RESULT = "acon.retry_of", "acon.late_result"
+# what went wrong without failing the trial (its site statistics could not be measured), and what the build left
+WARNING = "acon.warning"
 PARENT_RUN, NOTE = "mlflow.parentRunId", "mlflow.note.content"  # MLflow's own: nesting and the description
 
 # Optuna state <-> MLflow run status. INTERRUPTED is our name for a FAIL caused by Ctrl-C/SIGTERM.
@@ -61,6 +63,10 @@ TABLES_DIR, PLOTS_DIR = "report/tables", "report/plots"
 
 # Optuna study and trial user attrs that link to MLflow.
 PARENT_ATTR, RUN_ID_ATTR = "mlflow_parent_run_id", "mlflow_run_id"
+# Why a trial failed (its first line is what the run summary shows), and whether the user must fix something first.
+FAIL_REASON_ATTR, USER_ERROR_ATTR = "fail_reason", "user_error"
+#: Why a trial failed when it says nothing: Optuna's own heartbeat check fails a trial without a reason.
+STALE = "its worker stopped sending heartbeats"
 
 
 def activations_dir(epoch: int | None = None) -> str:

@@ -47,6 +47,27 @@ def unfinished(study) -> tuple[list[str], list[str]]:
             [c for k, c in failed.items() if k not in done])
 
 
+def failure_lines(study) -> list[str]:
+    """Each distinct reason why cells are left failed (its first line), the cells it hit, and what to do: a user
+    error (the study's own loop or factory, a bad setting) is fixed first, anything else a rerun retries."""
+    trials = [t for t in _trials(study) if "cell_key" in t.user_attrs]
+    done = {t.user_attrs["cell_key"] for t in trials if t.state.name in DONE}
+    newest = {t.user_attrs["cell_key"]: t for t in trials if t.state.name == "FAIL" and t.user_attrs["cell_key"] not in done}
+    reasons: dict[tuple[str, bool], list[str]] = {}
+    for t in newest.values():
+        reasons.setdefault((fail_reason(t), bool(t.user_attrs.get(schema.USER_ERROR_ATTR))), []).append(_cell(t))
+    return [f"{len(cells)} cell(s) failed: {why} ({_some(cells)}); "
+            + ("fix it, then rerun the same command: the study resumes" if user
+               else "rerun the same command to retry them")
+            for (why, user), cells in reasons.items()]
+
+
+def fail_reason(trial) -> str:
+    """The first line of why a trial failed; a trial failed by Optuna's heartbeat check says nothing itself."""
+    reason = trial.user_attrs.get(schema.FAIL_REASON_ATTR) or schema.STALE
+    return reason.strip().splitlines()[0]
+
+
 def objective_scale(study) -> tuple[str, float]:
     """The objective's name and display scale: accuracies in percent, like ``report``."""
     names = study.metric_names or ["value"]
@@ -65,8 +86,7 @@ def summary_text(result, tracking_uri: str | None = None) -> str:
     never, failed = unfinished(study)
     if never:
         lines.append(f"{len(never)} cell(s) not run yet: {_some(never)}; rerun the same command to run them")
-    if failed:
-        lines.append(f"{len(failed)} cell(s) failed: {_some(failed)}; rerun the same command to retry them")
+    lines += failure_lines(study)
     if tracking_uri:
         lines += _browse(tracking_uri, result.parent_run_id)
     return "\n".join(lines)

@@ -178,10 +178,11 @@ class Tracker:
         self.log_metrics(run_id, schema.epoch_metrics(values), step=step)
 
     def log_final(self, run_id: str, values: dict[str, float | None]) -> None:
-        """Final values as ``final/<name>``, the objective first."""
+        """Final values as ``final/<name>``, the objective first and exact (the report replays a race from it, as the
+        runner raced on Optuna's value), the others to 6 significant digits."""
         final = {schema.final_metric(k): v for k, v in values.items()}
         ordered = {self.objective: final.pop(self.objective)} if self.objective in final else {}
-        self.log_metrics(run_id, {**ordered, **final})
+        self.log_metrics(run_id, {**ordered, **final}, exact=tuple(ordered))
 
     def log_activations(self, run_id: str, stats, step: int, *, final: bool) -> None:
         """A measurement of ``ablation.site_stats``: its tables as CSV artifacts (``activations/``, or
@@ -203,12 +204,13 @@ class Tracker:
             torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, path)
             self.client.log_artifact(run_id, str(path), artifact_path=str(Path(schema.MODEL_FILE).parent))
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float | None], step: int | None = None) -> None:
+    def log_metrics(self, run_id: str, metrics: dict[str, float | None], step: int | None = None,
+                    exact: tuple[str, ...] = ()) -> None:
         """Log finite metrics, at ``step`` (an epoch) or as final values, to 6 significant digits
-        (a float32 training loss has no more; the UI shows 0.312542, not 0.31254219412803650)."""
+        (a float32 training loss has no more; the UI shows 0.312542, not 0.31254219412803650), but ``exact``'s."""
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(f"{float(v):.6g}"), now, step or 0) for k, v in metrics.items()
-                 if v is not None and math.isfinite(float(v))]
+        batch = [Metric(k, float(v) if k in exact else float(f"{float(v):.6g}"), now, step or 0)
+                 for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
@@ -221,9 +223,20 @@ class Tracker:
         self.client.set_terminated(run_id, status=schema.run_status(state))
 
     def fail_if_running(self, run_id: str, reason: str) -> None:
-        """Mark a child run FAILED if it still says RUNNING (its worker died)."""
+        """Mark a child run FAILED if it still says RUNNING (its worker died or was cut off); the reason is also its
+        description, where the MLflow UI shows it whole."""
         if self._exists(run_id) and self.client.get_run(run_id).info.status == "RUNNING":
+            self.tag(run_id, {schema.NOTE: f"**Failed by another worker.** {reason[0].upper()}{reason[1:]}."})
             self.end_trial(run_id, "FAIL", reason)
+
+    def warn(self, run_id: str, warning: str) -> None:
+        """A child run's warning (``acon.warning``, and a line of its description): something went wrong that did
+        not fail the trial."""
+        run = self.client.get_run(run_id)
+        before = [w for w in (run.data.tags.get(schema.WARNING, ""),) if w]
+        note = run.data.tags.get(schema.NOTE, "")
+        self.tag(run_id, {schema.WARNING: "\n".join(before + [warning]),
+                          schema.NOTE: f"{note}\n\n**Warning:** {warning}".strip()})
 
     def parent_url(self) -> str:
         """The parent run's address in the MLflow UI, relative to the UI's root. ``workflowType`` opens the
