@@ -11,7 +11,14 @@ fault is injected for real:
 - ``sigkill_worker``: SIGKILL of one worker process;
 - ``sigterm_launcher``: SIGTERM of the launcher, then the same command again (its time is added);
 - ``none`` and ``none_server``: undisturbed, MLflow in SQLite / behind a tracking server (SQLite), the
-  baselines of the faults above and below.
+  baselines of the faults above and below;
+- ``partition_90s``, ``partition_past_limit``: two ``worker`` processes of a prepared study, one of them on a
+  test host of our own (a network namespace, ``tests/_services.Partition``) that reaches PostgreSQL through a
+  proxy; its network is cut silently (packets dropped, no reset) for 90 s, or until that worker gives up past
+  its ``--outage-limit 60s``; ``none_pair`` is the same pair undisturbed, their baseline. Needs root.
+
+A fault that did not fire (the run ended before ``--at``, no worker to kill) is said so in its row
+(``fired`` = no), never reported as survived.
 
 Per fault: exit code, cells complete (each once?), duplicates, lost cells, trials and MLflow runs left
 RUNNING, the parent run's status, and the wall time against the undisturbed run. Needs a PostgreSQL
@@ -33,10 +40,13 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+PAIR_FAULTS = ("none_pair", "partition_90s", "partition_past_limit")
 FAULTS = ("none", "postgres_restart", "sigkill_worker", "sigterm_launcher", "none_server", "tracking_restart",
-          "tracking_on_postgres")
+          "tracking_on_postgres") + PAIR_FAULTS
 #: The undisturbed run each fault is compared with: the same stores, no fault.
-BASELINE = {"tracking_restart": "none_server", "tracking_on_postgres": "none_server", "none_server": "none_server"}
+BASELINE = {"tracking_restart": "none_server", "tracking_on_postgres": "none_server", "none_server": "none_server",
+            **{f: "none_pair" for f in PAIR_FAULTS}}
+PAST_LIMIT = "60s"  # the partitioned worker's --outage-limit in partition_past_limit
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -116,6 +126,8 @@ def children(pid: int) -> list[int]:
 
 
 def run_once(args: argparse.Namespace, fault: str) -> dict:
+    if fault in PAIR_FAULTS:
+        return run_pair(args, fault)
     with tempfile.TemporaryDirectory(prefix="acon-faults-") as tmp:
         tmp = Path(tmp)
         storage = fresh_database(args.postgres)
@@ -135,13 +147,14 @@ def run_once(args: argparse.Namespace, fault: str) -> dict:
         start = time.monotonic()
         proc = subprocess.Popen(cmd, stderr=open(log, "w"), stdout=subprocess.DEVNULL, cwd=tmp, env=env)
         try:
-            codes = [inject(args, fault, proc, server, start)]
+            code, fired = inject(args, fault, proc, server, start)
+            codes = [code]
             if fault == "sigterm_launcher":  # the user runs the same command again
                 again = subprocess.run(cmd, stderr=open(tmp / "rerun.log", "w"), stdout=subprocess.DEVNULL,
                                        cwd=tmp, env=env)
                 codes.append(again.returncode)
             wall = time.monotonic() - start
-            row = {"fault": fault, "exit": "/".join(map(str, codes)), "wall_s": round(wall, 1),
+            row = {"fault": fault, "fired": fired, "exit": "/".join(map(str, codes)), "wall_s": round(wall, 1),
                    **count(args.study, storage, tracking),
                    "outage_lines": log.read_text().count("storage unreachable since")}
         finally:
@@ -157,12 +170,14 @@ def run_once(args: argparse.Namespace, fault: str) -> dict:
         return row
 
 
-def inject(args: argparse.Namespace, fault: str, proc: subprocess.Popen, server, start: float) -> int:
-    """Wait ``--at`` s, inject ``fault``, wait for the launcher; its exit code."""
+def inject(args: argparse.Namespace, fault: str, proc: subprocess.Popen, server, start: float) -> tuple[int, str]:
+    """Wait ``--at`` s, inject ``fault``, wait for the launcher: its exit code, and whether the fault fired
+    (``yes``, ``-`` for no fault, or why not)."""
     while time.monotonic() - start < args.at and proc.poll() is None:
         time.sleep(0.2)
     if proc.poll() is not None:
-        return proc.returncode
+        return proc.returncode, "-" if fault.startswith("none") else f"no: the run ended at {time.monotonic() - start:.0f} s"
+    fired = "-" if fault.startswith("none") else "yes"
     if fault == "postgres_restart":
         pg_restart(args.cluster)
     elif fault == "tracking_restart":
@@ -178,9 +193,81 @@ def inject(args: argparse.Namespace, fault: str, proc: subprocess.Popen, server,
         workers = children(proc.pid)
         if workers:
             os.kill(workers[0], signal.SIGKILL)
+        else:
+            fired = "no: no worker process to kill"
     elif fault == "sigterm_launcher":
         proc.send_signal(signal.SIGTERM)
-    return proc.wait()
+    return proc.wait(), fired
+
+
+def run_pair(args: argparse.Namespace, fault: str) -> dict:
+    """Two workers of a prepared study, one on a test host behind a proxy; ``--at`` s in, that host's network is
+    cut silently (``partition_*``) or not (``none_pair``)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _services import Partition, TcpProxy
+    from sqlalchemy.engine import make_url
+
+    from studies.runner import RunOptions, prepare_study
+
+    why = Partition.available()
+    if why:
+        return {"fault": fault, "fired": f"no: {why}"}
+    partition = Partition()
+    storage = fresh_database(args.postgres)
+    target = make_url(storage)
+    proxy = TcpProxy(target.host, target.port, bind=partition.host_ip)
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="acon-faults-") as tmp:
+            tmp = Path(tmp)
+            tracking = f"sqlite:///{tmp}/mlflow.db"
+            prepare_study(args.study, RunOptions(storage=storage, tracking_uri=tracking, progress=False))
+            cmd = [sys.executable, "-m", "run_study", "worker", args.study, "--preset", "quick", "--tracking-uri",
+                   tracking, "--device", "cpu", "--no-progress", "--threads", "1", "--storage"]
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            limit = ["--outage-limit", PAST_LIMIT] if fault == "partition_past_limit" else []
+            start = time.monotonic()
+            logs = {w: open(tmp / f"{w}.log", "w") for w in ("cut_off", "others")}
+            procs.update(cut_off=subprocess.Popen([*partition.prefix(), *cmd, proxy.url(storage), *limit], cwd=tmp,
+                                                 env=env, stderr=logs["cut_off"], stdout=subprocess.DEVNULL),
+                         others=subprocess.Popen([*cmd, storage], cwd=tmp, env=env, stderr=logs["others"],
+                                                 stdout=subprocess.DEVNULL))
+            fired = _partition(args, fault, partition, procs, start)
+            codes = [procs[w].wait() for w in ("cut_off", "others")]
+            wall = time.monotonic() - start
+            row = {"fault": fault, "fired": fired, "exit": "/".join(map(str, codes)), "wall_s": round(wall, 1),
+                   **count(args.study, storage, tracking),
+                   "outage_lines": (tmp / "cut_off.log").read_text().count("storage unreachable since"),
+                   "late": (tmp / "cut_off.log").read_text().count("late result"),
+                   "stale_said": (tmp / "others.log").read_text().count("failed: its worker stopped sending heartbeats")}
+            if codes[0] != 0:
+                row["log"] = (tmp / "cut_off.log").read_text().strip().splitlines()[-1][:200]
+    finally:
+        partition.heal()
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+        proxy.cut()
+        partition.close()
+        drop_database(args.postgres, storage)
+    return row
+
+
+def _partition(args: argparse.Namespace, fault: str, partition, procs: dict, start: float) -> str:
+    """Cut the test host's network ``--at`` s in, for 90 s or until its worker gives up; whether it fired."""
+    while time.monotonic() - start < args.at and all(p.poll() is None for p in procs.values()):
+        time.sleep(0.2)
+    if fault == "none_pair":
+        return "-"
+    if any(p.poll() is not None for p in procs.values()):
+        return f"no: a worker ended at {time.monotonic() - start:.0f} s"
+    partition.cut()
+    if fault == "partition_90s":
+        time.sleep(90)
+    else:
+        procs["cut_off"].wait(timeout=600)  # it must give up by itself while the network is still cut
+    partition.heal()
+    return "yes"
 
 
 def count(study: str, storage: str, tracking: str) -> dict:

@@ -73,6 +73,13 @@ def outage_limit(value: float | str | None = None) -> float:
     return seconds
 
 
+def attempt_timeouts(limit: float) -> tuple[int, int]:
+    """(connect timeout in s, TCP user timeout in ms) of one attempt to reach a database server, so that a silent
+    network (a partition: no reset, no answer) fails a call instead of hanging it, well inside the outage limit:
+    10 s to connect and 30 s for unacknowledged data, at most a third of the limit each (at least 1 s / 2 s)."""
+    return int(min(10, max(1, limit // 3))), int(1000 * min(30, max(2, limit // 3)))
+
+
 def is_transient(exc: BaseException) -> bool:
     """True if ``exc`` (or what caused it) says the database could not be reached, not that a call was wrong."""
     import sqlalchemy.exc as sa
@@ -125,12 +132,13 @@ class _Outage:
         self.ended = float("-inf")  # monotonic time the last outage ended
         self.tried = float("-inf")  # monotonic time of the last failed attempt
 
-    def failed(self, exc: BaseException) -> float:
-        """Record a failed call; return the wall time the outage began."""
+    def failed(self, exc: BaseException, began: float) -> float:
+        """Record a failed call that began at wall time ``began``; return the wall time the outage began (the start
+        of its first failed call: a silent network fails a call only after its timeout, and that counts too)."""
         with self.lock:
             self.tried = time.monotonic()
             if self.since is None:
-                self.since = time.time()
+                self.since = min(began, time.time())
                 say(f"{self.label} unreachable since {_clock(self.since)}, retrying for up to {_duration(self.limit)} "
                     f"({self.name}: {_reason(exc)})")
             return self.since
@@ -167,6 +175,7 @@ class _Outage:
         if defer and self.down() and time.monotonic() - self.tried < DEFER_RETRY:
             raise StorageDown(self.name)
         while True:
+            began = time.time()
             try:
                 result = _RETRY if check is None or attempt == 0 else check()
                 if result is _RETRY:
@@ -174,7 +183,7 @@ class _Outage:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                since = self.failed(exc)
+                since = self.failed(exc, began)
                 if defer:
                     raise StorageDown(self.name) from exc
                 left = since + self.limit - time.time()

@@ -85,9 +85,9 @@ def open_storage(url: str, *, heartbeat: bool = True, outage_limit: float | str 
             backend = optuna.storages.journal.JournalFileBackend(_journal_path(url))
             return optuna.storages.JournalStorage(backend)
         if url.startswith("sqlite"):  # a local file: no server to lose, and its errors are not outages
-            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
+            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url, 0), **kwargs)
         limit = limit_of(outage_limit)
-        rdb = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
+        rdb = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url, limit), **kwargs)
         return ResilientStorage(_CachedStorage(rdb), limit=limit, name=mask_url(url))
     except UserError:
         raise
@@ -204,17 +204,25 @@ def _journal_path(url: str) -> str:
     return "/" + path if url.startswith("journal:///") else path
 
 
-def _engine_kwargs(url: str) -> dict:
+def _engine_kwargs(url: str, limit: float) -> dict:
     if url.startswith("sqlite"):
         # wait for a lock instead of failing at once when the MLflow UI or a reader holds it
         return {"connect_args": {"timeout": 30}}
     if url.startswith("postgresql"):
         # a connection is checked before use (a restarted server's are dead), and a connection to a server
-        # that stopped answering (a dropped network) fails within 30 s instead of TCP's many minutes
-        return {"connect_args": {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
-                                 "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30000},
-                "pool_pre_ping": True}
+        # that stopped answering (a dropped network) fails within seconds instead of TCP's many minutes
+        return {"connect_args": postgres_timeouts(limit), "pool_pre_ping": True}
     return {}
+
+
+def postgres_timeouts(limit: float) -> dict[str, int]:
+    """libpq's connection settings that make a silent network fail a call well inside the outage ``limit``
+    (``studies.outage.attempt_timeouts``): connect timeout, TCP keepalives and TCP user timeout."""
+    from studies.outage import attempt_timeouts, outage_limit
+
+    connect, user = attempt_timeouts(limit or outage_limit())
+    return {"connect_timeout": connect, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+            "keepalives_count": 3, "tcp_user_timeout": user}
 
 
 def first_line(exc: BaseException) -> str:

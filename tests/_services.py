@@ -108,9 +108,10 @@ def cli_all(*commands: tuple[str, ...], timeout: float = 300, cwds: list[Path] |
     return results
 
 
-def cli_start(*args: str, log: Path, **env: str) -> subprocess.Popen:
-    """Start ``run_study.py ARGS`` in the background, stderr to ``log``."""
-    return subprocess.Popen([sys.executable, "-m", "run_study", *args], stdout=subprocess.DEVNULL,
+def cli_start(*args: str, log: Path, inside: "Partition | None" = None, **env: str) -> subprocess.Popen:
+    """Start ``run_study.py ARGS`` in the background, stderr to ``log``; ``inside`` a partition's test host."""
+    prefix = inside.prefix() if inside is not None else []
+    return subprocess.Popen([*prefix, sys.executable, "-m", "run_study", *args], stdout=subprocess.DEVNULL,
                             stderr=open(log, "w"), env=cli_env(**env), cwd=ROOT)
 
 
@@ -169,15 +170,15 @@ def table_names(url: str) -> set[str]:
 
 
 class TcpProxy:
-    """A TCP proxy from a free port of 127.0.0.1 to ``host:port`` that a test controls: ``cut()`` drops every
-    connection (a reset, as when a server dies) and refuses new ones until ``restore()``. Put in front of
+    """A TCP proxy from a free port of ``bind`` (127.0.0.1) to ``host:port`` that a test controls: ``cut()`` drops
+    every connection (a reset, as when a server dies) and refuses new ones until ``restore()``. Put in front of
     PostgreSQL, it is a database restart, a failover or a dropped network, for real: the clients see what
-    they would."""
+    they would. (A silent network, with no reset, is ``Partition``'s.)"""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, bind: str = "127.0.0.1"):
         import threading
 
-        self.target, self.port = (host, port), free_port()
+        self.target, self.port, self.bind = (host, port), free_port(), bind
         self.lock, self.live, self.server = threading.Lock(), set(), None
         self.connections = 0  # accepted so far
         self.restore()
@@ -186,14 +187,14 @@ class TcpProxy:
         """``url`` (SQLAlchemy) pointed at the proxy instead of the server."""
         from sqlalchemy.engine import make_url
 
-        return make_url(url).set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
+        return make_url(url).set(host=self.bind, port=self.port).render_as_string(hide_password=False)
 
     def restore(self) -> None:
         import threading
 
         server = socket.socket()
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
+        server.bind((self.bind, self.port))
         server.listen(64)
         self.server = server
         threading.Thread(target=self._accept, args=(server,), daemon=True).start()
@@ -254,6 +255,74 @@ class TcpProxy:
             s.close()
             with self.lock:
                 self.live.discard(s)
+
+
+class Partition:
+    """A test host of our own: a network namespace joined to this one by a veth pair. Processes started inside it
+    (``prefix()``) reach this host at ``host_ip``. ``cut()`` takes the link down: from then on packets are
+    dropped without a reset or an answer, as in a real partition (a switch gone, a cable pulled); TCP on
+    either side learns nothing until its own timeouts fire. Static neighbour entries keep ARP off the link, so
+    a connection attempt during the cut times out instead of failing fast with 'no route'. ``heal()`` brings the
+    link back. Needs root and iproute2 (``available()`` says why not)."""
+
+    def __init__(self):
+        import random
+
+        k = random.randrange(1, 250)
+        self.ns, self.veth, self.peer = f"acon_p{os.getpid() % 100000}_{k}", f"acph{k}", f"acpp{k}"
+        self.host_ip, self.peer_ip = f"10.231.{k}.1", f"10.231.{k}.2"
+        ip = self._ip
+        ip("netns", "add", self.ns)
+        try:
+            ip("link", "add", self.veth, "type", "veth", "peer", "name", self.peer)
+            ip("link", "set", self.peer, "netns", self.ns)
+            ip("addr", "add", f"{self.host_ip}/24", "dev", self.veth)
+            ip("link", "set", self.veth, "up")
+            inside = ("netns", "exec", self.ns, "ip")
+            ip(*inside, "addr", "add", f"{self.peer_ip}/24", "dev", self.peer)
+            ip(*inside, "link", "set", self.peer, "up")
+            ip(*inside, "link", "set", "lo", "up")
+            mac = Path(f"/sys/class/net/{self.veth}/address").read_text().strip()
+            peer_mac = subprocess.run(["ip", "netns", "exec", self.ns, "cat", f"/sys/class/net/{self.peer}/address"],
+                                      capture_output=True, text=True, check=True).stdout.strip()
+            ip(*inside, "neigh", "replace", self.host_ip, "lladdr", mac, "dev", self.peer, "nud", "permanent")
+            ip("neigh", "replace", self.peer_ip, "lladdr", peer_mac, "dev", self.veth, "nud", "permanent")
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def available() -> str | None:
+        """None where partitions can be made here, else why not."""
+        import shutil
+
+        if os.geteuid() != 0:
+            return "a network partition needs root (ip netns)"
+        if shutil.which("ip") is None:
+            return "a network partition needs iproute2's ip"
+        probe = subprocess.run(["ip", "netns", "add", f"acon_probe{os.getpid()}"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            return f"cannot make a network namespace here: {probe.stderr.strip()}"
+        subprocess.run(["ip", "netns", "del", f"acon_probe{os.getpid()}"], capture_output=True)
+        return None
+
+    def prefix(self) -> list[str]:
+        """The command prefix that runs a process inside the partition's test host."""
+        return ["ip", "netns", "exec", self.ns]
+
+    def cut(self) -> None:
+        self._ip("link", "set", self.veth, "down")
+
+    def heal(self) -> None:
+        self._ip("link", "set", self.veth, "up")
+
+    def close(self) -> None:
+        subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+    @staticmethod
+    def _ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
 # -- MLflow server ------------------------------------------------------------------------------

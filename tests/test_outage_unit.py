@@ -129,7 +129,7 @@ def test_stale_trials_are_not_judged_by_a_process_that_was_just_cut_off_itself(t
     trial = study.ask()
     wrapped.record_heartbeat(trial._trial_id)
     time.sleep(2.2)  # the heartbeat is older than the grace
-    wrapped._outage.failed(_refused())
+    wrapped._outage.failed(_refused(), time.time())
     wrapped._outage.succeeded()  # we were cut off a moment ago
     assert wrapped._get_stale_trial_ids(study._study_id) == []
     wrapped._outage.ended -= 1 + outage.BACKOFF_MAX  # as if the outage ended grace + a backoff step ago
@@ -177,3 +177,45 @@ def test_only_connection_failures_are_outages():
     assert is_transient(wrapped)
     assert not is_transient(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert not is_transient(sqlalchemy.exc.DataError("INSERT", {}, Exception("value too long")))
+
+
+def test_the_outage_clock_starts_when_the_failed_call_began_so_a_silent_network_counts_its_timeout():
+    """A call on a silent network fails only when its timeout fires: that wait is part of the outage. With a
+    0.2 s limit, a call that hangs 0.3 s before failing has used the limit up: no second attempt."""
+    state = outage._Outage(0.2, "db")
+    attempts = []
+
+    def hangs_then_fails():
+        attempts.append(time.time())
+        time.sleep(0.3)
+        raise _refused()
+
+    began = time.time()
+    with pytest.raises(StorageUnavailable, match="longer than the 0 s limit"):
+        state.ride(hangs_then_fails)
+    assert len(attempts) == 1 and state.since == pytest.approx(began, abs=0.05)
+
+
+@pytest.mark.parametrize("limit, connect, user_ms", [(300, 10, 30000), (60, 10, 20000), (8, 2, 2000), (1, 1, 2000)])
+def test_each_attempt_on_a_database_server_times_out_well_inside_the_outage_limit(limit, connect, user_ms):
+    from studies.storage import postgres_timeouts
+
+    timeouts = postgres_timeouts(limit)
+    assert (timeouts["connect_timeout"], timeouts["tcp_user_timeout"]) == (connect, user_ms)
+    assert timeouts["keepalives"] == 1 and timeouts["keepalives_idle"] * 1000 <= 30000
+
+
+def test_mlflow_clients_get_timeouts_sized_from_the_outage_limit_where_the_user_set_none(monkeypatch):
+    from studies.tracking import writer
+
+    uri = writer._with_timeouts("postgresql+psycopg://u:p@db:5432/mlflow?connect_timeout=3", 8)
+    assert "connect_timeout=3" in uri and "tcp_user_timeout=2000" in uri and "keepalives=1" in uri  # the user's kept
+    for key in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(key, raising=False)
+    writer._bound_http(60)  # backoff 2 + 4 + 8 + 16 = 30 s <= 60; the next (32 s) would pass it
+    import os
+
+    assert (os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"], os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]) == ("4", "30")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "500")
+    writer._bound_http(60)
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "500"  # the user's setting wins

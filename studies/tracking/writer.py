@@ -286,9 +286,38 @@ def _connect(uri: str, outage_limit: float | str | None = None) -> MlflowClient:
             client.search_experiments(max_results=1)
     except Exception as exc:
         raise StorageError(f"cannot reach MLflow tracking store {mask_url(uri)}: {first_line(exc)[:300]}") from exc
+    limit = limit_of(outage_limit)
+    if uri.startswith("postgresql"):  # a silent network fails a call within the limit, as for the Optuna storage
+        client = MlflowClient(tracking_uri=_with_timeouts(uri, limit))
     if uri.startswith(("postgresql", "mysql", "mssql")):
-        return RetryingClient(client, limit=limit_of(outage_limit), name=mask_url(uri))
+        return RetryingClient(client, limit=limit, name=mask_url(uri))
+    if uri.startswith(("http://", "https://")):
+        _bound_http(limit)
     return client
+
+
+def _with_timeouts(uri: str, limit: float) -> str:
+    """A PostgreSQL URI with libpq's timeouts (``studies.storage.postgres_timeouts``) where it sets none."""
+    from sqlalchemy.engine import make_url
+
+    from studies.storage import postgres_timeouts
+
+    url = make_url(uri)
+    extra = {k: str(v) for k, v in postgres_timeouts(limit).items() if k not in url.query}
+    return url.update_query_dict(extra).render_as_string(hide_password=False)
+
+
+def _bound_http(limit: float) -> None:
+    """Size MLflow's own HTTP retries from the outage limit, where the user set none: the retries' backoff (2, 4,
+    8 ... s) adds up to at most the limit, and a request times out after 30 s (up to MLflow's 120 s for limits
+    over 8 min), so a tracking server that stops answering is given up after the limit plus one timeout per
+    attempt, not after the defaults' 20 minutes and more."""
+    retries, waited = 0, 0.0
+    while retries < 7 and waited + 2 ** (retries + 1) <= limit:
+        retries, waited = retries + 1, waited + 2 ** (retries + 1)
+    for key, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", int(min(120, max(30, limit / (2 * (retries + 1)))))),
+                       ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", retries)):
+        os.environ.setdefault(key, str(value))
 
 
 @contextmanager
