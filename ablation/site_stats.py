@@ -10,21 +10,31 @@ The hooks are removed and the training mode restored afterwards: nothing stays i
 ACON-C computes ``p2 x + (p1 - p2) x g(z)``: at ``g = 1/2`` that is the mean ``(p1 + p2) x / 2``, a
 linear map ("not activated"); at ``g`` in {0, 1} it is ``max(p1 x, p2 x)``, the kink ("activated").
 So the fraction is 1.0 when beta = 0 or p1 = p2, and tends to 0 as beta |p1 - p2| |x| grows.
+
+``beta_std_samples`` is how much beta depends on the input: at each channel and position (H x W, or the
+tokens of an N x L x C input), the standard deviation of beta across the samples measured (population std),
+then the mean over channels and positions (per channel: over positions). A layer- or channel-wise beta is
+the same at every position, so this is its std across samples per channel; a pixel-wise beta is not averaged
+over positions first, which would shrink the spread. 0 for a beta that does not depend on the input (ACON-C).
+The gate (sigmoid or hard sigmoid) does not enter: it acts on the switch, not on beta.
 """
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from acon import _layout
 from acon.gated import GatedActivation
 from acon.modules import AconA, AconB, AconC, MetaAcon, MetaAconC
-from ablation.sites import SITE_KINDS, Site, assign_stages
+from ablation.sites import SITE_KINDS, Site, assign_stages, find_sites, trace
 
 #: One row per site, in depth (execution) order.
 SITE_COLUMNS = ("site", "path", "stage", "width", "activation", "generator", "beta_mean", "beta_std_samples",
@@ -62,33 +72,66 @@ def measure(model: nn.Module, batches: Iterable[Any], *, max_batches: int | None
     ``sites`` (what ``build_model`` returned) name the changed sites by their original call path and
     stage; without them a site is named by its module path (``#k`` for the k-th call of a shared
     module) and staged by ``ablation.assign_stages``. A ``torch.compile`` wrapper is measured eager.
+    A site's width is its size on the channel axis: an ACON module's own ``channel_dim``; for the
+    model's other activations the axis the surgery would give them (``ablation.sites``: last after a
+    Linear or LayerNorm, as on ViT and Mixer tokens N x L x C), found by tracing the model once.
     """
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be an integer >= 1 or None, got {max_batches!r}")
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: hooks go on the eager module
     probes = _probes(model)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    batches = iter(batches)
+    first = next(batches, None)
 
     def new_forward(*_: Any) -> None:  # a pre-hook that returned a value would replace the model's input
         for p in probes:
             p.k = 0
 
-    handles = [model.register_forward_pre_hook(new_forward)]
-    handles += [p.module.register_forward_pre_hook(p.hook) for p in probes]
+    handles: list = []
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for i, batch in enumerate(batches):
+            if first is not None:  # before the hooks: finding the axes runs the model on one sample
+                _set_axes(model, probes, _input(first)[:1].to(device))
+            handles = [model.register_forward_pre_hook(new_forward)]
+            handles += [p.module.register_forward_pre_hook(p.hook) for p in probes]
+            for i, batch in enumerate(itertools.chain([first] if first is not None else [], batches)):
                 if max_batches is not None and i >= max_batches:
                     break
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                model(x.to(device))
+                model(_input(batch).to(device))
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
     return _frames([acc for p in probes for acc in p.calls], sites)
+
+
+def _input(batch: Any) -> Tensor:
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _set_axes(model: nn.Module, probes: list[_Probe], sample: Tensor) -> None:
+    """Give each probe of a module without ``channel_dim`` (a baseline's ReLU, GELU ...) the channel axis the
+    surgery finds for it; a model fx cannot trace keeps axis 1, with a warning (the statistics still come).
+
+    Shapes come from running the eval-mode model on one real ``sample``: fake tensors would reach the fused
+    ACON kernels of a partly changed model, and BatchNorm in eval mode changes nothing."""
+    if all(hasattr(p.module, "channel_dim") for p in probes):
+        return  # ACON modules carry their axis: no trace
+    try:
+        gm = trace(model)
+        ShapeProp(gm).propagate(sample)
+        axes: dict[str, int] = {}
+        for site, node in find_sites(gm):
+            if node.op == "call_module":
+                axes.setdefault(str(node.target), site.channel_dim)
+    except Exception as e:  # noqa: BLE001 - any trace failure; a statistic must not fail a finished trial
+        warnings.warn(f"site statistics: channel axes of {type(model).__name__} not found, axis 1 assumed: {e}")
+        return
+    for p in probes:
+        p.channel_dim = getattr(p.module, "channel_dim", axes.get(p.path, 1))
 
 
 @dataclass
@@ -112,12 +155,32 @@ class _Calls:
     def total(self, name: str) -> Tensor | None:
         return self.sums[name].cpu() if name in self.sums else None
 
+    def merge_beta(self, beta: Tensor, xc: Tensor) -> None:
+        """Merge one batch's beta into its mean and sum of squared deviations across samples, per channel and
+        position, kept at beta's own shape ``(C, 1 | H, 1 | W)`` (one per position only where beta varies there).
+
+        Pairwise (Chan et al.): a sum of squares minus a squared sum loses a spread far below beta itself.
+        Called after ``samples`` counted this batch."""
+        beta = beta.float().reshape((1,) * (xc.ndim - beta.ndim) + tuple(beta.shape))  # broadcasts from the right
+        mean = beta.mean(0)
+        m2 = (beta - mean).square_().sum(0)  # two passes (var_mean over dim 0 is 3x slower on CPU); 0 if shared
+        shape = (xc.shape[1],) + tuple(mean.shape[1:])
+        n, mean, m2 = xc.shape[0], mean.expand(shape).double(), m2.expand(shape).double()
+        if "b_mean" not in self.sums:
+            self.sums["b_mean"], self.sums["b_m2"] = mean, m2
+            return
+        before = self.samples - n
+        delta = mean - self.sums["b_mean"]
+        self.sums["b_mean"] = self.sums["b_mean"] + delta * (n / self.samples)
+        self.sums["b_m2"] = self.sums["b_m2"] + m2 + delta.square() * (before * n / self.samples)
+
 
 class _Probe:
     """The pre-hook of one module: each call within a forward is its own site (``path#k``)."""
 
     def __init__(self, path: str, module: nn.Module, clock: list[int]):
         self.path, self.module, self.clock = path, module, clock
+        self.channel_dim: int = getattr(module, "channel_dim", 1)
         self.calls: list[_Calls] = []
         self.k = 0
 
@@ -125,7 +188,7 @@ class _Probe:
         if self.k == len(self.calls):
             self.calls.append(_Calls(self.path, module, self.clock[0]))
             self.clock[0] += 1
-        _observe(self.calls[self.k], module, args[0])
+        _observe(self.calls[self.k], module, args[0], self.channel_dim)
         self.k += 1
 
 
@@ -143,9 +206,8 @@ def _probes(model: nn.Module) -> list[_Probe]:
     return probes
 
 
-def _observe(acc: _Calls, module: nn.Module, x: Tensor) -> None:
-    """Add one batch of one site: input moments; for ACON, beta per sample and channel and the switch."""
-    channel_dim = getattr(module, "channel_dim", 1)
+def _observe(acc: _Calls, module: nn.Module, x: Tensor, channel_dim: int) -> None:
+    """Add one batch of one site: input moments; for ACON, beta's moments across samples and the switch."""
     xc = x if x.ndim < 2 else _layout.channels_first(x, channel_dim, x.shape[channel_dim])
     xc = xc.float()
     acc.width, acc.spatial = int(xc.shape[1]), tuple(xc.shape[2:])
@@ -160,11 +222,7 @@ def _observe(acc: _Calls, module: nn.Module, x: Tensor) -> None:
     if parts is None:
         return
     p1, p2, beta, centred = parts
-    beta = beta.float()
-    b = beta.mean(dim=tuple(range(2, beta.ndim))) if beta.ndim > 2 else beta  # over positions: (N|1, C|1)
-    b = b.reshape(b.shape[0], -1).expand(xc.shape[0], xc.shape[1])  # one beta per sample and channel
-    acc.add("b", b.sum(0))
-    acc.add("b2", b.square().sum(0))
+    acc.merge_beta(beta, xc)
     # 1 - |2 g(z) - 1| summed: numel minus the sum of |2 g(z) - 1|, the gate centred (tanh(z / 2) for the sigmoid)
     acc.add("decided", centred(xc * (beta * (p1 - p2))).abs_().sum())
     acc.add("p1", _layout.per_channel(p1, xc).reshape(-1).expand(xc.shape[1]))
@@ -247,12 +305,11 @@ def _row(c: _Calls) -> tuple[dict[str, float], list[dict[str, float]]]:
     out = {"x_mean": x_mean, "x_std": math.sqrt(max(float(c.total("x2_c").sum()) / n - x_mean ** 2, 0.0))}
     nan = {k: math.nan for k in ("beta_mean", "beta_std_samples", "beta_std_channels", "p1_mean", "p2_mean",
                                  "linear_fraction")}
-    b = c.total("b")
+    b = c.total("b_mean")
     if b is None:
         return {**nan, **out}, []
-    calls = c.samples
-    b_mean = b / calls  # per channel, over samples
-    b_std = (c.total("b2") / calls - b_mean.square()).clamp_min(0).sqrt()
+    b_mean = b.reshape(c.width, -1).mean(1)  # per channel, over samples and positions
+    b_std = (c.total("b_m2") / c.samples).clamp_min(0).sqrt().reshape(c.width, -1).mean(1)  # see the module's doc
     p1, p2 = c.total("p1") / c.batches, c.total("p2") / c.batches
     seen = n / c.width  # elements of one channel seen
     x_c = c.total("x_c") / seen

@@ -26,6 +26,8 @@ from studies.tracking import schema
 #: Generators whose beta does not depend on the input: no spread across inputs to draw.
 _STATIC = ("-", "learned", "fixed")
 MAX_CURVES = 16  # channels drawn per site
+#: Where a column's values can lie: a std band is cut there (the linear fraction is a fraction, a spread a std).
+_RANGE = {"linear_fraction": (0.0, 1.0), "beta_std_samples": (0.0, None)}
 
 
 def collect_sites(runs: StudyRuns) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -104,7 +106,8 @@ def _by_seed(values) -> str:
 
 
 LEGEND = ("n: seeds; β: mean switching factor over the ACON sites; spread: β's standard deviation across inputs "
-          "(0 when beta does not depend on the input, as in ACON-C); linear: the linear fraction, mean of "
+          "at each channel and position, averaged over channels and positions, then over sites (0 when beta does "
+          "not depend on the input, as in ACON-C); linear: the linear fraction, mean of "
           "1 - |2 σ(β (p1 - p2) x) - 1| over the inputs a site sees (1: the site computes (p1 + p2) x / 2, "
           "not activated; 0: max(p1 x, p2 x), activated); by seed: linear per seed, in seed order (more than four seeds: lowest..highest); stage k: "
           "β/linear of the sites in that stage. Designs without ACON sites (ReLU, Swish) have input statistics "
@@ -130,8 +133,9 @@ def plot_activations(sites: pd.DataFrame, channels: pd.DataFrame, out_dir: Path)
 
 def _by_depth(acon: pd.DataFrame, panels: list[tuple[str, str]], title: str, out_dir: Path, stem: str,
               colors: dict[str, str]) -> list[Path]:
-    """One panel per column, by site index: per design its mean over seeds (bold), each seed (thin) and a band
-    from the lowest to the highest seed (a std band would hide a seed that went its own way, and leave [0, 1])."""
+    """One panel per column, by site index: per design its mean over seeds (bold), each seed (thin, so a seed
+    that went its own way stays in sight) and a band of mean ± std over seeds (0 for one seed), cut to the
+    column's range."""
     fig = Figure(figsize=(6.5 * len(panels), 4))
     for i, (column, label) in enumerate(panels, 1):
         ax = fig.add_subplot(1, len(panels), i)
@@ -140,7 +144,10 @@ def _by_depth(acon: pd.DataFrame, panels: list[tuple[str, str]], title: str, out
             mean = by_site.mean()
             ax.plot(mean.index, mean.values, marker="o", ms=3, lw=2, color=color,
                     label=f"{variant} (seeds={g['seed'].nunique()})")
-            ax.fill_between(mean.index, by_site.min(), by_site.max(), color=color, alpha=0.15)
+            std = by_site.std().fillna(0.0)  # over seeds, as the learning curves (report.plots)
+            low, high = _RANGE.get(column, (None, None))
+            ax.fill_between(mean.index, (mean - std).clip(low, high), (mean + std).clip(low, high), color=color,
+                            alpha=0.15)
             for _, one in g.groupby("seed"):
                 ax.plot(one["site"], one[column], lw=0.7, alpha=0.5, color=color)
         _stage_ticks(ax, acon)
@@ -149,7 +156,7 @@ def _by_depth(acon: pd.DataFrame, panels: list[tuple[str, str]], title: str, out
             ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{title}: mean over seeds (bold), each seed (thin), band from lowest to highest seed")
+    fig.suptitle(f"{title}\nmean over seeds (bold), each seed (thin), band: mean ± std over seeds")
     return save(fig, out_dir, stem)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -11,7 +12,7 @@ from torch import nn
 from ablation import activation_stats, build_model, list_generators, list_sites
 from ablation.site_stats import SITE_COLUMNS, measure
 from acon import AconA, AconB, AconC, MetaAcon
-from acon.beta import LayerBeta
+from acon.beta import ChannelBeta, LayerBeta, PixelBeta
 
 
 def _sigmoid(z):
@@ -134,3 +135,130 @@ def test_channel_rows_give_each_channels_parameters_and_the_summary_averages_aco
     assert list(stats.channels["p1"]) == [1.0, 2.0] and list(stats.channels["site"]) == [0, 0]
     assert stats.summary() == {"beta_mean": 0.0, "linear_fraction": 1.0}  # the ReLU row has no beta
     assert math.isnan(stats.sites.iloc[1]["beta_mean"]) and len(stats.sites) == 2
+
+
+class _TokenMlp(nn.Module):
+    """A Mixer's channel MLP on N x L x C tokens (L = 5, C = 8 at the GELU); the BatchNorm's stats must not move."""
+
+    def __init__(self, tokens=5):
+        super().__init__()
+        self.fc, self.act, self.bn = nn.Linear(3, 8), nn.GELU(), nn.BatchNorm1d(tokens)
+
+    def forward(self, x):
+        return self.bn(self.act(self.fc(x)))
+
+
+def test_a_baseline_on_tokens_reports_the_channel_dim_as_width_not_the_token_count():
+    model = _TokenMlp()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    row = activation_stats(model, [torch.randn(4, 5, 3)]).iloc[0]
+    assert (row["path"], row["width"]) == ("act", 8)  # N x L x C = 4 x 5 x 8: C, not the L = 5 tokens
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    baseline, _ = build_model(_Patches, activation="relu", placement="none", input_size=32)
+    variant, sites = build_model(_Patches, activation="meta_acon", r=4, input_size=32)
+    x = [torch.randn(2, 3, 32, 32)]
+    widths = list(activation_stats(baseline, x)["width"])  # rows line up with the variant's, as for images
+    assert widths == list(activation_stats(variant, x, sites=sites)["width"]) == [s.width for s in sites] == [8]
+
+
+class _Patches(nn.Module):
+    """A ViT at toy size: 8 x 8 patches of a 32 x 32 image (L = 16 tokens), the token MLP, a head."""
+
+    def __init__(self, *, num_classes=10, in_channels=3, small_input=False):
+        super().__init__()
+        self.embed, self.mlp = nn.Conv2d(in_channels, 3, 8, stride=8), _TokenMlp(tokens=16)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.head(self.mlp(self.embed(x).flatten(2).transpose(1, 2)).mean(1))
+
+
+class _Untraceable(_TokenMlp):
+    """Python control flow on a tensor: torch.fx cannot trace it."""
+
+    def forward(self, x):
+        return super().forward(x) if x.sum() > -1e9 else x
+
+
+def test_a_model_fx_cannot_trace_is_still_measured_with_a_warning_and_axis_one():
+    with pytest.warns(UserWarning, match="axis 1 assumed"):
+        row = activation_stats(_Untraceable(), [torch.randn(4, 5, 3)]).iloc[0]
+    assert (row["path"], row["width"]) == ("act", 5) and row["x_std"] > 0
+
+
+def _meta(generator, gate="sigmoid", c=2):
+    return MetaAcon(c, generator, p1=1.0, p2=0.0, gate=gate)
+
+
+def _by_hand_spread(beta):
+    """The std across samples (dim 0) of beta at each channel and position, averaged over channels and positions."""
+    return beta.std(dim=0, unbiased=False).mean().item()
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "hard_sigmoid"])
+def test_pixel_wise_spread_is_the_std_across_inputs_per_channel_and_position_averaged(gate):
+    batches = _inputs(n=5, c=2, hw=3, seed=1)
+    stats = measure(_meta(PixelBeta(2), gate), batches)
+    x = torch.cat(batches).double()
+    beta = torch.sigmoid(x)  # pixel-wise: one beta per element, beta = sigmoid(x)
+    row = stats.sites.iloc[0]
+    assert row["beta_std_samples"] == pytest.approx(_by_hand_spread(beta), rel=1e-5)
+    per_channel = beta.std(dim=0, unbiased=False).mean(dim=(1, 2))
+    assert list(stats.channels["beta_std_samples"]) == pytest.approx(per_channel.tolist(), rel=1e-5)
+    assert row["beta_mean"] == pytest.approx(beta.mean().item(), rel=1e-6)
+    centred = (x * beta / 3).clamp(-1, 1) if gate == "hard_sigmoid" else torch.tanh(x * beta / 2)  # 2 g(z) - 1
+    assert row["linear_fraction"] == pytest.approx(1 - centred.abs().mean().item(), rel=1e-5)
+    # averaging beta over positions first (the old column) gives a smaller number: the point of the definition
+    assert _by_hand_spread(beta.mean(dim=(2, 3))) < 0.8 * row["beta_std_samples"]
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "hard_sigmoid"])
+def test_channel_wise_spread_is_the_std_across_inputs_of_each_channels_beta_averaged(gate):
+    gen = ChannelBeta(2, r=1, width_rule="plain", bn=False)  # fc1, fc2 set by hand: beta_c = sigmoid(2 mean_hw x_c - c)
+    with torch.no_grad():
+        gen.fc1.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(2, 2, 1, 1)), gen.fc1.bias.zero_()
+        gen.fc2.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 2.0]]).view(2, 2, 1, 1))
+        gen.fc2.bias.copy_(torch.tensor([0.0, -1.0]))
+    batches = _inputs(n=4, c=2, hw=3, seed=2)
+    stats = measure(_meta(gen, gate), batches)
+    x = torch.cat(batches).double()
+    beta = torch.sigmoid(2 * x.mean(dim=(2, 3)) - torch.tensor([0.0, 1.0], dtype=torch.float64))  # (N, C)
+    row = stats.sites.iloc[0]
+    assert row["beta_std_samples"] == pytest.approx(_by_hand_spread(beta), rel=1e-5)
+    assert list(stats.channels["beta_std_samples"]) == pytest.approx(beta.std(0, unbiased=False).tolist(), rel=1e-5)
+    assert row["beta_std_channels"] == pytest.approx(beta.mean(0).std(unbiased=False).item(), rel=1e-5)
+    z = x * beta[:, :, None, None]  # p1 - p2 = 1
+    centred = (z / 3).clamp(-1, 1) if gate == "hard_sigmoid" else torch.tanh(z / 2)  # 2 g(z) - 1
+    assert row["linear_fraction"] == pytest.approx(1 - centred.abs().mean().item(), rel=1e-5)
+
+
+def test_a_spread_far_smaller_than_beta_survives_many_batches():
+    """Beta near 0.5 that varies by 1e-5 across inputs: a sum of squares minus a squared sum would lose it."""
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randn(64, 2, 2, 2, generator=g) * 1e-4 for _ in range(8)]
+    row = activation_stats(_meta(LayerBeta(2, reduce="mean")), batches).iloc[0]
+    expected = _by_hand_spread(torch.sigmoid(torch.cat(batches).double().mean(dim=(1, 2, 3))))  # one beta per sample
+    assert 5e-6 < expected < 2e-5
+    assert row["beta_std_samples"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_the_depth_plot_band_is_mean_plus_minus_std_over_seeds_clipped_to_the_columns_range(monkeypatch, tmp_path):
+    import report.activations as act
+
+    drawn = []
+    monkeypatch.setattr(act, "save", lambda fig, out_dir, stem: drawn.append((stem, fig)) or [])
+    linear = {0: [0.2, 0.4, 0.9], 1: [0.95, 0.99, 0.6]}  # by site, one value per seed
+    sites = pd.DataFrame([{"variant": "meta_acon", "seed": s, "site": i, "stage": 1, "beta_mean": 0.5 + 0.1 * s,
+                           "linear_fraction": v[s], "beta_std_samples": 0.01, "generator": "channel"}
+                          for i, v in linear.items() for s in range(3)])
+    act.plot_activations(sites, pd.DataFrame(), tmp_path)
+    fig = dict(drawn)["act_beta_by_depth"]
+    for ax, column in zip(fig.axes, ("beta_mean", "linear_fraction")):
+        band = ax.collections[0].get_paths()[0].vertices
+        by_site = sites.groupby("site")[column]
+        low, high = (by_site.mean() - by_site.std()).clip(0, 1), (by_site.mean() + by_site.std()).clip(0, 1)
+        for site in (0, 1):
+            ys = band[np.isclose(band[:, 0], site), 1]
+            assert (ys.min(), ys.max()) == (pytest.approx(low[site]), pytest.approx(high[site]))
+    assert "± std" in fig._suptitle.get_text()
