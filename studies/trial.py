@@ -181,8 +181,7 @@ def _late(ctx: TrialContext, trial: optuna.Trial, run_id: str, state: TrialState
     why = fail_reason(mine)
     where = f"its cell was queued again as trial #{reruns[0].number}" if reruns else "its cell is queued again"
     stopped = "; training stopped there" if epoch is not None else ""
-    note = (f"late result: {result} arrived after this trial was failed ({why}: this worker was cut off from the "
-            f"Optuna storage longer than the heartbeat grace); not counted, {where}{stopped}")
+    note = f"late result: {result} arrived after this trial was failed ({why}); not counted, {where}{stopped}"
     say(f"trial #{trial.number}: {note}")
     ctx.tracker.end_trial(run_id, "FAIL", note)
     ctx.tracker.tag(run_id, {schema.LATE_RESULT: result, schema.NOTE: f"**Not counted.** {note[0].upper()}{note[1:]}."})
