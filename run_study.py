@@ -88,7 +88,8 @@ def _add_run(sub: Any) -> None:
                    help="race the designs across seeds: 3 seeds each, then one more per round for the designs a test "
                         "has not shown to be worse than the best (--seeds: the most any design gets)")
     p.add_argument("--race-alpha", type=float, default=0.05,
-                   help="probability of ever dropping the truly best design (default 0.05)")
+                   help="the race's error level (default 0.05): with friedman, of dropping any design when all tie; "
+                        "with t, of dropping the truly best one when paired differences are normal")
     p.add_argument("--race-test", default="friedman", choices=("friedman", "t"),
                    help="friedman: F-Race's ranks within seeds (default); t: paired t-tests, Bonferroni over designs too")
     p.set_defaults(func=cmd_run)

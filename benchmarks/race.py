@@ -6,7 +6,8 @@
 Simulation: designs with known true means and noise (a seed effect shared by all designs, as when one seed
 fixes the data order, plus each design's own noise), raced many times with each test; one line per scenario and
 test: how often the truly best design was dropped (with ties, a given best one) and the trials used against
-the full grid.
+the full grid. Then the global null (every design tied, continuous or counted on 100 validation images, alpha
+0.01 and 0.05): how often a given design, and any design, was dropped.
 
 Replay: the trials of a finished full grid, raced again (``studies.race``, same plan as ``run --race``) with the
 order of its seeds shuffled each time; prints the share of the grid's trials a race would have used, and how
@@ -38,20 +39,26 @@ SCENARIOS = {
 
 
 def simulate(baseline: str, designs: dict[str, tuple[float, float]], shared: float, plan: RacePlan, races: int,
-             rng: np.random.Generator) -> tuple[float, float]:
-    """(share of races that dropped the truly best design, mean share of the grid's trials used)."""
+             rng: np.random.Generator, images: int | None = None) -> tuple[float, float, float]:
+    """(share of races that dropped the truly best design (with ties, a given one), share that dropped any design
+    but the baseline, mean share of the grid's trials used). ``images``: accuracies counted on a validation set of
+    that many images (multiples of 100 / images points, so ties happen), else continuous."""
     names = list(designs)
     top = max(m for m, _ in designs.values())
     best = next(d for d, (m, _) in designs.items() if m == top and d != baseline)  # tied best: a given one
-    errors, used = 0, 0.0
+    errors, drops, used = 0, 0, 0.0
     for _ in range(races):
         effect = rng.normal(0, shared, plan.max_seeds)
-        values = {d: {s: m + effect[s] + rng.normal(0, sd) for s in range(plan.max_seeds)}
-                  for d, (m, sd) in designs.items()}
+        table = np.array([[m + effect[s] + rng.normal(0, sd) for s in range(plan.max_seeds)]
+                          for m, sd in designs.values()])
+        if images:
+            table = np.round(table * images / 100) * 100 / images
+        values = {d: dict(enumerate(row.tolist())) for d, row in zip(names, table)}
         state = race(names, {d: set(range(plan.max_seeds)) for d in names}, values, plan, baseline)
         errors += best in state.dropped
+        drops += bool(state.dropped)
         used += len(state.wanted()) / (len(names) * plan.max_seeds)
-    return errors / races, used / races
+    return errors / races, drops / races, used / races
 
 
 def answer(values: dict[str, dict[int, float]], cells: set[tuple[str, int]], baseline: str) -> tuple[str, frozenset]:
@@ -126,10 +133,30 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"alpha / looks, gated by the omnibus test; t: alpha / (looks x (designs - 1)))")
     for name, (baseline, designs, shared) in SCENARIOS.items():
         for test in ("friedman", "t"):
-            error, used = simulate(baseline, designs, shared, RacePlan(max_seeds=args.seeds, test=test), args.races, rng)
+            error, _, used = simulate(baseline, designs, shared, RacePlan(max_seeds=args.seeds, test=test),
+                                      args.races, rng)
             print(f"{name:42s} {test:8s} dropped the true best in {100 * error:5.2f}% of races; "
                   f"{100 * used:5.1f}% of the grid's trials")
+    tied(args.races, rng)
 
+
+#: the global null: every design the same (the first is the baseline); (designs, seed budget)
+TIED = {"3 tied, seeds 3..5": (3, 5), "6 tied, seeds 3..8": (6, 8)}
+
+
+def tied(races: int, rng: np.random.Generator) -> None:
+    """Drop rates when every design ties, continuous or counted on 100 validation images: a given one, and any."""
+    print(f"\nall designs tied, {races} races each (Monte-Carlo sd at 1%: "
+          f"{100 * np.sqrt(0.01 * 0.99 / races):.2f} points; at 5%: {100 * np.sqrt(0.05 * 0.95 / races):.2f})")
+    for name, (count, seeds) in TIED.items():
+        designs = {f"d{i}": (90.0, 1.0) for i in range(count)}
+        for images in (None, 100):
+            for test in ("friedman", "t"):
+                for alpha in (0.01, 0.05):
+                    given, some, _ = simulate("d0", designs, 0.5, RacePlan(max_seeds=seeds, alpha=alpha, test=test),
+                                              races, rng, images)
+                    print(f"{name:20s} {'continuous' if images is None else f'{images} images':10s} {test:8s} "
+                          f"alpha {alpha}: a given design dropped in {100 * given:5.2f}%, any in {100 * some:5.2f}%")
 
 if __name__ == "__main__":
     main()

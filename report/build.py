@@ -120,9 +120,7 @@ def _build(runs: StudyRuns, group_by, baseline, metric, effect=None) -> _Report:
     label = ",".join(f"{k}={v}" for k, v in spec.items()) or "baseline"
     race = racing.race_of(runs, column)
     if race is not None:  # a dropped design's row: when it left the race, not a verdict from fewer seeds
-        verdicts = racing.dropped_verdicts(race)
-        labels = group_labels(table, groups, sep="/", every_axis=True)
-        table["verdict"] = [verdicts.get(lab, v) for lab, v in zip(labels, table["verdict"])]
+        table["verdict"] = racing.race_verdicts(race, runs.kept, table, groups)
     shown = add_columns(display_frame(table, groups, accuracy=accuracy, baseline_label=label), table)
     paragraph, next_run = summary.conclusions(runs, table, groups, column, label, accuracy, effect)
     top = None

@@ -1,7 +1,8 @@
 """A raced study (``run --race``) in the report: its rounds, who was dropped and why, and its progress by seed.
 
 The race is replayed from the trials with the plan its parent run records (``studies.race`` is a pure
-function of the results), so the report shows exactly what the runs decided.
+function of the results) and the objective's exact values (logged unrounded), so the report shows exactly what
+the runs decided.
 """
 from __future__ import annotations
 
@@ -31,22 +32,40 @@ def race_of(runs: StudyRuns, column: str) -> RaceState | None:
 
 
 def race_lines(state: RaceState) -> tuple[str, pd.DataFrame]:
-    """A one-line summary and a table of the rounds: seeds, designs run, the best, who was dropped (p, vs)."""
+    """A one-line summary (with what its error level guarantees) and a table of the rounds: seeds, designs run,
+    the best, who was dropped (p, vs)."""
     plan = state.plan
     status = f"finished: {state.reason}" if state.finished else f"in round {state.round} ({len(state.needed)} cell(s) to run)"
-    head = (f"race: {plan.test} test after each round, the true best dropped with probability at most {plan.alpha} "
-            f"(each test at {plan.level(len(state.alive) + len(state.dropped)):.2g}); seeds {plan.min_seeds}..{plan.max_seeds}; "
-            f"{status}; {len(state.wanted())} cells run or queued of a {len(state.alive) + len(state.dropped)} x "
-            f"{plan.max_seeds} grid")
+    designs = len(state.alive) + len(state.dropped)
+    head = (f"race: {plan.test} test after each round, each at {plan.level(designs):.2g}: {plan.promise()}; "
+            f"seeds {plan.min_seeds}..{plan.max_seeds}; {status}; {len(state.wanted())} cells run or queued of a "
+            f"{designs} x {plan.max_seeds} grid")
     rows = [{"round": r.number, "seeds": r.seeds, "designs": len(r.ran), "best": short_variant(r.best),
              "dropped (p vs the best)": ", ".join(f"{short_variant(d.design)} (p={d.p:.2g})" for d in r.dropped) or "-"}
             for r in state.rounds]
     return head, pd.DataFrame(rows)
 
 
-def dropped_verdicts(state: RaceState) -> dict[str, str]:
-    """The verdict of each dropped design's row: ``dropped in round k``."""
-    return {d: f"dropped in round {drop.round}" for d, drop in state.dropped.items()}
+def race_verdicts(state: RaceState, kept: pd.DataFrame, table: pd.DataFrame, groups: list[str]) -> list[str]:
+    """Each row's verdict, however the rows group the designs (``--group-by``): ``dropped in round k`` when the
+    race dropped every design of the row, the row's own verdict plus ``2 of 3 designs dropped in round 1`` when
+    it dropped some, else the row's own verdict."""
+    members = {_key(k): set(g["variant"]) for k, g in kept.groupby(groups, sort=False, dropna=False)}
+    out = []
+    for key, verdict in zip(table[groups].itertuples(index=False, name=None), table["verdict"]):
+        designs = members.get(_key(key), set())
+        drops = [state.dropped[d] for d in sorted(designs) if d in state.dropped]
+        rounds = sorted({d.round for d in drops})
+        when = f"round{'s' if len(rounds) > 1 else ''} {', '.join(map(str, rounds))}"
+        if drops and len(drops) == len(designs):
+            out.append(f"dropped in {when}")
+        else:
+            out.append(f"{verdict}; {len(drops)} of {len(designs)} designs dropped in {when}" if drops else verdict)
+    return out
+
+
+def _key(values) -> tuple[str, ...]:
+    return tuple(map(str, values if isinstance(values, tuple) else (values,)))
 
 
 def plot_race(runs: StudyRuns, state: RaceState, column: str, out_dir: Path, *, scale: float = 1.0) -> list[Path]:

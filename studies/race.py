@@ -6,21 +6,33 @@ current best design is dropped. The baseline is never dropped, so every survivor
 with it on the same seeds. The race ends when one design besides the baseline is left, or the seed budget
 (``max_seeds``) is used.
 
-Error control: the probability of ever dropping the truly best design stays at or below ``alpha``, with the
-``alpha`` split over the planned looks (rounds with a test: ``max_seeds - min_seeds + 1``). Two tests:
+Error control: ``alpha`` is split over the planned looks (rounds with a test: ``max_seeds - min_seeds + 1``).
+Two tests, each with its own promise:
 
 - ``friedman`` (default; F-Race's): within each seed the designs still in the race are ranked; a design is
   dropped when Conover's post-hoc test says it ranks below the current best, and a pair's p is never below the
-  p of Friedman's omnibus test; each look at ``alpha / looks``. When every design ties (the global null), a
-  drop needs the omnibus test to reject at some look, which happens with probability at most ``alpha``
-  (Bonferroni over the looks). When only some tie, the post-hoc pairs hold the level approximately;
-  ``benchmarks/race.py`` measures it. Ranks make a design that is last on every seed droppable however much
-  its values swing (layer-wise meta-ACON's 31/86/78 %), which a t-test on 3-5 pairs cannot do.
-- ``t``: a one-sided paired t-test of each design against the current best at ``alpha / (looks (D - 1))``.
-  Provable in every configuration: the truly best design T is dropped only if it tests significantly worse
-  than the current best B at some look, an event inside the union, over looks and over the D - 1 other designs
-  j, of "T tests significantly worse than j", each of probability at most the test's level when T is at
-  least as good as j. It saves less: with 2-7 degrees of freedom the t-test needs large, steady differences.
+  p of Friedman's omnibus test, a permutation test (exact, or from at least 19,999 seeded permutations); each
+  look at ``alpha / looks``. What holds: when every design ties (the same distribution of results within a
+  seed, ties in the values included), the race drops *any* design with probability at most ``alpha``: a drop
+  needs the omnibus test to reject at some look (Bonferroni over the looks), and a permutation p holds its
+  level whatever the seeds and ties (a Monte-Carlo one up to its sampling error). When only some designs tie,
+  Conover's pairs hold the level for the best one approximately, not provably; ``benchmarks/race.py``
+  measures it. Ranks make a design that is last on every seed droppable however much its values swing
+  (layer-wise meta-ACON's 31/86/78 %), which a t-test on 3-5 pairs cannot do.
+- ``t``: a one-sided paired t-test of each design against the current best at ``alpha / (looks (D - 1))``, its p
+  never below ``2^-n`` (the exact sign test's p of n differences all negative: identical differences, which a
+  finite validation set makes likely, are as sure as n pairs can be, not certain). What holds, when the paired
+  differences are normal: the truly best design T is dropped with probability at most ``alpha`` in every
+  configuration. T is dropped only if it tests significantly worse than the current best B at some look, an
+  event inside the union, over looks and over the D - 1 other designs j, of "T tests significantly worse than
+  j", each of probability at most the test's level when T is at least as good as j. It saves less: nothing is
+  dropped before ``2^-n`` is below the level (with seeds 3..8 at 0.05, never for 6 designs).
+
+Pruning: a race refuses a study with a pruner (``studies.runner`` says so before any store is made). A pruned
+cell stops at an early epoch, so it has no final value to rank or pair; counting its early value, or leaving
+its seed out, would bias the designs' means and ranks, and the pruner's decisions carry no error level. A cell
+pruned anyway (a training loop that raises ``optuna.TrialPruned`` itself) counts as done without a value: its
+seed leaves Friedman's blocks and its design's mean.
 
 The race is a pure function of the results so far (``race``): any process, any time, replays it from the
 finished trials and gets the same rounds, drops and next cells, which is what makes several workers and a
@@ -69,6 +81,15 @@ class RacePlan:
         """The level of each test: ``alpha / looks`` for Friedman's (gated by its omnibus test),
         ``alpha / (looks x (designs - 1))`` for paired t-tests."""
         return self.alpha / (self.looks * (1 if self.test == "friedman" else max(1, designs - 1)))
+
+    def promise(self) -> str:
+        """What its error level guarantees, in words (``studies.race``'s docstring says why)."""
+        if self.test == "friedman":
+            return (f"if all designs tie, any design is dropped with probability at most {self.alpha} (each drop needs "
+                    f"a permutation omnibus test to reject); if only some tie, the true best's probability is held "
+                    f"at {self.alpha} approximately (Conover's pairs: measured, not proven)")
+        return (f"the true best is dropped with probability at most {self.alpha} if the paired differences are normal "
+                f"(Bonferroni over looks and designs; no p below 2^-n from n pairs)")
 
 
 @dataclass(frozen=True)
@@ -139,7 +160,7 @@ def race(designs: Sequence[str], done: Mapping[str, set[int]], values: Mapping[s
         means = {d: _mean([sign * v for s, v in values.get(d, {}).items() if s < k]) for d in state.alive}
         ranked = [d for d in state.alive if not math.isnan(means[d])]
         best = max(ranked, key=lambda d: (means[d], -state.alive.index(d))) if ranked else state.alive[0]
-        worse = _p_friedman(state.alive, values, k, sign, best, stats) if plan.test == "friedman" else {}
+        worse = _p_friedman(state.alive, values, k, sign, best, level, stats) if plan.test == "friedman" else {}
         drops = []
         for d in state.alive:
             if d in (best, baseline):
@@ -165,47 +186,72 @@ def race(designs: Sequence[str], done: Mapping[str, set[int]], values: Mapping[s
 
 
 def _p_friedman(alive: list[str], values: Mapping[str, Mapping[int, float]], k: int, sign: float, best: str,
-                stats) -> dict[str, float]:
-    """F-Race's test: ranks within each seed (block) that every design in the race completed; unless Friedman's
-    test finds a difference at all (p < 0.05 is not required here: its p is the floor of every pair's), each
-    design's one-sided p of ranking below ``best``, from Conover's post-hoc t with (n - 1)(k - 1) degrees of
-    freedom. Returns {design: p}."""
+                level: float, stats) -> dict[str, float]:
+    """F-Race's test on the seeds (blocks) every design in the race completed: ranks within each seed, then each
+    design's one-sided p of ranking below ``best`` from Conover's post-hoc t ((n - 1)(m - 1) degrees of freedom),
+    never below the p of Friedman's omnibus test (``_p_omnibus``). That floor is computed only when some pair's p
+    is below ``level``: it can only raise a p, so it changes no decision otherwise. Returns {design: p}."""
     import numpy as np
 
     blocks = [s for s in range(k) if all(s in values.get(d, {}) for d in alive)]
     n, m = len(blocks), len(alive)
     if n < 2 or m < 2:
         return {}
-    table = np.array([[sign * values[d][s] for d in alive] for s in blocks])
-    ranks = np.vstack([stats.rankdata(row) for row in table])  # high rank: better
+    ranks = stats.rankdata([[sign * values[d][s] for d in alive] for s in blocks], axis=1)  # high rank: better
     sums = ranks.sum(axis=0)
-    a = float((ranks ** 2).sum())
-    c = n * m * (m + 1) ** 2 / 4.0
-    spread = a - c
-    if spread <= 0:  # every rank tied: nothing tells the designs apart
-        return {}
-    friedman = (m - 1) * (float((sums ** 2).sum()) - n * c) / spread
-    p_all = float(stats.chi2.sf(friedman, m - 1))
-    scale = np.sqrt(2 * (n * a - float((sums ** 2).sum())) / ((n - 1) * (m - 1)))
-    out = {}
-    for j, d in enumerate(alive):
-        gap = float(sums[alive.index(best)] - sums[j])
-        if scale == 0:
-            out[d] = 0.0 if gap > 0 else 1.0
-        else:
-            out[d] = max(p_all, float(stats.t.sf(gap / scale, df=(n - 1) * (m - 1))))
-    return out
+    square = max(0.0, 2 * (n * float((ranks ** 2).sum()) - float((sums ** 2).sum())) / ((n - 1) * (m - 1)))
+    gaps = sums[alive.index(best)] - sums
+    with np.errstate(divide="ignore", invalid="ignore"):  # scale 0: every seed ranks them alike, t is +-inf
+        t = np.where(gaps == 0, 0.0, gaps / math.sqrt(square))
+    p = stats.t.sf(t, df=(n - 1) * (m - 1))
+    if p.min() < level:
+        p = np.maximum(p, _p_omnibus(ranks, level, stats))
+    return dict(zip(alive, map(float, p)))
+
+
+PERMUTATIONS = 19_999  # within-seed permutations behind a Monte-Carlo omnibus p (at least; exact below that)
+SCREEN = 999  # permutations of a first, quick look: a p above 5 x the level needs no more
+
+
+def _p_omnibus(ranks, level: float, stats) -> float:
+    """Friedman's omnibus p as a permutation test of the rank sums' spread (``sum_j R_j^2``, which orders tables
+    as Friedman's tie-corrected statistic does). When every design ties, a seed's ranks are exchangeable, so the
+    p holds its level: exactly when all within-seed permutations are enumerated (at most ``PERMUTATIONS`` or
+    20 / ``level`` of them), else up to the sampling error of that many seeded random ones (the same p on every
+    replay). A quick look at ``SCREEN`` permutations first: a p above 5 x ``level`` there is returned as it is
+    (it keeps every pair above the level; the screen only ever removes drops, so the level still holds).
+    Not the chi-square approximation: with 3-8 seeds it is off (0.0498 against the exact 1/36 for 3 designs
+    ranked alike on 3 seeds), so its level would be a measurement, not a promise, and mostly wasted (under the
+    null it rejects 0-0.7 times as often as its level at these sizes)."""
+    quick = _permutation_p(ranks, SCREEN, stats)
+    if quick >= 5 * level or math.factorial(ranks.shape[1]) ** ranks.shape[0] <= SCREEN:  # far above, or exact
+        return quick
+    return _permutation_p(ranks, max(PERMUTATIONS, math.ceil(20 / level)), stats)
+
+
+def _permutation_p(ranks, resamples: int, stats) -> float:
+    """The p of the rank sums' spread over every within-seed permutation, or ``resamples`` seeded ones."""
+    import numpy as np
+
+    def spread(*designs, axis=-1):
+        return sum(d.sum(axis=axis) ** 2 for d in designs)
+
+    result = stats.permutation_test(tuple(ranks.T), spread, permutation_type="samples", alternative="greater",
+                                    vectorized=True, n_resamples=resamples, rng=np.random.default_rng(0))
+    return float(result.pvalue)
 
 
 def _p_worse(diffs: list[float], stats) -> float:
-    """One-sided paired t-test p-value that the mean difference is below 0 (1.0 with fewer than 2 pairs)."""
-    if len(diffs) < 2:
+    """One-sided paired t-test p that the mean difference is below 0 (1.0 with fewer than 2 pairs), never below
+    ``2^-n``: the exact sign test's p when all n differences are negative, the surest that n pairs can be."""
+    n = len(diffs)
+    if n < 2:
         return 1.0
     mean = _mean(diffs)
-    spread = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (len(diffs) - 1))
-    if spread == 0.0:  # identical differences: certain, in whichever direction they point
-        return 0.0 if mean < 0 else 1.0
-    return float(stats.t.cdf(mean / (spread / math.sqrt(len(diffs))), df=len(diffs) - 1))
+    spread = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (n - 1))
+    if spread == 0.0:  # identical differences (values quantised by a finite validation set): the sign test's p
+        return 0.5 ** n if mean < 0 else 1.0
+    return max(0.5 ** n, float(stats.t.cdf(mean / (spread / math.sqrt(n)), df=n - 1)))
 
 
 def _mean(xs: list[float]) -> float:
