@@ -1,6 +1,7 @@
 """``build_model``: one call from a design-space point to a model and the sites it changed."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 from torch import nn
@@ -8,7 +9,7 @@ from torch import nn
 from acon.activations import activation_options, create_activation
 from acon.errors import UserError
 from ablation.models import create_model, default_input_size
-from ablation.sites import Site
+from ablation.sites import Site, unreplaced_summary
 from ablation.surgery import apply_placement
 
 
@@ -35,14 +36,25 @@ def build_model(
     shape propagation; ``kinds`` limits the activations that count as sites (default: all of
     ``ablation.sites.SITE_KINDS``, whichever the model uses). An activation factory that declares
     ``original`` gets the module it replaces.
+
+    Activation calls that cannot be sites (inside a block torch.fx cannot enter) are the returned sites'
+    ``unreplaced``, and one ``UnreplacedWarning`` line says how many and where (``unreplaced_summary(sites)``).
     """
     model = create_model(name, num_classes=num_classes, in_channels=in_channels, small_input=small_input,
                          input_size=input_size)
     size = input_size or default_input_size(name, small_input)
     make = _activation_factory(activation, generator, r, options)
     # The model was made here, so surgery may change it in place instead of copying it.
-    return apply_placement(model, make, placement, input_shape=(1, in_channels, size, size), kinds=kinds,
-                           model_name=str(name), copy_model=False)
+    model, sites = apply_placement(model, make, placement, input_shape=(1, in_channels, size, size), kinds=kinds,
+                                   model_name=str(name), copy_model=False)
+    if note := unreplaced_summary(sites):
+        label = name if isinstance(name, str) else getattr(name, "__name__", repr(name))
+        warnings.warn(f"{label}: {note}", UnreplacedWarning, stacklevel=2)
+    return model, sites
+
+
+class UnreplacedWarning(UserWarning):
+    """A model whose activation calls are not all sites: a design compared on it leaves some calls unchanged."""
 
 
 def _activation_factory(activation: Any, generator: Any, r: int | None, options: dict[str, Any]):

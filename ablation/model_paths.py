@@ -17,6 +17,7 @@ from torch import nn
 
 from acon.errors import UserError
 from acon.registry import Entry
+from ablation.surgery import declares_keyword
 
 _PASSED = ("num_classes", "in_channels", "small_input", "input_size")
 
@@ -78,14 +79,13 @@ def _load(where: str, name: str, what: str):
 
 
 def _declared(factory: Callable) -> set[str] | None:
-    """The keywords among ``_PASSED`` that ``factory`` names; None when it takes ``**kwargs`` (it gets them all)."""
+    """The keywords among ``_PASSED`` that ``factory`` names (a bare ``**kwargs`` names none: it may forward them to a
+    constructor that takes none of them); None when its signature cannot be read (it gets them all)."""
     try:
-        params = inspect.signature(factory).parameters.values()
+        inspect.signature(factory)
     except (TypeError, ValueError):
         return None
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.name in _PASSED and p.kind is not p.POSITIONAL_ONLY}
+    return {k for k in _PASSED if declares_keyword(factory, k)}
 
 
 def _call(name: str, factory: Callable, declared: set[str] | None) -> Callable[..., nn.Module]:

@@ -7,7 +7,6 @@ images for the families in ``SMALL_INPUT_FAMILIES``; other torchvision models re
 from __future__ import annotations
 
 import contextlib
-import inspect
 from typing import Any, Callable, Iterator
 from unittest import mock
 
@@ -17,6 +16,7 @@ from torch import nn
 
 from acon.registry import Entry, Registry
 from ablation import small_models
+from ablation.surgery import declares_keyword
 
 MODELS = Registry(
     "model",
@@ -51,16 +51,9 @@ def create_model(name: Any, *, num_classes: int = 10, in_channels: int = 3, smal
     if num_classes < 1 or in_channels < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
     factory = model_entry(name).obj
-    extra = {"input_size": input_size} if _declares_input_size(factory) else {}
+    # Only a factory naming input_size gets it: one taking **kwargs may forward them to a constructor that does not.
+    extra = {"input_size": input_size} if declares_keyword(factory, "input_size") else {}
     return factory(num_classes=num_classes, in_channels=in_channels, small_input=small_input, **extra)
-
-
-def _declares_input_size(factory: Any) -> bool:
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
-    return "input_size" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def default_input_size(name: Any, small_input: bool = False) -> int:

@@ -1,4 +1,5 @@
-"""Activation call sites of a model, found with torch.fx and shape propagation.
+"""Activation call sites of a model, found with torch.fx and shape propagation (and at run time inside a block fx
+cannot enter: ``ActivationCalls`` counts calls at the function level, as ``activation_calls`` does for a whole model).
 
 A site is one CALL of the model's own activation (ReLU, GELU, SiLU, ... as a module, a function
 or a tensor method), not a module instance: torchvision's ResNet blocks call one ``self.relu``
@@ -7,17 +8,20 @@ activation whose output scales another tensor, as in squeeze-excite) are never s
 """
 from __future__ import annotations
 
+import dataclasses
 import operator
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 #: kind -> (module classes, functions, tensor method names) that count as activation sites. The
 #: first kind that matches names a call (relu6 before hardtanh: nn.ReLU6 subclasses nn.Hardtanh).
@@ -97,18 +101,24 @@ _AUTOWRAPPED: list[Any] = []
 
 
 class SiteTracer(fx.Tracer):
-    """The default fx tracer, plus leaves for activation modules of any library (a call stays one node) and for
-    modules whose Python branches read ``self.training``; timm's no-trace modules and functions stay whole."""
+    """The default fx tracer, plus leaves for activation modules of any library (a call stays one node), for
+    modules whose Python branches read ``self.training``, for timm's no-trace modules and functions, and for the
+    ``whole`` classes (blocks fx failed to enter: their activations are found at run time, see ``find_sites``)."""
 
-    def __init__(self, *, whole_blocks: bool = False) -> None:
+    def __init__(self, *, whole: tuple[type, ...] = ()) -> None:
         from ablation.timm_models import notrace
 
-        modules, functions = notrace(whole_blocks=whole_blocks)
-        self.leaves = _extra_leaves() + modules + tuple(c for classes, _, _ in SITE_KINDS.values() for c in classes)
+        modules, functions = notrace()
+        self.leaves = _extra_leaves() + modules + whole + site_classes()
         super().__init__(autowrap_functions=functions + tuple(_AUTOWRAPPED))
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+
+
+def site_classes() -> tuple[type, ...]:
+    """Every activation module class in ``SITE_KINDS``."""
+    return tuple(c for classes, _, _ in SITE_KINDS.values() for c in classes)
 
 
 def _extra_leaves() -> tuple[type, ...]:
@@ -119,30 +129,40 @@ def _extra_leaves() -> tuple[type, ...]:
     return (StochasticDepth,)
 
 
+#: How many block classes a trace may keep whole before giving up.
+_MAX_WHOLE = 8
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model``; a model fx cannot trace gets a ValueError saying why."""
-    try:
+    """Symbolically trace ``model``; a model fx cannot trace gets a ValueError saying why.
+
+    A block fx cannot enter (control flow on a tensor, as in timm's ``MobileVitBlock``) is kept whole, that block
+    class alone, and the trace retried; the activations inside it are then found at run time (``propagate_shapes``).
+    """
+    whole: tuple[type, ...] = ()
+    while True:
         try:
-            graph = SiteTracer().trace(model)
-        except Exception:  # a library block that fx cannot enter (control flow on a tensor) stays whole: its
-            graph = SiteTracer(whole_blocks=True).trace(model)  # own activations are then not sites
-    except Exception as e:  # fx raises many types (TraceError, TypeError, RuntimeError ...)
-        where = _failing_module(model, e)
-        raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx{where}, so its call sites cannot be "
-                         f"found: {e}") from e
-    return fx.GraphModule(model, graph, type(model).__name__)
+            graph = SiteTracer(whole=whole).trace(model)
+            return fx.GraphModule(model, graph, type(model).__name__)
+        except Exception as e:  # fx raises many types (TraceError, TypeError, RuntimeError ...)
+            path, block = _failing_module(model, e)
+            if block is None or type(block) in whole or len(whole) >= _MAX_WHOLE:
+                where = f" (in module {path!r}, {type(block).__name__})" if block is not None else ""
+                raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx{where}, so its call sites "
+                                 f"cannot be found: {e}") from e
+            whole += (type(block),)
 
 
-def _failing_module(model: nn.Module, exc: BaseException) -> str:
-    """`` (in module 'blocks.0.attn', Attention)``: the innermost submodule whose forward the trace failed in."""
+def _failing_module(model: nn.Module, exc: BaseException) -> tuple[str, nn.Module | None]:
+    """The innermost submodule (path, module) whose forward the trace failed in; ("", None) if none."""
     import traceback
 
     names = {id(m): name for name, m in model.named_modules() if name}
-    found = ""
+    found: tuple[str, nn.Module | None] = ("", None)
     for frame, _ in traceback.walk_tb(exc.__traceback__):
         owner = frame.f_locals.get("self")
         if frame.f_code.co_name == "forward" and id(owner) in names:
-            found = f" (in module {names[id(owner)]!r}, {type(owner).__name__})"
+            found = (names[id(owner)], owner)
     return found
 
 
@@ -164,34 +184,243 @@ def propagate_shapes(gm: fx.GraphModule, input_shape: Sequence[int]) -> None:
 
 class _ShapeProp(ShapeProp):
     """ShapeProp that passes BatchNorm's input through: the output has its shape, and BN's meta and
-    fake kernels are Python decompositions (about a third of a ResNet's propagation time)."""
+    fake kernels are Python decompositions (about a third of a ResNet's propagation time). Every other leaf module
+    runs under ``ActivationCalls``: what it calls is in ``node.meta["activation_calls"]``."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        self._node = n
+        return super().run_node(n)
 
     def call_module(self, target, args, kwargs):
-        if isinstance(self.fetch_attr(target), nn.modules.batchnorm._BatchNorm) and not kwargs:
+        module = self.fetch_attr(target)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not kwargs:
             return args[0]
-        return super().call_module(target, args, kwargs)
+        if isinstance(module, site_classes()):
+            return super().call_module(target, args, kwargs)
+        with ActivationCalls(module, args, prefix=target) as calls:
+            out = super().call_module(target, args, kwargs)
+        self._node.meta["activation_calls"] = calls.calls
+        return out
+
+
+# ---- activation calls at run time --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Call:
+    """One activation call seen at run time: its ``SITE_KINDS`` kind; ``path``: the activation module that made
+    it (``module``), else the module whose forward called the function; the output ``shape`` and ``channel_dim``;
+    ``gate``: its output then scaled another tensor it was not computed from (never a site)."""
+
+    kind: str
+    path: str
+    module: bool
+    shape: tuple[int, ...]
+    channel_dim: int = 1
+    gate: bool = False
+
+
+class ActivationCalls(TorchFunctionMode):
+    """Counts the activation calls a module makes while active, at the function level: every torch function or
+    tensor method of ``SITE_KINDS`` (``nn.ReLU`` calls ``F.relu``: one call), and an activation module that calls
+    none (timm's ``Swish``) once. Only calls on values computed from ``inputs`` count; gates are marked."""
+
+    def __init__(self, root: nn.Module, inputs: Iterable[Any], *, prefix: str = "") -> None:
+        super().__init__()
+        self.calls: list[Call] = []
+        self._classes = site_classes()
+        self._functions = {f: kind for kind, (_, fs, ms) in SITE_KINDS.items()
+                           for f in (*fs, *(getattr(torch.Tensor, m) for m in ms))}
+        self._live: dict[int, frozenset[int]] = {}  # tensor id -> the calls it was computed from
+        self._keep: list[torch.Tensor] = []  # every tensor seen stays alive, so no id is reused
+        self._made: dict[int, tuple[Any, int | None]] = {}  # tensor id -> (op or module that made it, its input id)
+        self._output_of: dict[int, int] = {}  # activation output id -> call index
+        self._stack: list[list] = []  # [path, module, call index] of each forward being run
+        self._hooks = [h for name, m in root.named_modules() for h in self._hook(m, _join(prefix, name))]
+        for t in _tensors(inputs):
+            self._mark(t, frozenset(), None, None)
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        for h in self._hooks:
+            h.remove()
+        self._keep.clear()
+
+    def _hook(self, m: nn.Module, path: str) -> list:
+        def enter(module, args):
+            self._stack.append([path, module, None])
+
+        def leave(module, args, out):
+            _, _, index = self._stack.pop()
+            inp = next(iter(_tensors(args)), None)
+            if isinstance(module, self._classes) and not self._inside_activation() and isinstance(out, torch.Tensor):
+                if index is None and inp is not None and id(inp) in self._live:
+                    index = self._record(_module_kind(module), path, True, out, inp)
+                if index is not None:
+                    self._output_of[id(out)] = index
+            for t in _tensors(out):
+                self._made[id(t)] = (module, None if inp is None else id(inp))
+
+        return [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        given = _tensors((args, kwargs))
+        live = [self._live[id(t)] for t in given if id(t) in self._live]
+        if not live:
+            return out
+        ancestry = frozenset().union(*live)
+        kind = self._functions.get(func)
+        top = self._stack[-1] if self._stack else None
+        if kind is not None and id(given[0]) in self._live and isinstance(out, torch.Tensor):
+            if top is not None and isinstance(top[1], self._classes):  # the module's own call: counted once
+                if top[2] is None:
+                    top[2] = self._record(_module_kind(top[1]), top[0], True, out, given[0])
+                ancestry |= {top[2]}
+            elif not self._inside_activation():
+                index = self._output_of[id(out)] = self._record(kind, top[0] if top else "", False, out, given[0])
+                ancestry |= {index}
+        elif getattr(func, "__name__", "") in _MULTIPLY_NAMES and not self._inside_activation():
+            self._mark_gates(given, out)
+        for t in _tensors(out):
+            self._mark(t, ancestry, func, id(given[0]))
+        return out
+
+    def _inside_activation(self) -> bool:
+        # Nested activation calls (timm's hard_swish calls relu6) belong to the activation module around them.
+        return any(isinstance(m, self._classes) for _, m, _ in self._stack)
+
+    def _record(self, kind: str, path: str, module: bool, out: torch.Tensor, inp: torch.Tensor) -> int:
+        self.calls.append(Call(kind, path, module, tuple(out.shape), self._axis(inp, out.dim())))
+        return len(self.calls) - 1
+
+    def _mark(self, t: torch.Tensor, ancestry: frozenset[int], op: Any, source: int | None) -> None:
+        self._live[id(t)] = ancestry
+        self._keep.append(t)
+        self._made.setdefault(id(t), (op, source))
+
+    def _mark_gates(self, given: list[torch.Tensor], out: Any) -> None:
+        """A multiply that scales a tensor by an activation's output, as ``_is_gate`` does on a graph."""
+        shape = getattr(out, "shape", None)
+        for t in given:
+            index = self._output_of.get(id(t))
+            if index is None:
+                continue
+            if any(o is not t and id(o) in self._live and o.shape == shape and index not in self._live[id(o)]
+                   for o in given):
+                self.calls[index] = dataclasses.replace(self.calls[index], gate=True)
+
+    def _axis(self, inp: torch.Tensor, ndim: int) -> int:
+        """The channel axis, as ``_channel_dim`` finds it on a graph: walk back to a Linear/LayerNorm or conv/norm."""
+        cur: int | None = id(inp)
+        for _ in range(8):
+            op, cur = self._made.get(cur, (None, None))
+            if op is None:
+                break
+            if (axis := _axis_after(op, ndim)) is not None:
+                return axis
+        return 1
+
+
+_MULTIPLY_NAMES = ("mul", "mul_", "__mul__", "__rmul__", "__imul__")
+
+
+def activation_calls(model: nn.Module, *inputs: Any) -> list[Call]:
+    """Every activation call ``model(*inputs)`` makes (gates marked), counted at run time without tracing."""
+    with torch.no_grad(), ActivationCalls(model, inputs) as calls:
+        model(*inputs)
+    return calls.calls
+
+
+def _module_kind(module: nn.Module) -> str:
+    return next(kind for kind, (classes, _, _) in SITE_KINDS.items() if isinstance(module, classes))
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
+
+
+def _join(prefix: str, name: str) -> str:
+    return ".".join(p for p in (prefix, name) if p)
 
 
 def find_sites(gm: fx.GraphModule, kinds: Sequence[str] | None = None) -> list[tuple[Site, fx.Node]]:
     """Every candidate site of a shape-propagated graph, in execution order, with its node.
 
-    ``kinds`` (default: every kind in ``SITE_KINDS``) limits which activations count.
+    A site inside a block kept whole is an activation module that block calls once (its node is the block's; it is
+    replaced by swapping the module); the calls there that are not (functions, shared modules) are
+    ``unreplaced_calls``. ``kinds`` (default: every kind in ``SITE_KINDS``) limits which activations count.
     """
     wanted = set(check_kinds(kinds))
     live = _input_dependent(gm.graph)
-    found = [(n, kind_of(gm, n)) for n in gm.graph.nodes if n in live]
-    found = [(n, k) for n, k in found if k in wanted and not _is_gate(n, live)]
-    nodes = [n for n, _ in found]
-    paths = _paths(gm, nodes)
-    axes = [_channel_dim(gm, n) for n in nodes]
-    stages = assign_stages([p for p, _ in paths], [_spatial(n, a) for n, a in zip(nodes, axes)])
+    inner, _ = _inner_calls(gm, live, wanted)
+    found: list[tuple[fx.Node, str, Call | None]] = []
+    for n in gm.graph.nodes:
+        kind = kind_of(gm, n) if n in live else None
+        if kind in wanted and not _is_gate(n, live):
+            found.append((n, kind, None))
+        found.extend((n, c.kind, c) for c in inner.get(n, ()))
+    paths = _paths([c.path if c else _base_path(n) for n, _, c in found])
+    axes = [c.channel_dim if c else _channel_dim(gm, n) for n, _, c in found]
+    shapes = [c.shape if c else tuple(_shape(n)) for n, _, c in found]
+    stages = assign_stages([p for p, _ in paths], [_spatial(sh, a) for sh, a in zip(shapes, axes)])
     out = []
-    for i, ((n, kind), (path, count), stage, axis) in enumerate(zip(found, paths, stages, axes)):
-        block, block_type = _block(n)
-        site = Site(i, path, _width(n, path, axis), _spatial(n, axis), stage, "", _source(n.args[0]), block, block_type,
-                    _inplace(gm, n), kind, axis)
+    for i, ((n, kind, call), (path, _), stage, axis, shape) in enumerate(zip(found, paths, stages, axes, shapes)):
+        block, block_type = _inner_block(gm, call.path) if call else _block(n)
+        source = str(n.target) if call else _source(n.args[0])
+        site = Site(i, path, _width(shape, path, axis), _spatial(shape, axis), stage, "", source, block, block_type,
+                    False if call else _inplace(gm, n), kind, axis)
         out.append((site, n))
     return out
+
+
+def unreplaced_calls(gm: fx.GraphModule, kinds: Sequence[str] | None = None) -> list[Call]:
+    """The activation calls (of ``kinds``) inside blocks kept whole that are no site: functional calls, and modules
+    called more than once (one module cannot become several). ``propagate_shapes`` must have run."""
+    live = _input_dependent(gm.graph)
+    return _inner_calls(gm, live, set(check_kinds(kinds)))[1]
+
+
+def _inner_calls(gm: fx.GraphModule, live: set[fx.Node], wanted: set[str]) -> tuple[dict[fx.Node, list[Call]], list[Call]]:
+    """The calls made inside leaf modules, split into sites (per node) and calls left unreplaced."""
+    made = [(n, c) for n in gm.graph.nodes if n in live for c in n.meta.get("activation_calls", ())]
+    uses = Counter(c.path for _, c in made if c.module)
+    sites: dict[fx.Node, list[Call]] = {}
+    left = []
+    for n, c in made:
+        if c.kind not in wanted or c.gate:
+            continue
+        if c.module and uses[c.path] == 1:
+            sites.setdefault(n, []).append(c)
+        else:
+            left.append(c)
+    return sites, left
+
+
+def _inner_block(gm: fx.GraphModule, path: str) -> tuple[str, str]:
+    parent = path.rpartition(".")[0]
+    return parent, type(gm.get_submodule(parent)).__name__
+
+
+class Sites(list):
+    """The sites a surgery changed (a list of ``Site``), and ``unreplaced``: the activation calls of the model that
+    are no site (``unreplaced_calls``), so a caller can say so."""
+
+    def __init__(self, sites: Iterable[Site] = (), unreplaced: Iterable[Call] = ()) -> None:
+        super().__init__(sites)
+        self.unreplaced = tuple(unreplaced)
+
+
+def unreplaced_summary(sites: Sequence[Site]) -> str:
+    """One line on the activation calls ``sites`` left unreplaced, and where; "" when none (or unknown)."""
+    left = getattr(sites, "unreplaced", ())
+    if not left:
+        return ""
+    where = Counter((c.path, c.kind, "module" if c.module else "function") for c in left)
+    shown = [f"{path or '(root)'} {kind} {how}" + (f" x{k}" if k > 1 else "") for (path, kind, how), k in where.items()]
+    more = f", ... ({len(shown) - 6} more places)" if len(shown) > 6 else ""
+    return (f"{len(left)} activation call(s) left unreplaced (inside blocks torch.fx cannot enter): "
+            f"{', '.join(shown[:6])}{more}")
 
 
 def check_kinds(kinds: Sequence[str] | None) -> list[str]:
@@ -261,14 +490,19 @@ def _channel_dim(gm: fx.GraphModule, n: fx.Node) -> int:
         if not isinstance(cur, fx.Node) or cur.op not in ("call_module", "call_function", "call_method"):
             break
         op = gm.get_submodule(cur.target) if cur.op == "call_module" else cur.target
-        if _is_layer_norm_2d(op):
-            return 1
-        if _is_call_of(op, _LAST_AXIS):
-            return max(ndim - 1, 1)
-        if _is_call_of(op, _AXIS_ONE):
-            return 1
+        if (axis := _axis_after(op, ndim)) is not None:
+            return axis
         cur = next((a for a in cur.args if isinstance(a, fx.Node)), None)
     return 1
+
+
+def _axis_after(op: Any, ndim: int) -> int | None:
+    """The channel axis of an output of ``op`` (a module or function), or None if ``op`` does not decide it."""
+    if _is_layer_norm_2d(op) or _is_call_of(op, _AXIS_ONE):
+        return 1
+    if _is_call_of(op, _LAST_AXIS):
+        return max(ndim - 1, 1)
+    return None
 
 
 def _is_call_of(op: Any, calls: tuple[tuple[type, ...], tuple[Any, ...]]) -> bool:
@@ -290,10 +524,9 @@ def _input_dependent(graph: fx.Graph) -> set[fx.Node]:
     return live
 
 
-def _paths(gm: fx.GraphModule, nodes: list[fx.Node]) -> list[tuple[str, int]]:
-    """``path`` per node, with ``#k`` when the same module (or op in the same scope) is called twice."""
-    bases = [_base_path(n) for n in nodes]
-    totals = {b: bases.count(b) for b in bases}
+def _paths(bases: list[str]) -> list[tuple[str, int]]:
+    """``path`` per site, with ``#k`` when the same module (or op in the same scope) is called twice."""
+    totals = Counter(bases)
     seen: dict[str, int] = {}
     out = []
     for b in bases:
@@ -346,13 +579,12 @@ def _inplace(gm: fx.GraphModule, n: fx.Node) -> bool:
     return bool(n.kwargs.get("inplace", n.args[1] if len(n.args) > 1 else False))
 
 
-def _spatial(n: fx.Node, channel_dim: int = 1) -> tuple[int, ...]:
+def _spatial(shape: Sequence[int], channel_dim: int = 1) -> tuple[int, ...]:
     """The output's dims other than batch and channels."""
-    return tuple(int(s) for i, s in enumerate(_shape(n)) if i not in (0, channel_dim))
+    return tuple(int(s) for i, s in enumerate(shape) if i not in (0, channel_dim))
 
 
-def _width(n: fx.Node, path: str, channel_dim: int = 1) -> int:
-    shape = _shape(n)
+def _width(shape: Sequence[int], path: str, channel_dim: int = 1) -> int:
     if len(shape) < 2:
         raise ValueError(f"site {path} has output shape {tuple(shape)}: an activation site needs (N, C, ...)")
     return int(shape[channel_dim])

@@ -16,16 +16,18 @@ from torch import fx, nn
 
 from acon.errors import UserError
 from ablation.placement import select_sites
-from ablation.sites import SITE_KINDS, Site, describe_replaced, find_sites, propagate_shapes, trace
+from ablation.sites import (SITE_KINDS, Site, Sites, describe_replaced, find_sites, kind_of, propagate_shapes, trace,
+                            unreplaced_calls)
 
 MakeActivation = Callable[..., nn.Module]  # make(site) or make(site, *, original)
 
 
 def list_sites(model: nn.Module, input_shape: Sequence[int], *, kinds: Sequence[str] | None = None) -> list[Site]:
-    """Every candidate activation site of ``model`` for an input of ``input_shape`` (batch included)."""
+    """Every candidate activation site of ``model`` for an input of ``input_shape`` (batch included); the calls
+    that are no site are its ``unreplaced`` (see ``ablation.sites.Sites``)."""
     gm = trace(model)
     propagate_shapes(gm, input_shape)
-    return [site for site, _ in _with_targets(gm, find_sites(gm, kinds))]
+    return Sites([site for site, _ in _with_targets(gm, find_sites(gm, kinds))], unreplaced_calls(gm, kinds))
 
 
 def apply_placement(
@@ -45,12 +47,14 @@ def apply_placement(
     ``kinds`` limits the candidate activations (default: every kind in ``SITE_KINDS``).
     ``make_activation(site, original=module)`` is called when it declares ``original``.
     In-place calls are handled: later readers of an in-place call's input read the new output.
+    The changed sites are a ``Sites`` list: its ``unreplaced`` are the model's activation calls that are no site.
     """
     if placement == "none":
-        return model, []
+        return model, Sites()
     gm = trace(copy.deepcopy(model) if copy_model else model)
     propagate_shapes(gm, input_shape)
     candidates = _with_targets(gm, find_sites(gm, kinds))
+    left = unreplaced_calls(gm, kinds)
     chosen = select_sites(placement, [s for s, _ in candidates])
     if not chosen:
         every = [s for s, _ in find_sites(gm)] if kinds is not None else [s for s, _ in candidates]
@@ -65,7 +69,7 @@ def apply_placement(
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    return gm, chosen
+    return gm, Sites(chosen, left)
 
 
 class NoSiteError(UserError):
@@ -94,7 +98,7 @@ def original_module(gm: fx.GraphModule, node: fx.Node, site: Site) -> nn.Module:
     """The activation module a site calls; for a function or method call, the module of its kind made
     from the call's keyword arguments (``F.gelu(x, approximate="tanh")`` -> ``nn.GELU(approximate="tanh")``)."""
     if node.op == "call_module":
-        return gm.get_submodule(node.target)
+        return gm.get_submodule(node.target if _calls_site(gm, node) else site.path)
     cls = SITE_KINDS[site.replaced][0][0]
     accepted = inspect.signature(cls).parameters
     return cls(**{k: v for k, v in node.kwargs.items() if k in accepted and k != "inplace" and not isinstance(v, fx.Node)})
@@ -130,9 +134,17 @@ def _exists(gm: fx.GraphModule, path: str) -> bool:
     return hasattr(owner, leaf)
 
 
+def _calls_site(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` is the site's own call (else it calls a block kept whole, and the site is inside it)."""
+    return kind_of(gm, node) is not None
+
+
 def _replace(gm: fx.GraphModule, node: fx.Node, site: Site, module: nn.Module, order: dict[fx.Node, int]) -> None:
-    """Swap ``node`` for a call of ``module`` at ``site.target``."""
+    """Swap ``node`` for a call of ``module`` at ``site.target``; inside a block kept whole, swap the module."""
+    inside_block = not _calls_site(gm, node)
     gm.add_submodule(site.target, module)
+    if inside_block:
+        return
     inp = node.args[0]
     with gm.graph.inserting_before(node):
         new = gm.graph.call_module(site.target, args=(inp,))

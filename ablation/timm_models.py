@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
@@ -81,18 +83,31 @@ def _factory(arch: str) -> Callable[..., nn.Module]:
     def factory(*, num_classes: int = 10, in_channels: int = 3, small_input: bool = False,
                 input_size: int | None = None) -> nn.Module:
         """timm's model without weights; ``input_size`` is passed as ``img_size`` where the model takes one (ViTs)."""
-        timm = timm_module()
-        kwargs = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels}
-        model = None
-        if input_size is not None:
-            try:
-                model = timm.create_model(arch, **kwargs, img_size=input_size)
-            except Exception:  # most models take no img_size (convnets): build them at any size
-                pass
-        return split_norm_act(model if model is not None else timm.create_model(arch, **kwargs))
+        return split_norm_act(timm_original(arch, num_classes=num_classes, in_channels=in_channels,
+                                            input_size=input_size))
 
     factory.__name__ = arch
     return factory
+
+
+def timm_original(arch: str, *, num_classes: int = 10, in_channels: int = 3, input_size: int | None = None) -> nn.Module:
+    """timm's own model ``arch`` without weights, unchanged; ``img_size=input_size`` where it takes one."""
+    timm = timm_module()
+    kwargs = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels}
+    if input_size is None:
+        return timm.create_model(arch, **kwargs)
+    try:
+        return timm.create_model(arch, **kwargs, img_size=input_size)
+    except TypeError as e:  # most models take no img_size (convnets): they are built at any size
+        if not _refuses_img_size(e):
+            raise
+    return timm.create_model(arch, **kwargs)
+
+
+def _refuses_img_size(exc: TypeError) -> bool:
+    """Whether ``exc`` is a constructor refusing the ``img_size`` keyword (any other error is real): Python's
+    "got an unexpected keyword argument 'img_size'" or timm's "got unexpected keyword argument(s): ['img_size']"."""
+    return re.search(r"unexpected keyword argument.*'img_size'", str(exc)) is not None
 
 
 class NormThenAct(nn.Module):
@@ -135,13 +150,13 @@ def _plain_norm(m: nn.Module) -> nn.Module | None:
     return None
 
 
-def notrace(*, whole_blocks: bool = False) -> tuple[tuple[type, ...], tuple[Callable, ...]]:
+def notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
     """timm's modules and functions that fx must not trace into (leaves, autowrapped), if timm is loaded.
 
     timm also keeps some whole blocks (``NormFreeBlock``, ``MobileVitBlock``, ``ConvMlp``) out of its feature
-    graphs; fx can enter most of them, and their activations are sites, so they stay whole only with
-    ``whole_blocks`` (the retry when entering one fails). ``DropPath`` is a leaf: its branch on ``self.training``
-    must stay a run-time branch.
+    graphs; fx can enter most of them, and their activations are sites, so they are entered (a block fx then fails
+    in is kept whole by ``ablation.sites.trace``). ``DropPath`` is a leaf: its branch on ``self.training`` must stay a
+    run-time branch.
     """
     import sys
 
@@ -149,7 +164,7 @@ def notrace(*, whole_blocks: bool = False) -> tuple[tuple[type, ...], tuple[Call
         return (), ()
     from timm.layers import DropPath, _fx
 
-    modules = tuple(m for m in _fx.get_notrace_modules() if whole_blocks or not m.__name__.endswith(("Block", "Mlp")))
+    modules = tuple(m for m in _fx.get_notrace_modules() if not m.__name__.endswith(("Block", "Mlp")))
     return modules + (DropPath,), tuple(_fx.get_notrace_functions())
 
 
@@ -190,6 +205,54 @@ def check_model(name: str, generator: str, *, size: int = 64, num_classes: int =
     if reason is None or native == size or _check(name, generator, native, num_classes) is not None:
         return reason
     return None
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Sites found in ``timm/<name>`` against the activation calls timm's own model makes (counted at run time,
+    ``gates`` left out); ``unreplaced``: calls the builder reports it could not make sites; ``size``: the input side."""
+
+    name: str
+    sites: int
+    unreplaced: int
+    calls: int
+    size: int
+    gates: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Every activation call is a site."""
+        return self.sites == self.calls and not self.unreplaced
+
+
+def site_coverage(name: str, *, size: int = 64) -> Coverage:
+    """``Coverage`` of ``timm/<name>`` at a (1, 3, size, size) input, or at its native size if it takes no other.
+
+    Counted on the meta device (no compute), or on the CPU for a model whose forward needs values."""
+    native = timm_entry(PREFIX + name).meta["input_size"]
+    tries = [(size, "meta"), (size, "cpu")] + [(native, "cpu")] * (native != size)
+    for i, (side, device) in enumerate(tries):
+        try:
+            return _coverage(name, side, device)
+        except Exception:
+            if i == len(tries) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _coverage(name: str, size: int, device: str) -> Coverage:
+    import torch
+
+    from ablation.sites import activation_calls
+    from ablation.surgery import list_sites
+
+    with torch.device(device):
+        x = torch.randn(1, 3, size, size)
+        calls = activation_calls(timm_original(name, input_size=size).eval(), x)
+        model = timm_entry(PREFIX + name).obj(num_classes=10, input_size=size)
+    sites = list_sites(model, tuple(x.shape))
+    gates = sum(c.gate for c in calls)
+    return Coverage(name, len(sites), len(sites.unreplaced), len(calls) - gates, size, gates)
 
 
 def _check(name: str, generator: str, size: int, num_classes: int) -> str | None:
