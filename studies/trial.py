@@ -275,6 +275,7 @@ def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any],
 
     data = ctx.data()
     model, sites = build_variant(cell, settings, data)
+    _record_unreplaced(ctx, run_id, sites)
     shape = [data.in_channels, data.image_size, data.image_size]
     ctx.tracker.log_dataset(run_id, data.name, data.sizes(), {"classes": data.num_classes, "shape": shape})
     ctx.tracker.log_cost(run_id, ctx.overhead(label, model, sites, settings, data))
@@ -309,6 +310,17 @@ def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any],
     if settings["save_model"]:
         ctx.tracker.log_state_dict(run_id, model.state_dict())
     return float(final[metric])
+
+
+def _record_unreplaced(ctx: TrialContext, run_id: str, sites) -> None:
+    """Activation calls the surgery could not replace (inside blocks fx cannot enter): their count on the run
+    (``acon.unreplaced_calls``) and where they are, as a warning; the build already said so in one line."""
+    from ablation.sites import unreplaced_summary
+
+    note = unreplaced_summary(sites)
+    if note:
+        ctx.tracker.tag(run_id, {schema.UNREPLACED: str(len(sites.unreplaced))})
+        ctx.tracker.warn(run_id, note)
 
 
 def _custom_loop(ctx: TrialContext, model, data, settings, cell: dict[str, Any], cfg, report) -> tuple[dict, int]:

@@ -264,3 +264,44 @@ def test_a_stale_trial_is_failed_with_who_failed_it_when_and_why_and_its_run_say
     run = MlflowClient(tracking).get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags[schema.FAIL_REASON] == reason
     assert run.data.tags[schema.NOTE].startswith("**Failed by another worker.** Its worker stopped sending heartbeats")
+
+
+_UNTRACEABLE = '''
+import torch.nn.functional as F
+from torch import nn
+
+
+class Untraceable(nn.Module):
+    """A block fx cannot enter (it branches on a shape): one activation module called twice, one function."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv, self.shared = nn.Conv2d(c, c, 1), nn.SiLU()
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.shape[-1] > 1:
+            x = x + 1
+        return F.gelu(self.shared(self.shared(x)))
+
+
+def net(*, num_classes=10, in_channels=1, small_input=False):
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3), nn.ReLU(), Untraceable(8), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, num_classes))
+'''
+
+
+def test_activation_calls_left_unreplaced_are_said_on_the_trials_run(tmp_path, tracking, monkeypatch):
+    """A study compares designs on a model where the surgery could not reach every activation call: the trial's
+    MLflow run says how many and where (the build said so in one line)."""
+    (tmp_path / "lab_models.py").write_text(_UNTRACEABLE)
+    monkeypatch.chdir(tmp_path)
+    study = Study(name="unreplaced", doc="known values", designs=DESIGNS[1:],
+                  fixed={**FIXED, "seeds": 1, "model": "lab_models.py:net"}, train=known)
+    with pytest.warns(UserWarning, match="3 activation call"):
+        result = run_study(study, _options(tmp_path, tracking))
+    run = MlflowClient(tracking).get_run(result.study.trials[0].user_attrs[schema.RUN_ID_ATTR])
+    assert run.info.status == "FINISHED" and run.data.tags[schema.UNREPLACED] == "3"
+    assert run.data.tags[schema.WARNING] == ("3 activation call(s) left unreplaced (inside blocks torch.fx cannot "
+                                             "enter): 2.shared silu module x2, 2 gelu function")
+    assert "**Warning:** 3 activation call(s) left unreplaced" in run.data.tags[schema.NOTE]

@@ -22,7 +22,7 @@ TRIAL_NUMBER, STATE, VARIANT, FAIL_REASON = "optuna.trial_number", "acon.state",
 # a cell run again after its trial failed, and a result that came after its trial was failed by others
 RETRY_OF, LATE_RESULT = "acon.retry_of", "acon.late_result"
 # what went wrong without failing the trial (its site statistics could not be measured), and what the build left
-WARNING = "acon.warning"
+WARNING, UNREPLACED = "acon.warning", "acon.unreplaced_calls"
 PARENT_RUN, NOTE = "mlflow.parentRunId", "mlflow.note.content"  # MLflow's own: nesting and the description
 
 # Optuna state <-> MLflow run status. INTERRUPTED is our name for a FAIL caused by Ctrl-C/SIGTERM.
