@@ -326,10 +326,17 @@ def _fused_call(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor | float, hard: b
     xc = x if x.dtype == dt and x.is_contiguous() else x.to(dt).contiguous()
     b, bmode = _beta_layout(beta, xc, pdt)
     args = (xc, _channel_values(p1, xc, pdt), _channel_values(p2, xc, pdt), b, bmode, bool(hard))
-    # torch.compile sees the custom op (fake kernel, registered autograd); eager runs the Function
-    if torch.compiler.is_compiling():
+    # torch.compile sees the custom op (fake kernel, registered autograd); eager runs the Function. A fake
+    # tensor (shape propagation, fx's ShapeProp under FakeTensorMode) has no data for the kernel to read.
+    if torch.compiler.is_compiling() or _is_fake(x):
         return _acon_c_op(*args)
     return _AconCFunction.apply(*args)
+
+
+def _is_fake(x: Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(x)
 
 
 def _channel_values(p: Tensor, x: Tensor, dtype: torch.dtype | None) -> Tensor:

@@ -538,3 +538,18 @@ def test_triton_kernels_under_the_interpreter():
                     if name.startswith("test_") and "gradcheck" not in name and "device" in inspect.signature(f).parameters]
     interpreted_tests = [name for name in globals() if name.startswith("test_triton_interpreted")]
     assert int(summary.split(" passed")[0].split()[-1]) >= len(kernel_tests) + len(interpreted_tests), summary
+
+
+@pytest.mark.parametrize("module", [lambda: MetaAconC(8, r=4), lambda: MetaAcon(8, PixelBeta(8)),
+                                    lambda: AconC(8)], ids=["channel", "pixel", "acon_c"])
+def test_fake_tensors_get_shapes_from_the_op_not_the_kernel(module):
+    """Shape propagation runs a model on fake tensors (no data): the fused module must answer with the custom
+    op's fake kernel. It used to hand the fake tensor's data pointer to the C++ kernel, which crashed the
+    process (a segfault in ``ablation.sites.propagate_shapes`` on a model that already held meta-ACON)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    require_kernel("cpu")
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        y = module()(mode.from_tensor(torch.randn(2, 8, 5, 5)))
+    assert y.shape == (2, 8, 5, 5) and type(y).__name__ == "FakeTensor"
