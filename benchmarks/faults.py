@@ -232,14 +232,15 @@ def run_pair(args: argparse.Namespace, fault: str) -> dict:
                                                  env=env, stderr=logs["cut_off"], stdout=subprocess.DEVNULL),
                          others=subprocess.Popen([*cmd, storage], cwd=tmp, env=env, stderr=logs["others"],
                                                  stdout=subprocess.DEVNULL))
-            fired = _partition(args, fault, partition, procs, start)
+            fired, gave_up = _partition(args, fault, partition, procs, start)
             codes = [procs[w].wait() for w in ("cut_off", "others")]
             wall = time.monotonic() - start
             row = {"fault": fault, "fired": fired, "exit": "/".join(map(str, codes)), "wall_s": round(wall, 1),
                    **count(args.study, storage, tracking),
                    "outage_lines": (tmp / "cut_off.log").read_text().count("storage unreachable since"),
                    "late": (tmp / "cut_off.log").read_text().count("late result"),
-                   "stale_said": (tmp / "others.log").read_text().count("failed: its worker stopped sending heartbeats")}
+                   "stale_said": (tmp / "others.log").read_text().count("failed: its worker stopped sending heartbeats"),
+                   "gave_up_s": gave_up}
             if codes[0] != 0:
                 row["log"] = (tmp / "cut_off.log").read_text().strip().splitlines()[-1][:200]
     finally:
@@ -253,21 +254,25 @@ def run_pair(args: argparse.Namespace, fault: str) -> dict:
     return row
 
 
-def _partition(args: argparse.Namespace, fault: str, partition, procs: dict, start: float) -> str:
-    """Cut the test host's network ``--at`` s in, for 90 s or until its worker gives up; whether it fired."""
+def _partition(args: argparse.Namespace, fault: str, partition, procs: dict, start: float) -> tuple[str, float | None]:
+    """Cut the test host's network ``--at`` s in, for 90 s or until its worker gives up: whether it fired, and
+    how many seconds after the cut the cut-off worker gave up (past_limit)."""
     while time.monotonic() - start < args.at and all(p.poll() is None for p in procs.values()):
         time.sleep(0.2)
     if fault == "none_pair":
-        return "-"
+        return "-", None
     if any(p.poll() is not None for p in procs.values()):
-        return f"no: a worker ended at {time.monotonic() - start:.0f} s"
+        return f"no: a worker ended at {time.monotonic() - start:.0f} s", None
     partition.cut()
+    cut = time.monotonic()
+    gave_up = None
     if fault == "partition_90s":
         time.sleep(90)
     else:
         procs["cut_off"].wait(timeout=600)  # it must give up by itself while the network is still cut
+        gave_up = round(time.monotonic() - cut, 1)
     partition.heal()
-    return "yes"
+    return "yes", gave_up
 
 
 def count(study: str, storage: str, tracking: str) -> dict:
