@@ -189,7 +189,16 @@ class _ShapeProp(ShapeProp):
 
     def run_node(self, n: fx.Node) -> Any:
         self._node = n
-        return super().run_node(n)
+        try:
+            return super().run_node(n)
+        except Exception as e:  # ShapeProp wraps what the node raised in a RuntimeError
+            cause = _data_dependent(e)
+            if n.op != "call_module" or cause is None:
+                raise
+            # a block kept whole because fx cannot enter it, whose control flow needs the values themselves
+            raise ValueError(f"{type(self.module).__name__} cannot be traced by torch.fx (in module {n.target!r}, "
+                             f"{type(self.fetch_attr(n.target)).__name__}), so its call sites cannot be found: "
+                             f"control flow on a tensor's value ({type(cause).__name__})") from e
 
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
@@ -201,6 +210,15 @@ class _ShapeProp(ShapeProp):
             out = super().call_module(target, args, kwargs)
         self._node.meta["activation_calls"] = calls.calls
         return out
+
+
+def _data_dependent(exc: BaseException | None) -> BaseException | None:
+    """The data-dependent error (a branch on a fake tensor's value) in ``exc``'s chain of causes, else None."""
+    while exc is not None:
+        if "DataDependent" in type(exc).__name__:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 # ---- activation calls at run time --------------------------------------------------------------

@@ -127,7 +127,8 @@ def test_a_model_by_import_path_gets_the_class_and_channel_counts(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     model, sites = build_model("mynets.py:make_net", activation="acon_c", num_classes=7, in_channels=1)
     assert model(torch.randn(2, 1, 16, 16)).shape == (2, 7) and [s.width for s in sites] == [8]
-    calls = sys.modules[next(k for k in sys.modules if k.startswith("acon_user_model_"))].CALLS
+    calls = next(m for k, m in sys.modules.items() if k.startswith("acon_user_model_")
+                 and getattr(m, "__file__", None) == str(tmp_path / "mynets.py")).CALLS  # not another test's file
     assert calls[-1] == (7, 1)
     monkeypatch.syspath_prepend(str(tmp_path))
     model, _ = build_model("mynets:make_net", activation="relu", placement="none", num_classes=3, in_channels=2)
