@@ -317,20 +317,29 @@ def _bound_http(limit: float) -> None:
         retries, waited = retries + 1, waited + 2 ** (retries + 1)
     for key, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", int(min(120, max(30, limit / (2 * (retries + 1)))))),
                        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", retries)):
-        os.environ.setdefault(key, str(value))
+        if _USER_HTTP[key] is None:
+            os.environ[key] = str(value)
+
+
+#: MLflow's HTTP settings as the user's environment had them before this module set any (None: unset).
+_USER_HTTP = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
 
 
 @contextmanager
 def _fast_http() -> Iterator[None]:
+    """No retries and a 10 s timeout for the first check of a tracking server, unless the user set their own
+    (the limits ``_bound_http`` set for later calls do not count as the user's)."""
     keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
     old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: v for k, v in keys.items() if old[k] is None})
+    os.environ.update({k: v for k, v in keys.items() if _USER_HTTP[k] is None})
     try:
         yield
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _clip(text: str) -> str:
