@@ -48,10 +48,12 @@ def ieee_fp32():
 @pytest.fixture(autouse=True)
 def isolated_store_env():
     """Keep store choices from leaking between tests: ``mlflow.set_tracking_uri`` exports
-    MLFLOW_TRACKING_URI, which later subprocesses (CLI tests, workers) would inherit."""
+    MLFLOW_TRACKING_URI, and a tracking server's client sizes MLflow's HTTP retries in the environment, which
+    later subprocesses (CLI tests, workers) would inherit."""
     import os
 
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "ACON_STORAGE")}
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "ACON_STORAGE", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                            "MLFLOW_HTTP_REQUEST_TIMEOUT", "ACON_MLFLOW_HTTP_SET")}
     yield
     for key, value in saved.items():
         if value is None:

@@ -212,16 +212,16 @@ def test_mlflow_clients_get_timeouts_sized_from_the_outage_limit_where_the_user_
     assert "connect_timeout=3" in uri and "tcp_user_timeout=2000" in uri and "keepalives=1" in uri  # the user's kept
     import os
 
-    keys = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    keys = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", writer._OURS)
     for key in keys:
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setattr(writer, "_USER_HTTP", dict.fromkeys(keys))
     writer._bound_http(60)  # backoff 2 + 4 + 8 + 16 = 30 s <= 60; the next (32 s) would pass it
     assert (os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"], os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]) == ("4", "30")
     with writer._fast_http():  # the first check of a server still fails fast: our own limits are not the user's
         assert (os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"], os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]) == ("0", "10")
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "4"
-    monkeypatch.setattr(writer, "_USER_HTTP", {**dict.fromkeys(keys), "MLFLOW_HTTP_REQUEST_TIMEOUT": "500"})
+    for key in keys:  # a user's own setting, as a worker's environment would also carry ours
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "500")
     writer._bound_http(60)
     with writer._fast_http():

@@ -317,12 +317,18 @@ def _bound_http(limit: float) -> None:
         retries, waited = retries + 1, waited + 2 ** (retries + 1)
     for key, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", int(min(120, max(30, limit / (2 * (retries + 1)))))),
                        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", retries)):
-        if _USER_HTTP[key] is None:
+        if _users_http(key) is None:
             os.environ[key] = str(value)
+            os.environ[_OURS] = ",".join(sorted({*os.environ.get(_OURS, "").split(","), key} - {""}))
 
 
-#: MLflow's HTTP settings as the user's environment had them before this module set any (None: unset).
-_USER_HTTP = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+#: The MLflow HTTP settings in the environment that this toolkit set, not the user (workers inherit both).
+_OURS = "ACON_MLFLOW_HTTP_SET"
+
+
+def _users_http(key: str) -> str | None:
+    """The user's own value of an MLflow HTTP setting; None where unset or set by ``_bound_http``."""
+    return None if key in os.environ.get(_OURS, "").split(",") else os.environ.get(key)
 
 
 @contextmanager
@@ -331,7 +337,7 @@ def _fast_http() -> Iterator[None]:
     (the limits ``_bound_http`` set for later calls do not count as the user's)."""
     keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
     old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: v for k, v in keys.items() if _USER_HTTP[k] is None})
+    os.environ.update({k: v for k, v in keys.items() if _users_http(k) is None})
     try:
         yield
     finally:
