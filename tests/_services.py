@@ -268,7 +268,8 @@ class Partition:
     def __init__(self):
         import random
 
-        k = random.randrange(1, 250)
+        # a link left by a killed run (its namespace too) would make ``ip link add`` fail: take a free number
+        k = next(k for k in random.sample(range(1, 250), 249) if not Path(f"/sys/class/net/acph{k}").exists())
         self.ns, self.veth, self.peer = f"acon_p{os.getpid() % 100000}_{k}", f"acph{k}", f"acpp{k}"
         self.host_ip, self.peer_ip = f"10.231.{k}.1", f"10.231.{k}.2"
         ip = self._ip
