@@ -299,6 +299,9 @@ def count(study: str, storage: str, tracking: str) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    # SIGTERM (a `timeout`, a scheduler) unwinds like Ctrl-C: the finally blocks drop the databases, stop the
+    # servers and remove a partition's network namespace
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not args.postgres:
         sys.exit("error: --postgres URL (or $ACON_TEST_POSTGRES_URL) is needed")
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
