@@ -27,11 +27,12 @@ from studies.tracking import schema
 from studies.outage import WORKER_ATTR, outage_limit, say
 from studies.storage import (fail_stale_trials, first_line, heartbeat_interval, open_storage, record_heartbeat,
                              require_existing, resolve_storage, resolve_tracking_uri, storage_file)
-from studies.tracking.summary import fail_reason, publish
+from studies.tracking.summary import publish
 from studies.tracking.writer import PARENT_ATTR, Tracker
 from studies.training.config import check_int
 from studies.training.loop import resolve_device
-from studies.trial import TrialContext, axis_choices, cell_key, enqueue_cell, execute_trial, load_data
+from studies.trial import (TrialContext, axis_choices, cell_key, enqueue_cell, execute_trial, load_data,
+                           why_failed)
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 RACE_POLL_SECONDS = 1.0
@@ -387,8 +388,8 @@ def _claim(study: optuna.Study) -> optuna.Trial | None:
             record_heartbeat(study, trial)
         trial.set_user_attr(WORKER_ATTR, worker_id())
     except optuna.exceptions.UpdateFinishedTrialError:
-        reason = fail_reason(study.get_trials(deepcopy=False)[trial.number])
-        say(f"trial #{trial.number}: failed by another process as it was claimed here ({reason}); stepping over it")
+        say(f"trial #{trial.number}: failed by another process as it was claimed here "
+            f"({why_failed(study, trial.number)}); stepping over it")
         return None
     return trial
 

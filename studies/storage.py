@@ -148,6 +148,7 @@ def fail_stale_trials(study: optuna.Study, judge: str) -> list[int]:
     no attribute; then the storage's stale-trial callback runs for each. Returns the numbers it failed."""
     from datetime import datetime
 
+    from studies.outage import WORKER_ATTR
     from studies.tracking import schema
 
     storage = study._storage
@@ -158,7 +159,7 @@ def fail_stale_trials(study: optuna.Study, judge: str) -> list[int]:
     for trial_id in storage._get_stale_trial_ids(study._study_id):
         try:
             attrs = storage.get_trial(trial_id).user_attrs
-            worker = attrs.get("worker", "its worker")
+            worker = attrs.get(WORKER_ATTR, "its worker")
             if not attrs.get(schema.FAIL_REASON_ATTR):  # an orphan says its own
                 storage.set_trial_user_attr(trial_id, schema.FAIL_REASON_ATTR, (
                     f"{schema.STALE}: no heartbeat from {worker} for over the {grace} s grace (killed, crashed, or cut "

@@ -94,7 +94,7 @@ def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     try:
         cell, settings = _design(ctx, trial)
     except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale between ask() and its first write
-        say(f"trial #{trial.number}: failed by another process before it started ({_why(ctx.study, trial)}); "
+        say(f"trial #{trial.number}: failed by another process before it started ({why_failed(ctx.study, trial.number)}); "
             f"stepping over it, its cell is queued again")
         return TrialState.FAIL
     label = variant_label(cell)
@@ -131,12 +131,12 @@ def _retry_of(study: optuna.Study, trial: optuna.Trial) -> str | None:
     number = trial.user_attrs.get(RETRY_OF_ATTR)
     if number is None:
         return None
-    return f"trial #{number} ({fail_reason(study.get_trials(deepcopy=False)[number])})"
+    return f"trial #{number} ({why_failed(study, number)})"
 
 
-def _why(study: optuna.Study, trial: optuna.Trial) -> str:
-    """The first line of why another process failed ``trial``."""
-    return fail_reason(study.get_trials(deepcopy=False)[trial.number])
+def why_failed(study: optuna.Study, number: int) -> str:
+    """The first line of why trial ``number`` failed (read back: another process may have failed it)."""
+    return fail_reason(study.get_trials(deepcopy=False)[number])
 
 
 def _record(ctx: TrialContext, trial: optuna.Trial, run_id: str, reports: "_Reports", state: TrialState,

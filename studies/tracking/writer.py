@@ -280,15 +280,15 @@ def _connect(uri: str, outage_limit: float | str | None = None) -> MlflowClient:
     server it then rides through outages up to ``outage_limit`` (``studies.outage``; MLflow retries HTTP itself)."""
     from studies.outage import RetryingClient, outage_limit as limit_of
 
+    limit = limit_of(outage_limit)
+    # on PostgreSQL a silent network fails a call within the limit, as for the Optuna storage (one engine, one pool)
+    target = _with_timeouts(uri, limit) if uri.startswith("postgresql") else uri
     try:
         with _fast_http():
-            client = MlflowClient(tracking_uri=uri)
+            client = MlflowClient(tracking_uri=target)
             client.search_experiments(max_results=1)
     except Exception as exc:
         raise StorageError(f"cannot reach MLflow tracking store {mask_url(uri)}: {first_line(exc)[:300]}") from exc
-    limit = limit_of(outage_limit)
-    if uri.startswith("postgresql"):  # a silent network fails a call within the limit, as for the Optuna storage
-        client = MlflowClient(tracking_uri=_with_timeouts(uri, limit))
     if uri.startswith(("postgresql", "mysql", "mssql")):
         return RetryingClient(client, limit=limit, name=mask_url(uri))
     if uri.startswith(("http://", "https://")):
