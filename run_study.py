@@ -92,6 +92,9 @@ def _add_run(sub: Any) -> None:
                         "with t, of dropping the truly best one when paired differences are normal")
     p.add_argument("--race-test", default="friedman", choices=("friedman", "t"),
                    help="friedman: F-Race's ranks within seeds (default); t: paired t-tests, Bonferroni over designs too")
+    p.add_argument("--race-futility", type=float, default=0.2,
+                   help="settle a contest when its conditional power at the current trend is below this (default "
+                        "0.2; 0: never): the design stops spending seeds on it, and no claim is made")
     p.set_defaults(func=cmd_run)
 
 
@@ -139,6 +142,12 @@ def _add_report(sub: Any) -> None:
     p.add_argument("--activations", action="store_true",
                    help="also show what each design's ACON sites learned: beta and linear fraction by stage (with "
                         "--plots: beta by depth, its spread across inputs, the learned curves)")
+    p.add_argument("--fidelity", action="store_true",
+                   help="also show how each epoch ranks the designs against the final epoch: Kendall's tau with a "
+                        "bootstrap CI, from which epoch the final best leads, designs that cross late, a rank plot")
+    p.add_argument("--against", metavar="OTHER",
+                   help="also compare the designs' ranking with study OTHER (same designs, another schedule, dataset or "
+                        "model; same tracking URI and --experiment): Kendall's tau with a CI and a one-line verdict")
     p.add_argument("--storage", help="Optuna storage, for the importance plot (default $ACON_STORAGE or optuna.db)")
     p.add_argument("--study-name", help="Optuna study name (default: STUDY-PRESET)")
     p.add_argument("--preset", default="quick", help="preset the study ran with (default quick)")
@@ -219,7 +228,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _race(args: argparse.Namespace) -> dict[str, Any]:
-    return {"race": args.race, "race_alpha": args.race_alpha, "race_test": args.race_test}
+    return {"race": args.race, "race_alpha": args.race_alpha, "race_test": args.race_test,
+            "race_futility": args.race_futility}
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -242,7 +252,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(build_report(args.study, tracking_uri=args.tracking_uri, experiment=args.experiment, group_by=group_by,
                        baseline=args.baseline, metric=args.metric, formats=formats, out_dir=args.out,
                        plots=args.plots, optuna_study=searched, log_to_mlflow=not args.no_log, effect=args.effect,
-                       activations=args.activations))
+                       activations=args.activations, fidelity=args.fidelity, against=args.against))
     return 0
 
 

@@ -16,7 +16,8 @@ from matplotlib.ticker import MaxNLocator
 from report.collect import StudyRuns
 from report.plots import save
 from report.tables import short_variant
-from studies.race import RaceState, plan_from_tags, race
+from studies.race import RaceState, race
+from studies.race_record import describe_answer, plan_from_tags
 
 
 def race_of(runs: StudyRuns, column: str) -> RaceState | None:
@@ -32,28 +33,36 @@ def race_of(runs: StudyRuns, column: str) -> RaceState | None:
 
 
 def race_lines(state: RaceState) -> tuple[str, pd.DataFrame]:
-    """A one-line summary (with what its error level guarantees) and a table of the rounds: seeds, designs run,
-    the best, who was dropped (p, vs)."""
+    """A paragraph (what the race's error levels guarantee, where it stands, its answer) and a table of the
+    rounds: seeds, designs run, the best, who was dropped, decided against the baseline, or stopped."""
     plan = state.plan
     status = f"finished: {state.reason}" if state.finished else f"in round {state.round} ({len(state.needed)} cell(s) to run)"
-    designs = len(state.alive) + len(state.dropped)
-    head = (f"race: {plan.test} test after each round, each at {plan.level(designs):.2g}: {plan.promise()}; "
+    designs = len(state.designs)
+    head = (f"race: {plan.test} test after each round, each drop at {plan.level(designs):.2g}: {plan.promise()}; "
             f"seeds {plan.min_seeds}..{plan.max_seeds}; {status}; {len(state.wanted())} cells run or queued of a "
-            f"{designs} x {plan.max_seeds} grid")
+            f"{designs} x {plan.max_seeds} grid. Its answer{'' if state.finished else ' so far'}: "
+            + ". ".join(describe_answer(state.answer(), short_variant)) + ".")
     rows = [{"round": r.number, "seeds": r.seeds, "designs": len(r.ran), "best": short_variant(r.best),
-             "dropped (p vs the best)": ", ".join(f"{short_variant(d.design)} (p={d.p:.2g})" for d in r.dropped) or "-"}
+             "dropped (p vs the best)": ", ".join(f"{short_variant(d.design)} (p={d.p:.2g})" for d in r.dropped) or "-",
+             "vs the baseline (p)": ", ".join(f"{short_variant(v.design)} {'better' if v.better else 'worse'} "
+                                              f"(p={v.p:.2g})" for v in r.decided) or "-",
+             "stopped": ", ".join(map(short_variant, r.stopped)) or "-"}
             for r in state.rounds]
     return head, pd.DataFrame(rows)
 
 
 def race_verdicts(state: RaceState, kept: pd.DataFrame, table: pd.DataFrame, groups: list[str]) -> list[str]:
-    """Each row's verdict, however the rows group the designs (``--group-by``): ``dropped in round k`` when the
-    race dropped every design of the row, the row's own verdict plus ``2 of 3 designs dropped in round 1`` when
-    it dropped some, else the row's own verdict."""
+    """Each row's verdict from the race's answer, not from a test on the seeds the race chose to run: a row of
+    one design says ``better (race, round k)``, ``worse (race, round k)``, ``dropped in round k`` (shown worse
+    than the best, not told apart from the baseline), ``tied (settled in round k)`` or ``tied (undecided)``; a
+    row grouping several designs (``--group-by``) keeps its own verdict and says how many were dropped."""
     members = {_key(k): set(g["variant"]) for k, g in kept.groupby(groups, sort=False, dropna=False)}
     out = []
     for key, verdict in zip(table[groups].itertuples(index=False, name=None), table["verdict"]):
         designs = members.get(_key(key), set())
+        if len(designs) == 1 and verdict != "baseline":
+            out.append(_verdict_of(state, next(iter(designs))))
+            continue
         drops = [state.dropped[d] for d in sorted(designs) if d in state.dropped]
         rounds = sorted({d.round for d in drops})
         when = f"round{'s' if len(rounds) > 1 else ''} {', '.join(map(str, rounds))}"
@@ -62,6 +71,17 @@ def race_verdicts(state: RaceState, kept: pd.DataFrame, table: pd.DataFrame, gro
         else:
             out.append(f"{verdict}; {len(drops)} of {len(designs)} designs dropped in {when}" if drops else verdict)
     return out
+
+
+def _verdict_of(state: RaceState, design: str) -> str:
+    """One design's verdict in the race's answer (``race_verdicts``)."""
+    verdict = state.verdicts.get(design)
+    if verdict is not None:
+        return f"{'better' if verdict.better else 'worse'} (race, round {verdict.round})"
+    if design in state.dropped:
+        return f"dropped in round {state.dropped[design].round}"
+    settled = state.settled_base.get(design)
+    return f"tied (settled in round {settled.round})" if settled is not None else "tied (undecided)"
 
 
 def _key(values) -> tuple[str, ...]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -20,6 +19,7 @@ from scipy import stats
 from acon.registry import unknown_choice
 from report import inference, pareto, power
 from report.errors import MetricNotFoundError, ReportError
+from studies.race_stats import p_paired
 
 ALPHA = 0.05
 WILCOXON_MIN_PAIRS = 6
@@ -181,23 +181,10 @@ def _paired(group: pd.Series, base: pd.Series | None, direction: str = "maximize
     out["p_improve"], out["p_improve_low"], out["p_improve_high"] = inference.prob_improvement(diffs, direction)
     if len(diffs) >= 2:
         out["sd_diff"] = float(diffs.std(ddof=1))
-        out["p_t"] = _paired_t(diffs)
+        out["p_t"] = p_paired(diffs)  # the race's contests with the baseline use the same test
     if len(diffs) >= WILCOXON_MIN_PAIRS and np.any(diffs != 0):
         out["p_wilcoxon"] = float(stats.wilcoxon(diffs).pvalue)
     return out
-
-
-def _paired_t(diffs: np.ndarray) -> float:
-    """Two-sided one-sample t-test of the differences (= paired t-test).
-
-    Equal differences (common with coarse accuracies on small validation sets) leave t
-    undefined; the exact sign test takes over (n equal signs: p = 2 / 2**n), never a p of 0.
-    """
-    if np.allclose(diffs, diffs[0]):
-        return 1.0 if diffs[0] == 0 else float(stats.binomtest(len(diffs), len(diffs)).pvalue)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
 
 def _best(means: pd.Series, direction: str) -> pd.Series:

@@ -1,13 +1,40 @@
-"""Racing designs across seeds (F-Race, Birattari et al. 2002; irace, López-Ibáñez et al. 2016).
+"""Racing designs across seeds (F-Race, Birattari et al. 2002; irace, López-Ibáñez et al. 2016), with stopping
+for futility (stochastic curtailment: Lan, Simon & Halperin 1982; Lachin 2005).
 
-Every design runs the first ``min_seeds`` seeds; after that, each round adds one seed to the designs still in
-the race, and after each round a design that a test (on the seeds all have run) shows to be worse than the
-current best design is dropped. The baseline is never dropped, so every survivor is compared
-with it on the same seeds. The race ends when one design besides the baseline is left, or the seed budget
-(``max_seeds``) is used.
+Every design runs the first ``min_seeds`` seeds; after that, each round adds one seed to the designs still
+running. After each round (a look) every contest that matters to the answer is decided, still open, or settled:
 
-Error control: ``alpha`` is split over the planned looks (rounds with a test: ``max_seeds - min_seeds + 1``).
-Two tests, each with its own promise:
+- *the best against each design*: decided when a test (on the seeds all running designs have) shows the design
+  worse than the current best; it is then dropped (no longer a candidate for the best);
+- *each design against the baseline*: decided when the paired t-test (the report's) shows it better or worse;
+- *settled for futility* when the seeds left cannot decide it: its conditional power, the chance that the test
+  at the full budget rejects if the rest of the seeds follow the current trend (the observed mean and spread of
+  the paired differences; Friedman's contests on within-seed rank differences), is below ``futility`` (0.2 by
+  default for ``run --race``), computed at the level of the race's last look (with the baseline: the most
+  lenient level its Holm steps can give). A settled contest makes no claim: the design is reported as
+  "tied with the best within the budget" or "not told apart from the baseline within the budget".
+
+A design stops spending seeds when all its contests are closed (decided or settled); the best when no one
+running needs it; the baseline when no contest with it is open. The race ends when nothing runs, or the seed
+budget (``max_seeds``) is used. Its answer (``RaceState.answer``): the best design, the designs not told apart
+from it (with p and seeds), and the designs shown better or worse than the baseline (with p and seeds).
+
+Why futility changes no error level: it only ever closes a contest without a claim. Every claim (a drop, a
+difference to the baseline) is made by a test at a look at that look's level, whether or not other contests
+were settled; stopping a contest removes later chances to claim, never adds one. So the union bound over looks
+below holds with futility as without it (``tests/test_race.py`` checks the tied-designs promise with it on).
+What futility costs is power: a contest settled early that the full budget would have decided, which
+``benchmarks/race.py`` measures against the full grid's answer.
+
+Contests with the baseline: a two-sided paired t-test of each design (sign test below a spread of 0: no p
+below 2 / 2^n), Holm over all designs but the baseline (one not tested at a look counts as p = 1, which can only
+remove claims) at the alpha that look spends, O'Brien-Fleming-type spending (Lan & DeMets 1983) whose
+increments sum to ``alpha``: little at the first looks, most at the last. What holds, when the paired
+differences are normal: a false "better/worse than the baseline" at any look with probability at most ``alpha``
+(Holm within a look, Bonferroni over the looks' increments).
+
+Drops: ``alpha`` is split over the planned looks (rounds with a test: ``max_seeds - min_seeds + 1``). Two
+tests, each with its own promise:
 
 - ``friedman`` (default; F-Race's): within each seed the designs still in the race are ranked; a design is
   dropped when Conover's post-hoc test says it ranks below the current best, and a pair's p is never below the
@@ -40,26 +67,29 @@ resume after an interruption agree without any shared state beyond the trials th
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 from acon.errors import UserError
 
 MIN_SEEDS = 3
 TESTS = ("friedman", "t")
+FUTILITY = 0.2  # a contest whose conditional power at the current trend is below this is settled
 
 
 @dataclass(frozen=True)
 class RacePlan:
-    """A race's budget and error level: seeds ``min_seeds..max_seeds``, ``alpha`` for dropping the true best."""
+    """A race's budget and error level: seeds ``min_seeds..max_seeds``, ``alpha`` for dropping the true best and
+    for claiming a difference to the baseline; ``futility``: the conditional power below which a contest is
+    settled (0: never)."""
 
     max_seeds: int
     min_seeds: int = MIN_SEEDS
     alpha: float = 0.05
     direction: str = "maximize"
     test: str = "friedman"  # "friedman": F-Race's ranks within each seed; "t": paired t-test of each pair
+    futility: float = 0.0  # races recorded before futility existed replay without it; ``run --race`` sets FUTILITY
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_seeds, int) or self.min_seeds < 2:
@@ -71,6 +101,8 @@ class RacePlan:
             raise UserError(f"race alpha must be in (0, 1), got {self.alpha!r}")
         if self.test not in TESTS:
             raise UserError(f"unknown race test {self.test!r}; valid choices: {', '.join(TESTS)}")
+        if not 0.0 <= self.futility < 1.0:
+            raise UserError(f"race futility must be a conditional power in [0, 1), got {self.futility!r}")
 
     @property
     def looks(self) -> int:
@@ -78,18 +110,31 @@ class RacePlan:
         return self.max_seeds - self.min_seeds + 1
 
     def level(self, designs: int) -> float:
-        """The level of each test: ``alpha / looks`` for Friedman's (gated by its omnibus test),
+        """The level of each drop test: ``alpha / looks`` for Friedman's (gated by its omnibus test),
         ``alpha / (looks x (designs - 1))`` for paired t-tests."""
         return self.alpha / (self.looks * (1 if self.test == "friedman" else max(1, designs - 1)))
+
+    def baseline_level(self, seeds: int) -> float:
+        """The alpha the contests with the baseline spend at the look after ``seeds`` seeds: O'Brien-Fleming-type
+        spending over the looks (``race_stats.spent``), the increments summing to ``alpha``."""
+        from studies.race_stats import spent
+
+        before = 0.0 if seeds <= self.min_seeds else spent(self.alpha, (seeds - 1) / self.max_seeds)
+        return spent(self.alpha, seeds / self.max_seeds) - before
 
     def promise(self) -> str:
         """What its error level guarantees, in words (``studies.race``'s docstring says why)."""
         if self.test == "friedman":
-            return (f"if all designs tie, any design is dropped with probability at most {self.alpha} (each drop needs "
-                    f"a permutation omnibus test to reject); if only some tie, the true best's probability is held "
-                    f"at {self.alpha} approximately (Conover's pairs: measured, not proven)")
-        return (f"the true best is dropped with probability at most {self.alpha} if the paired differences are normal "
-                f"(Bonferroni over looks and designs; no p below 2^-n from n pairs)")
+            drops = (f"if all designs tie, any design is dropped with probability at most {self.alpha} (each drop "
+                     f"needs a permutation omnibus test to reject); if only some tie, the true best's probability is "
+                     f"held at {self.alpha} approximately (Conover's pairs: measured, not proven)")
+        else:
+            drops = (f"the true best is dropped with probability at most {self.alpha} if the paired differences are "
+                     f"normal (Bonferroni over looks and designs; no p below 2^-n from n pairs)")
+        futile = (f"; a contest whose conditional power is below {self.futility:g} is settled (no claim), which "
+                  f"changes no error level" if self.futility else "")
+        return (f"{drops}; a false 'better/worse than the baseline' with probability at most {self.alpha} if the "
+                f"paired differences are normal (alpha spent over the looks, Holm within a look){futile}")
 
 
 @dataclass(frozen=True)
@@ -105,25 +150,74 @@ class Drop:
 
 
 @dataclass(frozen=True)
+class Settled:
+    """A contest the seeds left cannot decide (conditional power below the plan's ``futility``): no claim, and
+    the design stops spending seeds on it. ``against``: the best of that round, or the baseline."""
+
+    design: str
+    against: str
+    round: int
+    seeds: int
+    p: float  # the contest's test p at that look (the drop test's; with the baseline, the paired t-test's)
+    power: float  # its conditional power at the current trend
+    delta: float  # mean difference to ``against``, in the objective's direction (positive: better)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A design shown better or worse than the baseline at a look: its paired t-test's p below its Holm step's
+    level (``level``) of the alpha that look spends."""
+
+    design: str
+    better: bool
+    round: int
+    seeds: int
+    p: float
+    level: float
+    delta: float  # mean difference to the baseline, in the objective's direction (positive: better)
+
+
+@dataclass(frozen=True)
 class Round:
-    """One finished round: its seed count, who ran it and who was dropped after it."""
+    """One finished round: its seed count, who ran it, who was dropped, which contests with the baseline were
+    decided, and who stopped spending seeds after it (every contest decided or settled)."""
 
     number: int
     seeds: int
     ran: tuple[str, ...]
     best: str
     dropped: tuple[Drop, ...]
+    decided: tuple[Verdict, ...] = ()
+    stopped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a race says: its best design, the designs not told apart from it within the budget (each with its
+    contest: settled, or still open at the end), and the designs shown better or worse than the baseline."""
+
+    best: str | None
+    tied: tuple[Settled, ...]
+    better: tuple[Verdict, ...]
+    worse: tuple[Verdict, ...]
+    baseline: str | None
 
 
 @dataclass
 class RaceState:
-    """Where a race stands: its finished rounds, the designs still in it, the cells it needs next, and whether
-    (and why) it is over."""
+    """Where a race stands: its finished rounds, the designs still running, the cells it needs next, and
+    whether (and why) it is over."""
 
     plan: RacePlan
+    designs: list[str] = field(default_factory=list)
+    baseline: str | None = None
     rounds: list[Round] = field(default_factory=list)
-    alive: list[str] = field(default_factory=list)
+    alive: list[str] = field(default_factory=list)  # the designs still spending seeds
     dropped: dict[str, Drop] = field(default_factory=dict)
+    settled: dict[str, Settled] = field(default_factory=dict)  # contests with the best settled for futility
+    settled_base: dict[str, Settled] = field(default_factory=dict)  # contests with the baseline settled
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # contests with the baseline decided
+    last: dict[str, Settled] = field(default_factory=dict)  # each design's latest look at its contest with the best
     seeds: int = 0  # the seed count the current round brings every design in the race to
     needed: list[tuple[str, int]] = field(default_factory=list)  # (design, seed) cells still to run
     finished: bool = False
@@ -139,6 +233,24 @@ class RaceState:
         cells = {(d, s) for r in self.rounds for d in r.ran for s in range(r.seeds)}
         return cells | {(d, s) for d in self.alive for s in range(self.seeds)}
 
+    def seeds_of(self, design: str) -> int:
+        """How many seeds ``design`` has run (or has been asked for) so far."""
+        return max((r.seeds for r in self.rounds if design in r.ran), default=0)
+
+    def answer(self) -> Answer:
+        """The race's answer so far (final once ``finished``)."""
+        best = self.rounds[-1].best if self.rounds else None
+        tied = []
+        for d in self.designs:
+            if d in (best, self.baseline) or d in self.dropped:
+                continue
+            look = self.settled.get(d) or self.last.get(d)
+            if look is not None:
+                tied.append(look)
+        verdicts = [self.verdicts[d] for d in self.designs if d in self.verdicts]
+        return Answer(best, tuple(tied), tuple(v for v in verdicts if v.better),
+                      tuple(v for v in verdicts if not v.better), self.baseline)
+
 
 def race(designs: Sequence[str], done: Mapping[str, set[int]], values: Mapping[str, Mapping[int, float]],
          plan: RacePlan, baseline: str | None = None) -> RaceState:
@@ -147,177 +259,141 @@ def race(designs: Sequence[str], done: Mapping[str, set[int]], values: Mapping[s
     ``designs`` in the study's order; ``done[d]``: the seeds of ``d`` that finished (completed or pruned);
     ``values[d][seed]``: the objective of its completed ones. Returns the state, with the cells still needed.
     """
-    from scipy import stats
-
-    state = RaceState(plan, alive=list(designs), seeds=plan.min_seeds)
-    level = plan.level(len(designs))
+    state = RaceState(plan, designs=list(designs), baseline=baseline, alive=list(designs), seeds=plan.min_seeds)
     sign = 1.0 if plan.direction == "maximize" else -1.0
     while True:
         state.needed = [(d, s) for d in state.alive for s in range(state.seeds) if s not in done.get(d, set())]
         if state.needed:
             return state
-        k = state.seeds
-        means = {d: _mean([sign * v for s, v in values.get(d, {}).items() if s < k]) for d in state.alive}
-        ranked = [d for d in state.alive if not math.isnan(means[d])]
-        best = max(ranked, key=lambda d: (means[d], -state.alive.index(d))) if ranked else state.alive[0]
-        worse = _p_friedman(state.alive, values, k, sign, best, level, stats) if plan.test == "friedman" else {}
-        drops = []
-        for d in state.alive:
-            if d in (best, baseline):
-                continue
-            diffs = [sign * (values[d][s] - values[best][s]) for s in range(k)
-                     if s in values.get(d, {}) and s in values.get(best, {})]
-            p = worse.get(d, 1.0) if plan.test == "friedman" else _p_worse(diffs, stats)
-            if p < level:
-                drops.append(Drop(d, len(state.rounds) + 1, k, p, best, _mean(diffs) * sign))
-        state.rounds.append(Round(len(state.rounds) + 1, k, tuple(state.alive), best, tuple(drops)))
-        for drop in drops:
-            state.dropped[drop.design] = drop
-            state.alive.remove(drop.design)
-        left = [d for d in state.alive if d != baseline]
-        if len(left) <= 1:
-            state.finished, state.reason = True, "one design left besides the baseline" if baseline else "one design left"
-        elif k >= plan.max_seeds:
-            state.finished, state.reason = True, f"seed budget used ({plan.max_seeds} seeds)"
+        _look(state, values, sign)
         if state.finished:
             state.needed = []
             return state
-        state.seeds = k + 1
+        state.seeds += 1
 
 
-def _p_friedman(alive: list[str], values: Mapping[str, Mapping[int, float]], k: int, sign: float, best: str,
-                level: float, stats) -> dict[str, float]:
-    """F-Race's test on the seeds (blocks) every design in the race completed: ranks within each seed, then each
-    design's one-sided p of ranking below ``best`` from Conover's post-hoc t ((n - 1)(m - 1) degrees of freedom),
-    never below the p of Friedman's omnibus test (``_p_omnibus``). That floor is computed only when some pair's p
-    is below ``level``: it can only raise a p, so it changes no decision otherwise. Returns {design: p}."""
-    import numpy as np
+def _look(state: RaceState, values: Mapping[str, Mapping[int, float]], sign: float) -> None:
+    """One look, after every running design has ``state.seeds`` seeds: drop the designs shown worse than the
+    best, decide the contests with the baseline the seeds can, settle those they cannot, and stop every
+    design whose contests are all closed."""
+    from studies import race_stats
 
-    blocks = [s for s in range(k) if all(s in values.get(d, {}) for d in alive)]
-    n, m = len(blocks), len(alive)
-    if n < 2 or m < 2:
-        return {}
-    ranks = stats.rankdata([[sign * values[d][s] for d in alive] for s in blocks], axis=1)  # high rank: better
-    sums = ranks.sum(axis=0)
-    square = max(0.0, 2 * (n * float((ranks ** 2).sum()) - float((sums ** 2).sum())) / ((n - 1) * (m - 1)))
-    gaps = sums[alive.index(best)] - sums
-    with np.errstate(divide="ignore", invalid="ignore"):  # scale 0: every seed ranks them alike, t is +-inf
-        t = np.where(gaps == 0, 0.0, gaps / math.sqrt(square))
-    p = stats.t.sf(t, df=(n - 1) * (m - 1))
-    if p.min() < level:
-        p = np.maximum(p, _p_omnibus(ranks, level, stats))
-    return dict(zip(alive, map(float, p)))
-
-
-PERMUTATIONS = 19_999  # within-seed permutations behind a Monte-Carlo omnibus p (at least; exact below that)
-SCREEN = 999  # permutations of a first, quick look: a p above 5 x the level needs no more
-
-
-def _p_omnibus(ranks, level: float, stats) -> float:
-    """Friedman's omnibus p as a permutation test of the rank sums' spread (``sum_j R_j^2``, which orders tables
-    as Friedman's tie-corrected statistic does). When every design ties, a seed's ranks are exchangeable, so the
-    p holds its level: exactly when all within-seed permutations are enumerated (at most ``PERMUTATIONS`` or
-    20 / ``level`` of them), else up to the sampling error of that many seeded random ones (the same p on every
-    replay). A quick look at ``SCREEN`` permutations first: a p above 5 x ``level`` there is returned as it is
-    (it keeps every pair above the level; the screen only ever removes drops, so the level still holds).
-    Not the chi-square approximation: with 3-8 seeds it is off (0.0498 against the exact 1/36 for 3 designs
-    ranked alike on 3 seeds), so its level would be a measurement, not a promise, and mostly wasted (under the
-    null it rejects 0-0.7 times as often as its level at these sizes)."""
-    quick = _permutation_p(ranks, SCREEN, stats)
-    if quick >= 5 * level or math.factorial(ranks.shape[1]) ** ranks.shape[0] <= SCREEN:  # far above, or exact
-        return quick
-    return _permutation_p(ranks, max(PERMUTATIONS, math.ceil(20 / level)), stats)
+    plan, k, baseline, number = state.plan, state.seeds, state.baseline, len(state.rounds) + 1
+    ran = tuple(state.alive)
+    diffs = lambda a, b: [sign * (values[a][s] - values[b][s]) for s in range(k)  # noqa: E731
+                          if s in values.get(a, {}) and s in values.get(b, {})]
+    means = {d: _mean([sign * v for s, v in values.get(d, {}).items() if s < k]) for d in ran}
+    ranked = [d for d in ran if not math.isnan(means[d])]
+    best = max(ranked, key=lambda d: (means[d], -ran.index(d))) if ranked else ran[0]
+    level = plan.level(len(state.designs))
+    contenders = [d for d in ran if d not in (best, baseline) and d not in state.settled and d not in state.dropped]
+    worse = race_stats.p_friedman(list(ran), values, k, sign, best, level) if plan.test == "friedman" else {}
+    drops = []
+    for d in contenders:
+        pairs = diffs(d, best)
+        p = worse.get(d, 1.0) if plan.test == "friedman" else race_stats.p_worse(pairs)
+        if p < level:
+            drops.append(Drop(d, number, k, p, best, _mean(pairs)))
+        else:
+            state.last[d] = Settled(d, best, number, k, p, math.nan, _mean(pairs))
+    for drop in drops:
+        state.dropped[drop.design] = drop
+        state.last.pop(drop.design, None)
+    running = list(ran)  # a dropped design runs on while its contest with the baseline is open
+    decided = _versus_baseline(state, running, diffs, race_stats) if baseline in running else []
+    if plan.futility and k < plan.max_seeds:
+        _settle(state, running, best, diffs, values, sign, race_stats)
+    stopped = _stop(state, running, best)
+    state.rounds.append(Round(number, k, ran, best, tuple(drops), tuple(decided), tuple(stopped)))
+    state.alive = [d for d in running if d not in stopped]
+    if not state.alive:
+        state.finished, state.reason = True, "every contest decided or settled"
+    elif baseline is None and len(state.alive) <= 1:
+        state.finished, state.reason = True, "one design left"
+    elif k >= plan.max_seeds:
+        state.finished, state.reason = True, f"seed budget used ({plan.max_seeds} seeds)"
 
 
-def _permutation_p(ranks, resamples: int, stats) -> float:
-    """The p of the rank sums' spread over every within-seed permutation, or ``resamples`` seeded ones."""
-    import numpy as np
+def _versus_baseline(state: RaceState, running: list[str], diffs, race_stats) -> list[Verdict]:
+    """Decide the open contests with the baseline at this look: each design's two-sided paired t-test, Holm over
+    every design but the baseline (a design not tested now counts as p = 1) at the alpha this look spends."""
+    k, number = state.seeds, len(state.rounds) + 1
+    level = state.plan.baseline_level(k)
+    tested = {}
+    for d in running:
+        if d != state.baseline and d not in state.verdicts and d not in state.settled_base:
+            p = race_stats.p_paired(diffs(d, state.baseline))
+            if not math.isnan(p):
+                tested[d] = p
+    family = len(state.designs) - 1
+    decided = []
+    for step, d in enumerate(sorted(tested, key=lambda d: (tested[d], state.designs.index(d)))):
+        if tested[d] >= level / (family - step):
+            break
+        delta = _mean(diffs(d, state.baseline))
+        decided.append(Verdict(d, delta > 0, number, k, tested[d], level / (family - step), delta))
+    for verdict in decided:
+        state.verdicts[verdict.design] = verdict
+    return decided
 
-    def spread(*designs, axis=-1):
-        return sum(d.sum(axis=axis) ** 2 for d in designs)
 
-    result = stats.permutation_test(tuple(ranks.T), spread, permutation_type="samples", alternative="greater",
-                                    vectorized=True, n_resamples=resamples, rng=np.random.default_rng(0))
-    return float(result.pvalue)
+def _settle(state: RaceState, running: list[str], best: str, diffs, values, sign: float, race_stats) -> None:
+    """Settle the open contests the seeds left cannot decide: conditional power at the current trend below the
+    plan's ``futility`` at the level of the race's last look (with the baseline: the most its Holm steps give).
+    Friedman's contests are judged on within-seed rank differences, the t path's on the values."""
+    plan, k, number, baseline = state.plan, state.seeds, len(state.rounds) + 1, state.baseline
+    level = plan.level(len(state.designs))
+    ranks = _ranks(running, values, k, sign) if plan.test == "friedman" else None
+    for d in running:
+        if d in (best, baseline) or d in state.settled or d in state.dropped:
+            continue
+        pairs = diffs(d, best) if ranks is None else [ranks[d][s] - ranks[best][s] for s in ranks[d]]
+        power = race_stats.conditional_power(pairs, plan.max_seeds, level, sides=1, floor=plan.test == "t")
+        if power < plan.futility:
+            look = state.last[d]
+            state.settled[d] = Settled(d, best, number, k, look.p, power, look.delta)
+    if baseline is None or baseline not in running:
+        return
+    final = plan.baseline_level(plan.max_seeds)
+    for d in running:
+        if d == baseline or d in state.verdicts or d in state.settled_base:
+            continue
+        pairs = diffs(d, baseline)
+        power = race_stats.conditional_power(pairs, plan.max_seeds, final, sides=2)
+        if power < plan.futility:
+            state.settled_base[d] = Settled(d, baseline, number, k, race_stats.p_paired(pairs), power, _mean(pairs))
 
 
-def _p_worse(diffs: list[float], stats) -> float:
-    """One-sided paired t-test p that the mean difference is below 0 (1.0 with fewer than 2 pairs), never below
-    ``2^-n``: the exact sign test's p when all n differences are negative, the surest that n pairs can be."""
-    n = len(diffs)
-    if n < 2:
-        return 1.0
-    mean = _mean(diffs)
-    spread = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (n - 1))
-    if spread == 0.0:  # identical differences (values quantised by a finite validation set): the sign test's p
-        return 0.5 ** n if mean < 0 else 1.0
-    return max(0.5 ** n, float(stats.t.cdf(mean / (spread / math.sqrt(n)), df=n - 1)))
+def _ranks(running: list[str], values, k: int, sign: float) -> dict[str, dict[int, float]]:
+    """Each running design's rank within each seed every one of them completed (high: better)."""
+    from scipy import stats
+
+    blocks = [s for s in range(k) if all(s in values.get(d, {}) for d in running)]
+    if not blocks:
+        return {d: {} for d in running}
+    table = stats.rankdata([[sign * values[d][s] for d in running] for s in blocks], axis=1)
+    return {d: dict(zip(blocks, table[:, j].tolist())) for j, d in enumerate(running)}
+
+
+def _stop(state: RaceState, running: list[str], best: str) -> list[str]:
+    """The designs whose contests are all closed after this look: a design stops when its contest with the best is
+    decided (dropped) or settled and its contest with the baseline decided or settled; the best when no one
+    running needs it; the baseline when no contest with it is open."""
+    baseline = state.baseline
+
+    def open_base(d: str) -> bool:
+        return baseline is not None and d not in (baseline,) and d not in state.verdicts and d not in state.settled_base
+
+    closed = {**state.settled, **state.dropped}
+    stopped = [d for d in running if d not in (best, baseline) and d in closed and not open_base(d)]
+    rest = [d for d in running if d not in stopped and d not in (best, baseline)]
+    if best != baseline and not open_base(best) and not rest:
+        stopped.append(best)
+    if baseline in running and not any(open_base(d) for d in running if d not in stopped) and \
+            (best != baseline or not rest):
+        stopped.append(baseline)
+    return stopped
 
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
-
-
-RACE_ATTR = "race"  # the Optuna study's user attr holding a race's plan, designs and baseline (``record``)
-
-
-def race_state(study) -> RaceState | None:
-    """A raced Optuna study's state, replayed from its finished trials; None for a study that is not raced.
-    Trials are read by their user attrs ``variant`` and ``seed``; queue races (``spurious``) are left out."""
-    from optuna.trial import TrialState
-
-    recorded = study.user_attrs.get(RACE_ATTR)
-    if recorded is None:
-        return None
-    plan, designs, baseline = unpack(recorded)
-    done: dict[str, set[int]] = {}
-    values: dict[str, dict[int, float]] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if t.user_attrs.get("spurious") or "variant" not in t.user_attrs:
-            continue
-        label, seed = t.user_attrs["variant"], int(t.user_attrs["seed"])
-        done.setdefault(label, set()).add(seed)
-        if t.state == TrialState.COMPLETE and t.value is not None:
-            values.setdefault(label, {})[seed] = float(t.value)
-    return race(designs, done, values, plan, baseline)
-
-
-RACE_TAG = "acon.race"  # the parent run's record of a race: its plan, designs and baseline (JSON)
-DROPPED_TAG = "acon.race.dropped"  # on a dropped design's child runs; on the parent, one per design (+ ".<label>")
-STATUS_TAG = "acon.race.status"
-
-
-def plan_tags(plan: RacePlan, designs: Sequence[str], baseline: str | None) -> dict[str, str]:
-    """The parent-run tag that lets anyone replay the race: plan, designs in order, baseline."""
-    return {RACE_TAG: json.dumps(record(plan, designs, baseline))}
-
-
-def record(plan: RacePlan, designs: Sequence[str], baseline: str | None) -> dict[str, Any]:
-    """A race as plain data (an Optuna user attr, a tag): its plan, its designs in order, its baseline."""
-    return {**asdict(plan), "designs": list(designs), "baseline": baseline}
-
-
-def unpack(data: Mapping[str, Any]) -> tuple[RacePlan, list[str], str | None]:
-    """(plan, designs, baseline) from ``record``'s data."""
-    plan = {k: v for k, v in data.items() if k not in ("designs", "baseline")}
-    return RacePlan(**plan), list(data.get("designs", [])), data.get("baseline")
-
-
-def plan_from_tags(tags: Mapping[str, str]) -> tuple[RacePlan | None, list[str], str | None]:
-    """(plan, designs, baseline) from a parent run's tags; (None, [], None) for a study that was not raced."""
-    if RACE_TAG not in tags:
-        return None, [], None
-    return unpack(json.loads(tags[RACE_TAG]))
-
-
-def describe_drop(drop: Drop) -> str:
-    """``round 2 (4 seeds): p=0.0011 vs acon_c/all, mean difference -4.1``: a tag's text."""
-    return (f"round {drop.round} ({drop.seeds} seeds): p={drop.p:.2g} vs {drop.lost_to}, "
-            f"mean difference {drop.delta:+.4g}")
-
-
-def describe_state(state: RaceState) -> str:
-    """The parent run's race status in a line."""
-    if state.finished:
-        return f"finished after round {len(state.rounds)}: {state.reason}"
-    return f"round {state.round}: {len(state.alive)} designs to {state.seeds} seeds each"

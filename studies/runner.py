@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from acon.errors import UserError
 from studies.interrupt import check, graceful_signals
 from studies.settings import Settings
-from studies.race import RACE_ATTR, race_state
+from studies.race_record import RACE_ATTR, race_state
 from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, load_study, variant_label
 from studies.tracking import schema
 from studies.outage import WORKER_ATTR, outage_limit, say
@@ -59,6 +59,7 @@ class RunOptions:
     race: bool = False  # race the designs across seeds (studies.race): --seeds is then the most any design gets
     race_alpha: float = 0.05
     race_test: str = "friedman"
+    race_futility: float = 0.2  # conditional power below which a race settles a contest (0: never; studies.race)
     outage_limit: float | str | None = None  # seconds a storage outage is ridden through (None: $ACON_OUTAGE_LIMIT or 5 min)
 
 
@@ -109,7 +110,8 @@ def resolve(study: Study | str, options: RunOptions) -> tuple[Study, Settings]:
         if not spec.is_grid:
             raise UserError(f"--race races the design cells of a grid study; {spec.name!r} samples its settings "
                             f"(a search)")
-        RacePlan(max_seeds=int(settings["seeds"]), alpha=options.race_alpha, test=options.race_test)
+        RacePlan(max_seeds=int(settings["seeds"]), alpha=options.race_alpha, test=options.race_test,
+                 futility=options.race_futility)
         if spec.pruner != "none":  # a pruned cell has no final value to rank or pair (studies.race)
             raise UserError(f"--race decides which designs stop, with an error level; {spec.name!r} also prunes "
                             f"(pruner={spec.pruner!r}): race a copy of it with pruner='none'")
@@ -461,14 +463,16 @@ def enqueue_missing(session: _Session) -> int:
 
 def _start_race(spec: Study, settings: Settings, options: RunOptions, study: optuna.Study, join: bool) -> None:
     """Record a race's plan on the study (``run --race``), or bring a recorded one's seed budget up to date."""
-    from studies.race import RacePlan, record, unpack
+    from studies.race import RacePlan
+    from studies.race_record import record, unpack
 
     recorded = study.user_attrs.get(RACE_ATTR)
     if recorded is None and not (options.race and not join):
         return
     seeds = int(settings["seeds"])
     if recorded is None:
-        plan = RacePlan(max_seeds=seeds, alpha=options.race_alpha, test=options.race_test, direction=spec.direction)
+        plan = RacePlan(max_seeds=seeds, alpha=options.race_alpha, test=options.race_test, direction=spec.direction,
+                        futility=options.race_futility)
         cells = spec.cells(settings)
         designs = list(dict.fromkeys(variant_label(c) for c in cells))
         baseline = next((variant_label(c) for c in cells if c["activation"] == "relu"), None)
@@ -481,10 +485,11 @@ def _start_race(spec: Study, settings: Settings, options: RunOptions, study: opt
 def _record_race(session: _Session, state) -> None:
     """The race on MLflow: the plan and its status on the parent run, each drop on the parent and on the dropped
     design's child runs (round, p-value, the design it lost to)."""
-    from studies import race as racing
+    from studies import race_record as racing
 
     tracker, study = session.tracker, session.optuna_study
-    tags = {**racing.plan_tags(*racing.unpack(study.user_attrs[RACE_ATTR])), racing.STATUS_TAG: racing.describe_state(state)}
+    tags = {**racing.plan_tags(*racing.unpack(study.user_attrs[RACE_ATTR])), racing.STATUS_TAG: racing.describe_state(state),
+            racing.ANSWER_TAG: " | ".join(racing.describe_answer(state.answer()))[:5000]}
     for label, drop in state.dropped.items():
         tags[f"{racing.DROPPED_TAG}.{label.replace('/', '.')}"] = racing.describe_drop(drop)
     tracker.tag(tracker.parent_id, tags)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from acon.errors import UserError
-from studies.race import RacePlan, race
+from studies.race import FUTILITY, RacePlan, race
 
 
 def _results(means: dict[str, float], seeds: int, noise: float = 1.0, seed: int = 0):
@@ -24,8 +24,10 @@ def test_a_clearly_worse_design_is_dropped_after_the_minimum_seeds_and_the_best_
     assert [r.seeds for r in state.rounds] == [8] and "bad" in state.dropped
     drop = state.dropped["bad"]
     assert (drop.round, drop.seeds, drop.lost_to) == (1, 8, "best") and drop.p < plan.level(4) and drop.delta < -30
-    assert state.alive == ["relu", "best", "close"] and not state.finished
-    assert state.needed == [("relu", 8), ("best", 8), ("close", 8)]  # the next round: one more seed each, not "bad"
+    # every contest with the baseline is decided (best and close better, bad worse): relu and bad stop
+    assert {d: v.better for d, v in state.verdicts.items()} == {"best": True, "close": True, "bad": False}
+    assert state.alive == ["best", "close"] and not state.finished and state.rounds[0].stopped == ("bad", "relu")
+    assert state.needed == [("best", 8), ("close", 8)]  # the next round: one more seed for the open contest
 
 
 def test_the_race_waits_for_its_rounds_cells_and_the_baseline_stays_to_the_end():
@@ -37,7 +39,9 @@ def test_the_race_waits_for_its_rounds_cells_and_the_baseline_stays_to_the_end()
     assert state.rounds == [] and state.needed == [("best", 2)]
     done, values = _results(means, 3, noise=0.2)
     state = race(list(means), done, values, plan, baseline="relu")
-    assert state.finished and state.reason == "one design left besides the baseline" and "relu" not in state.dropped
+    assert state.finished and state.reason == "every contest decided or settled" and "relu" not in state.dropped
+    verdict = state.verdicts["best"]  # 15 points on 3 seeds: decided at the first look's share of alpha
+    assert verdict.better and verdict.seeds == 3 and verdict.p < verdict.level == pytest.approx(plan.baseline_level(3))
 
 
 def test_designs_that_cannot_be_told_apart_run_the_whole_budget():
@@ -108,24 +112,26 @@ RACES = {0.01: 1500, 0.05: 800}  # enough for alpha + 3 Monte-Carlo sd to catch 
 @pytest.mark.parametrize("test", ["friedman", "t"])
 def test_tied_designs_are_dropped_within_the_promised_alpha(test, alpha, images):
     """All designs equal, each of them a best one: races of 2-6 designs (the first the baseline) with a budget of
-    3-8 seeds, values counted on 50-1000 validation images or near-continuous. The promise: a given design (t
-    and Friedman), and for Friedman any design, dropped in at most alpha of the races. Monte-Carlo error: sd
+    3-8 seeds, values counted on 50-1000 validation images or near-continuous, futility on as ``run --race`` has
+    it. The promise: a given design (t and Friedman), and for Friedman any design, dropped in at most alpha of
+    the races; a difference to the baseline (every one false here) claimed in at most alpha of them. Monte-Carlo error: sd
     sqrt(alpha (1 - alpha) / races) = 0.0026 at 0.01 (1,500 races), 0.0077 at 0.05 (800); the bound is
     alpha + 3 sd (0.0177, 0.073). Before the fix Friedman dropped a given design in 2.2-2.4% of races at 0.01
     (a p of 0 when every seed ranked alike)."""
     rng, races = np.random.default_rng(7), RACES[alpha]
-    given = any_design = 0
+    given = any_design = claims = 0
     for _ in range(races):
         designs, seeds = int(rng.integers(2, 7)), int(rng.integers(3, 9))
         table = _tied(rng, designs, seeds, None if images is None else int(rng.choice(images)))
         names = [f"d{i}" for i in range(designs)]
         values = {d: dict(enumerate(row.tolist())) for d, row in zip(names, table)}
         state = race(names, {d: set(range(seeds)) for d in names}, values,
-                     RacePlan(max_seeds=seeds, alpha=alpha, test=test), baseline="d0")
+                     RacePlan(max_seeds=seeds, alpha=alpha, test=test, futility=FUTILITY), baseline="d0")
         given += "d1" in state.dropped
         any_design += bool(state.dropped)
+        claims += bool(state.verdicts)
     bound = alpha + 3 * np.sqrt(alpha * (1 - alpha) / races)
-    assert given / races <= bound
+    assert given / races <= bound and claims / races <= bound  # any "better/worse than the baseline" is false here
     if test == "friedman":
         assert any_design / races <= bound
 
@@ -205,33 +211,42 @@ def _cells(study, state="COMPLETE"):
 def test_a_race_drops_the_clearly_worse_design_after_round_one_and_runs_fewer_cells(tmp_path, tracking):
     """The default Friedman path through the runner: silu ranks last and ReLU third on every seed, acon_c and
     acon_a tie, so Conover's scale is 0; silu's p is the exact omnibus p, 1/144 (12 rankings of a seed, 3 seeds
-    ranked alike), below 0.05 / 2 looks. The report replays that race exactly, however its rows are grouped."""
+    ranked alike), below 0.05 / 2 looks. acon_c and acon_a are 0.147 above ReLU on every seed, with a spread:
+    better, decided at the first look. silu is 0.5 below ReLU on every seed exactly, so its pairs test as a
+    sign test, which 4 seeds cannot take below the level (2 / 16): settled; acon_a ties acon_c on every seed:
+    settled. Every contest is closed after round 1, so the race ends there: 12 of 16 cells. The report and the
+    parent run carry the same answer; the report replays that race exactly, however its rows are grouped."""
     from mlflow import MlflowClient
 
     from report import build_report
     from report.collect import collect
     from report.race import plot_race, race_of
-    from studies.race import race_state
+    from studies.race_record import race_state
     from studies.runner import run_study
     from studies.tracking import schema
 
     result = run_study(_race_study(tmp_path, "raced"), _options(tracking, storage=f"sqlite:///{tmp_path}/o.db"))
     done = _cells(result.study)
-    assert len(done) == len(set(done)) == 4 * 3 + 3 and result.missing == 0  # 15 of the 16 grid cells
-    assert sorted(s for d, s in done if d == "silu/all") == [0, 1, 2]
-    assert sorted(s for d, s in done if d == "acon_c/all") == [0, 1, 2, 3]
+    assert len(done) == len(set(done)) == 4 * 3 and result.missing == 0  # 12 of the 16 grid cells
+    assert sorted(s for d, s in done if d == "silu/all") == sorted(s for d, s in done if d == "acon_c/all") == [0, 1, 2]
     client = MlflowClient(tracking_uri=tracking)
     parent = client.get_run(result.parent_run_id).data.tags
     assert parent["acon.race.dropped.silu.all"].startswith("round 1 (3 seeds): p=0.0069 vs acon_c/all")
     assert race_state(result.study).dropped["silu/all"].p == pytest.approx(1 / 144)
-    assert parent["acon.race.status"] == "finished after round 2: seed budget used (4 seeds)"
+    assert parent["acon.race.status"] == "finished after round 1: every contest decided or settled"
+    answer = parent["acon.race.answer"]
+    assert answer.startswith("best: acon_c/all | tied with it within the budget: acon_a/all (settled in round 1 (3 ")
+    assert "better than relu/all: acon_c/all (round 1 (3 seeds): p=0.00051 < 0.0079" in answer
+    assert answer.endswith("worse than relu/all: none")
     silu_runs = [t.user_attrs[schema.RUN_ID_ATTR] for t in result.study.trials if t.user_attrs.get("variant") == "silu/all"]
     assert all("round 1" in client.get_run(r).data.tags["acon.race.dropped"] for r in silu_runs)
     report = build_report("raced", tracking_uri=tracking, log_to_mlflow=False)
     assert "dropped in round 1" in next(line for line in report.splitlines() if line.startswith("silu"))
+    assert "better (race, round 1)" in next(line for line in report.splitlines() if line.startswith("acon_a"))
     text = " ".join(report.split())
     assert "if all designs tie, any design is dropped with probability at most 0.05" in text
-    assert "finished: seed budget used (4 seeds); 15 cells run or queued of a 4 x 4 grid" in text
+    assert "finished: every contest decided or settled; 12 cells run or queued of a 4 x 4 grid" in text
+    assert " ".join(answer.replace("/all", "").split(" | ")) in text.replace(". ", " ")  # the same answer
     runs = collect("raced", tracking_uri=tracking)
     state = race_of(runs, "final/val_acc")
     assert state.rounds == race_state(result.study).rounds  # replayed from exact values: the same p and deltas
@@ -252,13 +267,14 @@ def test_a_raced_report_keeps_its_verdicts_when_rows_group_the_designs_different
 
 def test_the_t_path_drops_nothing_on_four_pairs_and_runs_the_whole_grid(tmp_path, tracking):
     """Nothing is surer than 2^-n from n pairs: 2^-4 is above 0.05 / (2 looks x 3 designs), so the paired t-test
-    cannot drop silu, however far behind (before, its p was 1e-6 and silu left after round 1)."""
+    cannot drop silu, however far behind (before, its p was 1e-6 and silu left after round 1). Without futility
+    nothing settles that, so every design runs every seed."""
     from mlflow import MlflowClient
 
     from studies.runner import run_study
 
     result = run_study(_race_study(tmp_path, "t_raced"),
-                       _options(tracking, storage=f"sqlite:///{tmp_path}/o.db", race_test="t"))
+                       _options(tracking, storage=f"sqlite:///{tmp_path}/o.db", race_test="t", race_futility=0.0))
     assert len(_cells(result.study)) == 16 and result.missing == 0
     parent = MlflowClient(tracking_uri=tracking).get_run(result.parent_run_id).data.tags
     assert not [k for k in parent if k.startswith("acon.race.dropped")]
@@ -278,23 +294,25 @@ def test_a_race_stopped_mid_round_resumes_where_it_stopped_and_runs_no_cell_twic
     from studies.runner import run_study
 
     monkeypatch.setenv("RACE_STOP_MARKER", str(tmp_path / "stopped"))
-    path, options = _race_study(tmp_path, "resumed"), _options(tracking, storage=f"sqlite:///{tmp_path}/o.db")
+    path = _race_study(tmp_path, "resumed")  # without futility, so that there is a round 2 to stop in
+    options = _options(tracking, storage=f"sqlite:///{tmp_path}/o.db", race_futility=0.0)
     with pytest.raises(Interrupted):
         run_study(path, options)
     result = run_study(path, options)
     done = _cells(result.study)
-    assert len(done) == len(set(done)) == 15 and _cells(result.study, "FAIL") == [("acon_c/all", 3)]
+    assert len(done) == len(set(done)) == 16 and _cells(result.study, "FAIL") == [("acon_c/all", 3)]
 
 
 def test_two_workers_race_together_and_queue_each_round_once(tmp_path, tracking):
     from studies.workers import run_workers
 
     storage = f"journal:///{tmp_path}/race.journal"
-    result = run_workers(_race_study(tmp_path, "together", sleep=0.3), _options(tracking, storage=storage), workers=2)
+    result = run_workers(_race_study(tmp_path, "together", sleep=0.3),
+                         _options(tracking, storage=storage, race_futility=0.0), workers=2)  # two rounds
     trials = result.study.get_trials()
     assert not [t for t in trials if t.user_attrs.get("spurious")]  # no cell queued twice
     done = _cells(result.study)
-    assert len(done) == len(set(done)) == 15 and len({t.user_attrs["worker"] for t in trials}) == 2
+    assert len(done) == len(set(done)) == 16 and len({t.user_attrs["worker"] for t in trials}) == 2
 
 
 @pytest.mark.parametrize("args, message", [
@@ -321,3 +339,48 @@ def test_a_race_whose_cell_keeps_failing_stops_instead_of_retrying_it_forever(tm
     assert _cells(result.study, "FAIL") == [("acon_a/all", 1)]  # tried once in this run, not again and again
     assert len(_cells(result.study)) == 11 and result.missing == 1  # round 1 waits for it: a rerun retries it
     assert unfinished(result.study)[1] == ["acon_a/all s1"]
+
+
+def test_futility_settles_what_the_budget_cannot_decide_and_keeps_it_in_the_answer():
+    """close trails best by 0.05 with a spread of 1 on 3 seeds: at the trend so far, 10 seeds would not show it
+    worse (conditional power far below 0.2), so it stops, tied with the best, not dropped. far is 30 points
+    behind: dropped is not possible yet (3 seeds), but its contest is open, so it runs on."""
+    values = {"relu": {0: 90.0, 1: 91.0, 2: 89.0}, "best": {0: 95.0, 1: 96.0, 2: 94.4},
+              "close": {0: 94.2, 1: 96.9, 2: 94.15}, "far": {0: 60.0, 1: 70.0, 2: 55.0}}
+    done = {d: {0, 1, 2} for d in values}
+    plan = RacePlan(max_seeds=10, test="t", futility=FUTILITY)
+    state = race(list(values), done, values, plan, baseline="relu")
+    settled = state.settled["close"]
+    assert "close" not in state.dropped and settled.against == "best" and settled.power < FUTILITY
+    assert [t.design for t in state.answer().tied] == ["close", "far"] and state.answer().tied[0] is settled
+    assert "close" in state.alive  # its contest with relu (+1.5 on each seed, spread 0.5) is still open
+    no_futility = race(list(values), done, values, RacePlan(max_seeds=10, test="t"), baseline="relu")
+    assert not no_futility.settled and no_futility.alive == ["relu", "best", "close", "far"]
+
+
+def test_conditional_power_and_spending_match_their_formulas():
+    from scipy import stats
+
+    from studies.race_stats import conditional_power, spent
+
+    diffs = [-1.0, -2.0, -0.5, -1.5]  # mean -1.25, sd 0.6455; 10 pairs in all, one-sided at 0.01
+    crit = stats.t.ppf(0.99, 9)
+    by_hand = stats.norm.cdf((10 * 1.25 - crit * 0.6454972 * np.sqrt(10)) / (0.6454972 * np.sqrt(6)))
+    assert conditional_power(diffs, 10, 0.01, sides=1) == pytest.approx(by_hand, rel=1e-6)
+    assert conditional_power([1.0, 1.0, 1.0], 4, 0.05, sides=2) == 0.0  # 4 equal signs: p = 1/8 at best
+    assert conditional_power([1.0, 1.0, 1.0], 6, 0.05, sides=2) == 1.0  # 6: 1/32
+    assert conditional_power([-5.0, -9.0, -1.0], 4, 0.05 / 6, sides=1, floor=True) == 0.0  # 2^-4 > 0.05 / 6
+    plan = RacePlan(max_seeds=8)
+    looks = [plan.baseline_level(k) for k in range(3, 9)]
+    assert sum(looks) == pytest.approx(0.05) and looks == sorted(looks)  # most alpha at the last looks
+    assert spent(0.05, 3 / 8) == pytest.approx(2 - 2 * stats.norm.cdf(stats.norm.ppf(0.975) / np.sqrt(3 / 8)))
+
+
+def test_a_race_recorded_before_futility_replays_without_it():
+    from studies.race_record import record, unpack
+
+    old = record(RacePlan(max_seeds=5), ["a", "b"], "a")
+    del old["futility"]
+    assert unpack(old)[0].futility == 0.0
+    with pytest.raises(UserError, match=r"futility must be a conditional power in \[0, 1\), got 1.5"):
+        RacePlan(max_seeds=5, futility=1.5)

@@ -94,15 +94,16 @@ def summary_text(result, tracking_uri: str | None = None) -> str:
 
 def _race_lines(study) -> list[str]:
     """A raced study: where the race stands, who was dropped, and the trials it used against the full grid."""
-    from studies.race import describe_state, race_state
+    from studies.race_record import describe_answer, describe_state, race_state
 
     state = race_state(study)
     if state is None:
         return []
     dropped = "; ".join(f"{d} in round {drop.round} (p={drop.p:.2g} vs {drop.lost_to})"
                         for d, drop in state.dropped.items()) or "none"
-    grid = (len(state.alive) + len(state.dropped)) * state.plan.max_seeds
-    return [f"race: {describe_state(state)}; dropped: {dropped}; {len(state.wanted())} of the {grid} grid cells"]
+    grid = len(state.designs) * state.plan.max_seeds
+    return [f"race: {describe_state(state)}; dropped: {dropped}; {len(state.wanted())} of the {grid} grid cells",
+            *(f"race answer: {line}" for line in describe_answer(state.answer()))]
 
 
 def _best_sampled(study, name: str, scale: float) -> list[str]:
