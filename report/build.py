@@ -14,8 +14,10 @@ import pandas as pd
 
 from acon.registry import unknown_choice
 from report import activations as act
+from report import fidelity as fid
 from report import race as racing
 from report import plots, summary
+from report.against import Against, against as compare
 from report.columns import add_columns, legend
 from report.pareto import plot_pareto
 from report.power import check_effect
@@ -23,6 +25,7 @@ from report.collect import StudyRuns, collect, history
 from report.errors import EmptyStudyError, ReportError
 from report.stats import ablation_stats, is_accuracy, parse_baseline, resolve_metric
 from report.tables import SUFFIX, check_formats, compact_frame, display_frame, format_table, group_labels, html_page, wrap
+from studies.storage import first_line
 from studies.tracking import schema
 from studies.tracking.writer import Tracker
 
@@ -47,6 +50,23 @@ class _Report:
     sites: pd.DataFrame | None = None  # with ``activations``: every trial's site table (``report.activations``)
     race: object = None  # a raced study's replayed race (``report.race``)
     channels: pd.DataFrame | None = None
+    fidelity: fid.Fidelity | None = None  # with ``fidelity``: each epoch's ranking against the final one
+    rank_plot: str = "none drawn (--no-log without --out)"  # where the fidelity's rank plot went
+    against: Against | None = None  # with ``against``: this study's ranking against another's
+
+    def rank_sections(self, brief: bool = False) -> list[tuple[str, str, pd.DataFrame]]:
+        """(heading, text, table) of the fidelity and the comparison asked for; ``brief``: one line each, no table
+        (the parent run's description, which has 7,900 characters for everything)."""
+        out = []
+        if self.fidelity is not None:
+            text = self.fidelity.brief() if brief else self.fidelity.summary()
+            out.append((fid.HEADING, text, self.fidelity.shown()))
+        if self.against is not None:
+            text = self.against.verdict()
+            if not brief:
+                text += ".\n" + self.against.note(self.baseline_label)
+            out.append((f"Against {self.against.studies[1]}", text, self.against.shown()))
+        return [(h, t, pd.DataFrame() if brief else f) for h, t, f in out]
 
     def intro(self, fmt: str) -> list[str]:
         """The summary, then (a search study) its best trials as a table in ``fmt``."""
@@ -78,7 +98,8 @@ class _Report:
 def build_report(study: str, *, tracking_uri: str | None = None, experiment: str | None = None, group_by=None,
                  baseline: str | dict | None = "activation=relu", metric: str | None = None,
                  formats=("terminal",), out_dir=None, plots: bool = False, log_to_mlflow: bool = True,
-                 optuna_study=None, effect: float | None = None, activations: bool = False) -> str:
+                 optuna_study=None, effect: float | None = None, activations: bool = False, fidelity: bool = False,
+                 against: str | None = None) -> str:
     """Build the ablation report of ``study`` and return it in the first of ``formats``.
 
     Files (one per format, plus PNG/SVG plots when ``plots``) go to ``out_dir``. With
@@ -88,12 +109,19 @@ def build_report(study: str, *, tracking_uri: str | None = None, experiment: str
     units, e.g. 0.5 accuracy points) is the difference the seeds-needed column and the next-run line plan for.
     ``activations`` adds what each design's sites learned (``report.activations``): a table by stage and,
     with ``plots``, beta by depth, its spread across inputs and the learned curves.
+    ``fidelity`` adds how each epoch ranks the designs against the final epoch (``report.fidelity``, with its rank
+    plot wherever files go); ``against`` names a study of the same designs (another schedule, dataset or model,
+    read from the same store and ``experiment``) to compare rankings with (``report.against``).
     """
     formats = check_formats(formats)
     check_effect(effect)
     rep = _build(collect(study, tracking_uri=tracking_uri, experiment=experiment), group_by, baseline, metric, effect)
     if activations:
         rep.sites, rep.channels = act.collect_sites(rep.runs)
+    if fidelity:
+        rep.fidelity = fid.fidelity(rep.runs, schema.epoch_key(rep.column))
+    if against:
+        rep.against = _against(rep, against, experiment, baseline, metric)
     if out_dir is None and not log_to_mlflow:
         return _render(rep, formats[0], [])
     wanted = formats + tuple(f for f in ("html", "csv") if log_to_mlflow and f not in formats)
@@ -102,6 +130,10 @@ def build_report(study: str, *, tracking_uri: str | None = None, experiment: str
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out_dir) if out_dir is not None else Path(tmp)
         images = _plots(rep, folder, optuna_study) if plots else []
+        if rep.fidelity is not None:
+            drawn = fid.plot_ranks(rep.fidelity, folder)
+            images += drawn
+            rep.rank_plot = str(drawn[0]) if out_dir else f"{schema.PLOTS_DIR}/{drawn[0].name} on the parent run"
         tables = _write(rep, folder, wanted, images)
         if log_to_mlflow:
             _publish(rep, tables, images)
@@ -150,6 +182,17 @@ def best_trials(runs: StudyRuns, column: str, accuracy: bool, top: int = TOP_TRI
     return out
 
 
+def _against(rep: _Report, study: str, experiment: str | None, baseline, metric: str | None) -> Against:
+    """``rep``'s study against ``study``, read from the same store (and experiment, when one was named)."""
+    try:
+        other = collect(study, tracking_uri=rep.runs.tracking_uri, experiment=experiment)
+    except ReportError as e:
+        raise type(e)(f"--against {study}: {first_line(e)}") from None
+    column = _metric(other, metric)
+    return compare(rep.runs, other, (rep.column, column), (_baseline(baseline, rep.runs), _baseline(baseline, other)),
+                   scale=100.0 if rep.accuracy else 1.0, unit="acc %" if rep.accuracy else "metric")
+
+
 def _search_summary(runs: StudyRuns, column: str, shown: int) -> str:
     """The summary line of a search study, above its best trials."""
     done = int(((runs.kept["state"] == "COMPLETE") & runs.kept[column].notna()).sum())
@@ -168,27 +211,34 @@ def _short(value) -> str:
     return str(value) if number.is_integer() and "." not in str(value) else f"{number:.4g}"
 
 
-def _render(rep: _Report, fmt: str, images: list[Path]) -> str:
-    """The report as text in ``fmt``: terminal and Markdown with header and footnote, CSV raw, HTML a page."""
-    acts, race = rep.activations(), rep.race_section()
+def _render(rep: _Report, fmt: str, images: list[Path], brief: bool = False) -> str:
+    """The report as text in ``fmt``: terminal and Markdown with header and footnote, CSV raw, HTML a page.
+    ``brief`` (the parent run's description): the rank checks in a line each, without their tables."""
+    acts, race, ranks = rep.activations(), rep.race_section(), rep.rank_sections(brief)
     if fmt == "terminal":
         compact = compact_frame(rep.table, rep.groups, accuracy=rep.accuracy)
         more = [] if acts is None else ["", ACT_HEADING, *_table_lines(acts[0], "terminal"), "", wrap(acts[1])]
         raced = [] if race is None else ["", wrap(race[0]), *_table_lines(race[1], "terminal")]
+        ranked = [line for h, text, frame in ranks
+                  for line in ("", h, *_table_lines(frame, "terminal"), "", wrap(text))]
+        drawn = [] if rep.fidelity is None else [f"rank plot: {rep.rank_plot}"]
         return "\n".join([rep.header, *rep.intro(fmt), "", format_table(compact, "terminal"), "",
-                          wrap(rep.notes(compact)), *raced, *more])
+                          wrap(rep.notes(compact)), *raced, *more, *ranked, *drawn])
     if fmt == "markdown":
         more = [] if acts is None else [f"**{ACT_HEADING}**", *_table_lines(acts[0], "markdown"), acts[1]]
         raced = [] if race is None else [race[0], *_table_lines(race[1], "markdown")]
+        ranked = [part for h, text, frame in ranks for part in (f"**{h}**", text.replace("\n", "  \n"),
+                                                                 *_table_lines(frame, "markdown"))]
         return "\n\n".join([rep.header.replace("\n", "  \n"), *rep.intro(fmt), format_table(rep.shown, "markdown"),
-                            rep.notes(rep.shown), *raced, *more])
+                            rep.notes(rep.shown), *raced, *more, *ranked])
     if fmt == "csv":
         return format_table(rep.table, "csv")
     if fmt == "html":
         return html_page(f"{rep.runs.study}: ablation", [*rep.header.splitlines(), rep.summary], rep.runs.settings, rep.shown,
                          rep.notes(rep.shown), images,
                          more=([] if race is None else [("Race", race[1], race[0])])
-                         + ([] if acts is None else [(ACT_HEADING, *acts)]))
+                         + ([] if acts is None else [(ACT_HEADING, *acts)])
+                         + [(h, frame, text) for h, text, frame in ranks])
     return format_table(rep.shown, fmt)
 
 
@@ -278,6 +328,12 @@ def _write(rep: _Report, folder: Path, formats, images: list[Path]) -> list[Path
     if rep.sites is not None and not rep.sites.empty:
         paths.append(folder / f"{rep.runs.study}_sites.csv")
         rep.sites.to_csv(paths[-1], index=False)
+    if rep.fidelity is not None:
+        paths.append(folder / f"{rep.runs.study}_fidelity.csv")
+        rep.fidelity.table.to_csv(paths[-1], index=False)
+    if rep.against is not None:
+        paths.append(folder / f"{rep.runs.study}_against_{rep.against.studies[1]}.csv")
+        rep.against.table.to_csv(paths[-1], index=False)
     return paths
 
 
@@ -310,8 +366,13 @@ def _publish(rep: _Report, tables: list[Path], images: list[Path]) -> None:
     tracker = Tracker.attach(rep.runs.tracking_uri, rep.runs.parent_run_id)
     tracker.log_artifacts(tables, schema.TABLES_DIR)
     tracker.log_artifacts(images, schema.PLOTS_DIR)
-    tracker.set_results(_render(rep, "markdown", []))
+    tracker.set_results(_render(rep, "markdown", [], brief=True))
     scale, labels = 100.0 if rep.accuracy else 1.0, group_labels(rep.table, rep.groups, sep="/", every_axis=True)
     means = {label: m / scale for label, m in zip(labels, rep.table["mean"]) if pd.notna(m)}
     best = [label for label, b in zip(labels, rep.table["best"]) if b]
     tracker.summarize(means, best[0] if best else None)
+    if rep.fidelity is not None:
+        f = rep.fidelity
+        tracker.log_fidelity(dict(zip(f.epochs, f.table["tau"])), f.lead_epoch, f.brief())
+    if rep.against is not None:
+        tracker.log_against(rep.against.studies[1], rep.against.tau, rep.against.verdict())

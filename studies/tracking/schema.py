@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 # Experiment tag: MLflow 3's UI opens a "model training" experiment on its runs table, not the GenAI overview.
@@ -57,6 +58,12 @@ ACTIVATIONS_DIR = "activations"
 SITES_FILE, CHANNELS_FILE = "sites.csv", "channels.csv"
 ACT = "act/"  # act/beta_mean, act/linear_fraction: means over the ACON sites
 MODEL_FILE = "model/state_dict.pt"
+
+# The report's rank checks on the parent run (report.fidelity, report.against): Kendall's tau of each epoch's ranking
+# with the final one (step = epoch), the epoch from which the final best leads, and the tau of the ranking against
+# another study; each check's one-line summary as a tag.
+FIDELITY_TAU, FIDELITY_LEAD, FIDELITY = "fidelity/tau", "fidelity/lead_epoch", "acon.fidelity"
+AGAINST = "against"
 
 # Artifacts of the parent run.
 TABLES_DIR, PLOTS_DIR = "report/tables", "report/plots"
@@ -150,6 +157,12 @@ def run_name(cell: dict[str, Any]) -> str:
 def mean_key(variant: str) -> str:
     """The parent-run metric holding a variant's mean objective (MLflow keys take no ``·`` or ``/`` runs)."""
     return MEAN + variant.replace("/", ".").replace("·", ".")
+
+
+def against_keys(study: str) -> tuple[str, str]:
+    """The parent-run metric and tag of a comparison with ``study``: ``against/<study>/tau``, ``acon.against.<study>``."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", study)
+    return f"{AGAINST}/{safe}/tau", f"acon.{AGAINST}.{safe}"
 
 
 def is_search(parent_tags: dict[str, str], parent_params: dict[str, str]) -> bool:

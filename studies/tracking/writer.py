@@ -121,6 +121,21 @@ class Tracker:
         self.log_metrics(self.parent_id, {schema.BEST_PREFIX + self.objective.removeprefix(schema.FINAL): value})
         self.client.set_tag(self.parent_id, schema.BEST_TRIAL, str(number))
 
+    def log_fidelity(self, taus: dict[int, float], lead_epoch: int | None, line: str) -> None:
+        """A report's fidelity on the parent run: tau by epoch as one metric series (step = epoch, drawn as a curve),
+        the epoch from which the final best leads, and the one-line summary as a tag."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(schema.FIDELITY_TAU, float(f"{t:.6g}"), now, int(k)) for k, t in taus.items() if math.isfinite(t)]
+        if lead_epoch is not None:
+            metrics.append(Metric(schema.FIDELITY_LEAD, float(lead_epoch), now, 0))
+        self.client.log_batch(self.parent_id, metrics=metrics, tags=[RunTag(schema.FIDELITY, line[:5000])])
+
+    def log_against(self, study: str, tau: float, verdict: str) -> None:
+        """A report's comparison with ``study`` on the parent run: its tau as a metric, its verdict as a tag."""
+        metric, tag = schema.against_keys(study)
+        self.log_metrics(self.parent_id, {metric: tau})
+        self.tag(self.parent_id, {tag: verdict})
+
     def tag(self, run_id: str, tags: dict[str, str]) -> None:
         """Set tags on a run (the parent or a child), e.g. a race's status and its drops."""
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
