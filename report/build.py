@@ -57,16 +57,26 @@ class _Report:
     def rank_sections(self, brief: bool = False) -> list[tuple[str, str, pd.DataFrame]]:
         """(heading, text, table) of the fidelity and the comparison asked for; ``brief``: one line each, no table
         (the parent run's description, which has 7,900 characters for everything)."""
-        out = []
+        out, files = [], list(self.rank_files())
         if self.fidelity is not None:
             text = self.fidelity.brief() if brief else self.fidelity.summary()
             out.append((fid.HEADING, text, self.fidelity.shown()))
         if self.against is not None:
-            text = self.against.verdict()
-            if not brief:
-                text += ".\n" + self.against.note(self.baseline_label)
+            text = self.against.verdict() + ("" if brief else ".\n" + self.against.note(self.baseline_label))
             out.append((f"Against {self.against.studies[1]}", text, self.against.shown()))
-        return [(h, t, pd.DataFrame() if brief else f) for h, t, f in out]
+        if brief:  # the tables are artifacts
+            return [(h, f"{t} (table: {schema.TABLES_DIR}/{name})", pd.DataFrame())
+                    for (h, t, _), name in zip(out, files)]
+        return out
+
+    def rank_files(self) -> dict[str, pd.DataFrame]:
+        """The numbers of the fidelity and the comparison, by CSV file name."""
+        study, files = self.runs.study, {}
+        if self.fidelity is not None:
+            files[f"{study}_fidelity.csv"] = self.fidelity.table
+        if self.against is not None:
+            files[f"{study}_against_{self.against.studies[1]}.csv"] = self.against.table
+        return files
 
     def intro(self, fmt: str) -> list[str]:
         """The summary, then (a search study) its best trials as a table in ``fmt``."""
@@ -328,12 +338,9 @@ def _write(rep: _Report, folder: Path, formats, images: list[Path]) -> list[Path
     if rep.sites is not None and not rep.sites.empty:
         paths.append(folder / f"{rep.runs.study}_sites.csv")
         rep.sites.to_csv(paths[-1], index=False)
-    if rep.fidelity is not None:
-        paths.append(folder / f"{rep.runs.study}_fidelity.csv")
-        rep.fidelity.table.to_csv(paths[-1], index=False)
-    if rep.against is not None:
-        paths.append(folder / f"{rep.runs.study}_against_{rep.against.studies[1]}.csv")
-        rep.against.table.to_csv(paths[-1], index=False)
+    for name, frame in rep.rank_files().items():
+        paths.append(folder / name)
+        frame.to_csv(paths[-1], index=False)
     return paths
 
 
