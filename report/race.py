@@ -90,7 +90,7 @@ def _key(values) -> tuple[str, ...]:
 
 def plot_race(runs: StudyRuns, state: RaceState, column: str, out_dir: Path, *, scale: float = 1.0) -> list[Path]:
     """Each design's running mean and 95% t-interval (from 3 seeds) of the objective by seed count, an x where it
-    was dropped; the right panel zooms on the designs that stayed to the end."""
+    was dropped; the right panel zooms on the designs not dropped."""
     from scipy import stats
 
     done = runs.kept[(runs.kept["state"] == "COMPLETE") & runs.kept[column].notna()]
@@ -115,7 +115,7 @@ def plot_race(runs: StudyRuns, state: RaceState, column: str, out_dir: Path, *, 
         if drop is None:
             kept_range = [min(kept_range[0], np.nanmin(np.r_[low[2:], mean])), max(kept_range[1], np.nanmax(np.r_[high[2:], mean]))]
     label = column + (" (%)" if scale == 100.0 else "")
-    for ax, title in zip(panels, ("every design (x: dropped)", "the designs that stayed to the end")):
+    for ax, title in zip(panels, ("every design (x: dropped)", "the designs not dropped")):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="seeds run", ylabel=label, title=title)
         ax.grid(alpha=0.3)
