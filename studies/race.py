@@ -27,11 +27,14 @@ What futility costs is power: a contest settled early that the full budget would
 ``benchmarks/race.py`` measures against the full grid's answer.
 
 Contests with the baseline: a two-sided paired t-test of each design (sign test below a spread of 0: no p
-below 2 / 2^n), Holm over all designs but the baseline (one not tested at a look counts as p = 1, which can only
-remove claims) at the alpha that look spends, O'Brien-Fleming-type spending (Lan & DeMets 1983) whose
-increments sum to ``alpha``: little at the first looks, most at the last. What holds, when the paired
-differences are normal: a false "better/worse than the baseline" at any look with probability at most ``alpha``
-(Holm within a look, Bonferroni over the looks' increments).
+below 2 / 2^n) at the alpha its look spends, O'Brien-Fleming-type spending (Lan & DeMets 1983) whose increments
+``a_k`` sum to ``alpha``: little at the first looks, most at the last. Holm's step-down runs across the looks:
+at look k the i-th smallest p of the open contests faces ``a_k / (m - r - i)``, m the designs but the baseline,
+r those decided at earlier looks; a design not tested at a look (settled, or without pairs) counts as p = 1,
+which can only remove claims. What holds, when the paired differences are normal: a false "better/worse than
+the baseline" with probability at most ``alpha``. When the first false claim is made, every earlier claim was
+true, so at most m - m0 designs were decided before it (m0: the designs truly like the baseline) and the true
+one's threshold was at most ``a_k / m0``; the union over the m0 of them and over the looks sums to ``alpha``.
 
 Drops: ``alpha`` is split over the planned looks (rounds with a test: ``max_seeds - min_seeds + 1``). Two
 tests, each with its own promise:
@@ -218,6 +221,7 @@ class RaceState:
     settled_base: dict[str, Settled] = field(default_factory=dict)  # contests with the baseline settled
     verdicts: dict[str, Verdict] = field(default_factory=dict)  # contests with the baseline decided
     last: dict[str, Settled] = field(default_factory=dict)  # each design's latest look at its contest with the best
+    means: dict[str, float] = field(default_factory=dict)  # each design's mean over the seeds it ran, in the direction
     seeds: int = 0  # the seed count the current round brings every design in the race to
     needed: list[tuple[str, int]] = field(default_factory=list)  # (design, seed) cells still to run
     finished: bool = False
@@ -238,8 +242,13 @@ class RaceState:
         return max((r.seeds for r in self.rounds if design in r.ran), default=0)
 
     def answer(self) -> Answer:
-        """The race's answer so far (final once ``finished``)."""
+        """The race's answer so far (final once ``finished``). Its best is a design, not the baseline: the last
+        round's best, or, when that was the baseline, the design not dropped with the best mean on its seeds."""
         best = self.rounds[-1].best if self.rounds else None
+        if best is not None and best == self.baseline:
+            left = [d for d in self.designs if d != self.baseline and d not in self.dropped
+                    and not math.isnan(self.means.get(d, math.nan))]
+            best = max(left, key=lambda d: (self.means[d], -self.designs.index(d))) if left else best
         tied = []
         for d in self.designs:
             if d in (best, self.baseline) or d in self.dropped:
@@ -283,6 +292,7 @@ def _look(state: RaceState, values: Mapping[str, Mapping[int, float]], sign: flo
     diffs = lambda a, b: [sign * (values[a][s] - values[b][s]) for s in range(k)  # noqa: E731
                           if s in values.get(a, {}) and s in values.get(b, {})]
     means = {d: _mean([sign * v for s, v in values.get(d, {}).items() if s < k]) for d in ran}
+    state.means.update(means)
     ranked = [d for d in ran if not math.isnan(means[d])]
     best = max(ranked, key=lambda d: (means[d], -ran.index(d))) if ranked else ran[0]
     level = plan.level(len(state.designs))
@@ -315,8 +325,10 @@ def _look(state: RaceState, values: Mapping[str, Mapping[int, float]], sign: flo
 
 
 def _versus_baseline(state: RaceState, running: list[str], diffs, race_stats) -> list[Verdict]:
-    """Decide the open contests with the baseline at this look: each design's two-sided paired t-test, Holm over
-    every design but the baseline (a design not tested now counts as p = 1) at the alpha this look spends."""
+    """Decide the open contests with the baseline at this look: each design's two-sided paired t-test, Holm at the
+    alpha this look spends over every design but the baseline not decided at an earlier look (a design not
+    tested now counts as p = 1): Holm's step-down carried across the looks (a group-sequential Holm, as in
+    Maurer & Bretz 2013's alpha recycling)."""
     k, number = state.seeds, len(state.rounds) + 1
     level = state.plan.baseline_level(k)
     tested = {}
@@ -325,7 +337,7 @@ def _versus_baseline(state: RaceState, running: list[str], diffs, race_stats) ->
             p = race_stats.p_paired(diffs(d, state.baseline))
             if not math.isnan(p):
                 tested[d] = p
-    family = len(state.designs) - 1
+    family = len(state.designs) - 1 - len(state.verdicts)
     decided = []
     for step, d in enumerate(sorted(tested, key=lambda d: (tested[d], state.designs.index(d)))):
         if tested[d] >= level / (family - step):

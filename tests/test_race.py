@@ -319,6 +319,7 @@ def test_two_workers_race_together_and_queue_each_round_once(tmp_path, tracking)
     (["hpo", "--race"], "error: --race races the design cells of a grid study; 'hpo' samples its settings"),
     (["design_space", "--race", "--seeds", "2"], "error: a race needs --seeds >= 3"),
     (["design_space", "--race", "--race-alpha", "1.5"], "error: race alpha must be in (0, 1), got 1.5"),
+    (["design_space", "--race", "--race-futility", "1"], "error: race futility must be a conditional power in [0, 1), got 1.0"),
 ])
 def test_a_bad_race_is_one_line_before_any_store_is_made(tmp_path, capsys, args, message):
     import run_study
