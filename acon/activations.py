@@ -19,8 +19,10 @@ from acon.registry import Registry, check_options
 ACTIVATIONS = Registry(
     "activation",
     doc="factory(channels, **options) -> nn.Module acting elementwise on (N, C, ...) inputs. "
-    "Metadata: options (accepted keywords; default: read from the factory's signature).",
-    meta={"options": None},
+    "Metadata: options (accepted keywords; default: read from the factory's signature); complexity "
+    "(``complexity(channels, input_shape, **options) -> dict``: analytic params, MACs and elementwise ops, "
+    "``activation_complexity``).",
+    meta={"options": None, "complexity": None},
 )
 
 
@@ -108,4 +110,19 @@ def create_activation(name: Any, channels: int, **options: Any) -> nn.Module:
     return get_activation(name)(channels, **options)
 
 
+def activation_complexity(name: Any, channels: int, input_shape, **options: Any) -> dict:
+    """Analytic cost of one activation module ``name`` on an input of ``input_shape`` (batch included, ``(N, C,
+    ...)``): ``{"params": int, "macs": int, "elementwise": {kind: count}}``, kinds and conventions as
+    ``ablation.complexity.count`` counts them (``KINDS``: sigmoid, mul, add, mean, other; one op per output element,
+    reductions per input element, eval-mode BN one mul and one add per element). Only entries registered with
+    ``complexity=`` have one; meta-ACON's is ``acon.generators.generator_complexity``."""
+    entry = ACTIVATIONS.entry(name)
+    formula = entry.meta.get("complexity")
+    if formula is None:
+        raise ValueError(f"activation {entry.name!r} has no analytic complexity; register it with complexity=...")
+    check_options(f"activation {entry.name!r}", options, entry.options)
+    return formula(channels, tuple(int(s) for s in input_shape), **options)
+
+
 from acon import gated as _gated  # noqa: E402,F401  (registers se_control in ACTIVATIONS, defined above)
+from acon import rivals as _rivals  # noqa: E402,F401  (registers DY-ReLU, FReLU, PAU, SMU, APA, defined above)
