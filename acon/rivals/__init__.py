@@ -11,3 +11,4 @@
 Each module registers its entries, with their options and analytic cost (``complexity=``), on import; this
 package is imported at the end of ``acon.activations``.
 """
+from acon.rivals import apa, pau, smu  # noqa: F401  (register on import)
