@@ -12,3 +12,4 @@ Each module registers its entries, with their options and analytic cost (``compl
 package is imported at the end of ``acon.activations``.
 """
 from acon.rivals import apa, pau, smu  # noqa: F401  (register on import)
+from acon.rivals import dy_relu, frelu  # noqa: F401  (register on import)
