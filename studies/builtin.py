@@ -71,6 +71,30 @@ _register(Study(
 ))
 
 
+# meta-ACON's rivals (acon.rivals). DY-ReLU at its paper's reduction ratio, r = 4 (the study's r axis, else 16).
+_RIVALS = BASELINES + (
+    {"activation": "acon_c", "placement": "all"}, {**META, "r": 8},
+    {"activation": "dy_relu_b", "r": 4, "placement": "all"},
+    *({"activation": a, "placement": "all"} for a in ("frelu", "pau", "smu", "apa")),
+)
+_register(Study(
+    name="rivals",
+    doc="Is meta-ACON the best dynamic activation? ACON-C and meta-ACON against DY-ReLU-B, FReLU, PAU, SMU and APA.",
+    designs=_RIVALS,
+    presets={"default": DEFAULT, "paper": Preset(PAPER, designs=_RIVALS)},
+))
+
+_DYNAMIC = ({"activation": "relu", "placement": "all"},
+            *({**META, "generator": g, "r": 8} for g in ("layer", "channel", "pixel")),
+            *({"activation": f"dy_relu_{v}", "r": 4, "placement": "all"} for v in "abc"))
+_register(Study(
+    name="dynamic",
+    doc="Two design spaces side by side: meta-ACON layer/channel/pixel-wise against DY-ReLU A/B/C.",
+    designs=_DYNAMIC,
+    presets={"default": DEFAULT, "paper": Preset(PAPER, designs=_DYNAMIC)},
+))
+
+
 def hpo_space(trial: optuna.Trial) -> dict[str, Any]:
     """TPE search space of the ``hpo`` study: learning rate, weight decay, epochs."""
     return {

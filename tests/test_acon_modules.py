@@ -101,8 +101,12 @@ def test_channel_dim_last_on_nc_input_is_the_same_axis(name):
     torch.testing.assert_close(last(x), first(x), rtol=0, atol=0)
 
 
+SPATIAL_ONLY = {"frelu"}  # a k x k conv over a grid: tokens (N, L, C) are refused in one line
+
+
+@pytest.mark.parametrize("layout", ["tokens", "grid"])
 @pytest.mark.parametrize("name", [n for n in ACTIVATIONS.names() if "channel_dim" in activation_options(n)])
-def test_every_registered_activation_honours_channel_dim_last(name):
+def test_every_registered_activation_honours_channel_dim_last(name, layout):
     first = create_activation(name, C)
     last = create_activation(name, C, channel_dim=-1)
     last.load_state_dict(first.state_dict(), strict=True)
@@ -110,8 +114,14 @@ def test_every_registered_activation_honours_channel_dim_last(name):
         for p in first.parameters():
             p.copy_(torch.randn_like(p))
         last.load_state_dict(first.state_dict())
-    x = torch.randn(3, 5, C)
-    torch.testing.assert_close(last(x), first(x.transpose(1, 2)).transpose(1, 2), rtol=1e-6, atol=1e-6)
+    x = torch.randn(3, 5, C) if layout == "tokens" else torch.randn(3, 4, 5, C)
+    order = (0, 2, 1) if layout == "tokens" else (0, 3, 1, 2)
+    if layout == "tokens" and name in SPATIAL_ONLY:
+        with pytest.raises(ValueError, match="spatial grid"):
+            last(x)
+        return
+    back = [order.index(i) for i in range(len(order))]
+    torch.testing.assert_close(last(x), first(x.permute(order)).permute(back), rtol=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------- parameters and init

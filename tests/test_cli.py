@@ -39,11 +39,12 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 BUILT_IN = {
-    "studies": {"design_space", "reduction_ratio", "placement", "variants", "hpo"},
+    "studies": {"design_space", "reduction_ratio", "placement", "variants", "hpo", "rivals", "dynamic"},
     "generators": {"layer", "channel", "pixel", "learned", "fixed"},
     "placements": {"all", "none", "bottleneck_3x3", "last_stage", "first", "last", "stage", "glob"},
     "activations": {"relu", "leaky_relu", "prelu", "silu", "swish", "mish", "gelu", "identity",
-                    "acon_a", "acon_b", "acon_c", "meta_acon", "se_control"},
+                    "acon_a", "acon_b", "acon_c", "meta_acon", "se_control",
+                    "dy_relu_a", "dy_relu_b", "dy_relu_c", "frelu", "pau", "smu", "smu1", "apa"},
     "datasets": {"mnist5k", "digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "imagefolder"},
 }
 

@@ -11,5 +11,4 @@
 Each module registers its entries, with their options and analytic cost (``complexity=``), on import; this
 package is imported at the end of ``acon.activations``.
 """
-from acon.rivals import apa, pau, smu  # noqa: F401  (register on import)
-from acon.rivals import dy_relu, frelu  # noqa: F401  (register on import)
+from acon.rivals import apa, dy_relu, frelu, pau, smu  # noqa: F401  (each registers its entries on import)
