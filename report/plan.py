@@ -20,7 +20,7 @@ def _planned(table: pd.DataFrame, direction: str, effect: float | None, mask: pd
     if effect is not None:
         return table[tested]
     best = best_row(table, direction, mask)
-    if best is None or not tested[best.name] or best["verdict"] != "noise":
+    if best is None or not tested[best.name] or not str(best["verdict"]).startswith(("noise", "tied (")):
         return table.iloc[:0]
     return table.loc[[best.name]]
 

@@ -75,6 +75,9 @@ def _cost(row: pd.Series) -> str:
 def _decision(best: pd.Series, table: pd.DataFrame, unit: str) -> str:
     """Whether the best design beats the baseline after Holm, and what the current seeds could have detected."""
     m = int(table["p_t"].notna().sum())
+    raced = _raced(str(best["verdict"]))
+    if raced:
+        return raced
     if math.isnan(best["p_holm"]):
         return "It cannot be tested against the baseline (fewer than 2 paired seeds)."
     verdict = {"better": "it beats the baseline", "worse": "it is worse than the baseline"}.get(
@@ -84,6 +87,19 @@ def _decision(best: pd.Series, table: pd.DataFrame, unit: str) -> str:
         text += (f" With {int(best['n_pairs'])} seeds only differences of {best['mde']:.2f}{unit} or more are "
                  f"detected with 80% power.")
     return text
+
+
+def _raced(verdict: str) -> str:
+    """A raced study's decision in words (its verdicts come from the race's answer, ``report.race``), else ""."""
+    if verdict.startswith(("better (race", "worse (race")):
+        word, when = verdict.split(" (race, ")
+        return (f"The race shows it {word} than the baseline ({when.rstrip(')')}; its claims hold at the race's "
+                f"alpha whatever the rounds it stopped after: see the race below).")
+    if verdict.startswith("tied ("):
+        return f"The race did not tell it apart from the baseline within its seed budget ({verdict[6:-1]})."
+    if verdict.startswith("dropped in"):
+        return f"The race {verdict} (shown worse than its best), so no claim against the baseline is made."
+    return ""
 
 
 def _versus_control(table: pd.DataFrame, control: pd.DataFrame | None, group_by: list[str], direction: str,

@@ -141,7 +141,7 @@ class RacePlan:
         futile = (f"; a contest whose conditional power is below {self.futility:g} is settled (no claim), which "
                   f"changes no error level" if self.futility else "")
         return (f"{drops}; a false 'better/worse than the baseline' with probability at most {self.alpha} if the "
-                f"paired differences are normal (alpha spent over the looks, Holm within a look){futile}")
+                f"paired differences are normal (alpha spent over the looks, Holm's step-down across them){futile}")
 
 
 @dataclass(frozen=True)

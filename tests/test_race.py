@@ -263,6 +263,7 @@ def test_a_race_drops_the_clearly_worse_design_after_round_one_and_runs_fewer_ce
     assert "if all designs tie, any design is dropped with probability at most 0.05" in text
     assert "finished: every contest decided or settled; 12 cells run or queued of a 4 x 4 grid" in text
     assert " ".join(answer.replace("/all", "").split(" | ")) in text.replace(". ", " ")  # the same answer
+    assert "The race shows it better than the baseline (round 1;" in text  # the summary reads the race's verdict
     runs = collect("raced", tracking_uri=tracking)
     state = race_of(runs, "final/val_acc")
     assert state.rounds == race_state(result.study).rounds  # replayed from exact values: the same p and deltas
