@@ -244,6 +244,23 @@ def test_frelu_refuses_token_sites_in_one_line_naming_the_site():
     assert "\n" not in message and message.startswith("site encoder.layers.") and "FReLU needs a spatial grid" in message
 
 
+def test_frelu_reads_a_fully_connected_activation_as_a_one_by_one_grid():
+    """tiny_cnn's head activation is (N, C): the zero-padded window keeps its centre tap, max(x, BN(w x + b))."""
+    module = create_activation("frelu", C).eval()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p))
+        module.bn_frelu.running_mean.uniform_(-1, 1)
+        module.bn_frelu.running_var.uniform_(0.5, 2)
+    x = torch.randn(5, C)
+    bn = module.bn_frelu
+    centre = module.conv_frelu.weight[:, 0, 1, 1] * x + module.conv_frelu.bias
+    t = (centre - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    torch.testing.assert_close(module(x), torch.maximum(x, t))
+    model, sites = ablation.build_model("tiny_cnn", activation="frelu", in_channels=1, num_classes=10, input_size=28)
+    assert "head.2" in [s.path for s in sites] and model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
 # ---------------------------------------------------------------- the batch-size-1 rule, options, tracing
 
 

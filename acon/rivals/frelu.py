@@ -27,7 +27,10 @@ class FReLU(nn.Module):
     generators: a batch of one with a single position cannot train BN).
 
     Needs a spatial grid: ``(N, C, H, W)``, or ``(N, H, W, C)`` with ``channel_dim=3``/``-1``; tokens
-    (N x L x C) have no grid for the k x k window and are refused.
+    (N x L x C) have no grid for the k x k window and are refused. A fully connected layer's ``(N, C)`` (an MLP
+    head's activation, as in ``tiny_cnn``) is read as a 1 x 1 grid, where the zero-padded window keeps its
+    centre tap: ``max(x, BN(w x + b))`` per channel. The official code never meets one (it replaces the ReLUs
+    of conv layers); this reading keeps ``placement="all"`` usable on such models.
     """
 
     def __init__(self, channels: int, kernel_size: int = 3, *, bn: bool = True, channel_dim: int = 1):
@@ -42,7 +45,7 @@ class FReLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         xc = _grid(x, self.channel_dim, self.channels)
-        return _layout.restore_channels(torch.maximum(xc, self.bn_frelu(self.conv_frelu(xc))), self.channel_dim)
+        return _restore(torch.maximum(xc, self.bn_frelu(self.conv_frelu(xc))), x, self.channel_dim)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, kernel_size={self.kernel_size}"
@@ -53,10 +56,18 @@ _TOKENS = "FReLU needs a spatial grid (N, C, H, W) for its k x k window; token i
 
 @torch.fx.wrap
 def _grid(x: Tensor, channel_dim: int, channels: int) -> Tensor:
-    """``x`` channels-first, refusing inputs without two spatial axes."""
+    """``x`` channels-first, an ``(N, C)`` as a 1 x 1 grid, refusing tokens (one spatial axis)."""
+    if x.ndim == 2:
+        return x[:, :, None, None]
     if x.ndim != 4:
         raise ValueError(f"{_TOKENS}; got shape {tuple(x.shape)}")
     return _layout.channels_first(x, channel_dim, channels)
+
+
+@torch.fx.wrap
+def _restore(y: Tensor, x: Tensor, channel_dim: int) -> Tensor:
+    """``y`` back in ``x``'s layout: an ``(N, C)`` input's 1 x 1 grid flattened, else its channel axis restored."""
+    return y.flatten(1) if x.ndim == 2 else _layout.restore_channels(y, channel_dim)
 
 
 def frelu_complexity(channels: int, input_shape: tuple[int, ...], *, kernel_size: int = 3, bn: bool = True,
@@ -65,7 +76,7 @@ def frelu_complexity(channels: int, input_shape: tuple[int, ...], *, kernel_size
     ``ablation.complexity.count`` counts them: params ``C k^2 + C`` (conv weight and bias) ``+ 2C`` (BN);
     MACs ``n k^2`` (depthwise: one k x k window per output element; the bias add is inside); eval-mode BN
     ``mul`` n and ``add`` n; the maximum ``other`` n."""
-    if len(input_shape) != 4:
+    if len(input_shape) not in (2, 4):  # (N, C): a 1 x 1 grid
         raise ValueError(f"{_TOKENS}; got shape {tuple(input_shape)}")
     n = math.prod(input_shape)
     return {"params": channels * kernel_size ** 2 + channels + (2 * channels if bn else 0),
