@@ -162,7 +162,8 @@ def _add_overhead(sub: Any) -> None:
     p.add_argument("--generator", default="channel", help="comma-separated beta generators")
     p.add_argument("--r", default="16", help="comma-separated reduction ratios")
     p.add_argument("--placement", default="all", help="comma-separated placements")
-    p.add_argument("--activation", default="meta_acon", help="activation (default meta_acon)")
+    p.add_argument("--activation", default="meta_acon",
+                   help="comma-separated activations (default meta_acon), e.g. meta_acon,dy_relu_b,frelu,pau,smu,apa")
     p.add_argument("--input-size", type=int, help="input image size (default: the model's)")
     p.add_argument("--format", default="terminal", help="terminal, markdown, csv, latex, html")
     p.add_argument("--latency", action="store_true", help="also measure forward/backward time ratios")
@@ -286,7 +287,7 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
     rs = [_int("--r", v) for v in split(args.r)]
     table = overhead_table(split(args.model), split(args.generator), rs, split(args.placement),
-                           input_size=args.input_size, activation=args.activation, latency=args.latency,
+                           input_size=args.input_size, activation=split(args.activation), latency=args.latency,
                            export=args.export)
     fmt = check_formats(args.format)[0]  # "txt" and "text" are the terminal too
     terminal = fmt == "terminal"

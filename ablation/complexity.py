@@ -40,7 +40,7 @@ for _kind, _names in {
         "relu", "relu_", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "gelu", "silu", "silu_", "mish",
         "tanh", "exp", "neg", "div", "div_", "clamp", "clamp_min", "where", "softplus", "_prelu_kernel", "prelu",
         "addcmul", "native_layer_norm", "_log_softmax", "_softmax", "hardswish", "hardsigmoid", "elu", "abs", "pow", "sqrt",
-        "rsqrt", "reciprocal", "erf", "minimum", "maximum", "max_pool2d_with_indices", "amax", "max",
+        "rsqrt", "reciprocal", "erf", "minimum", "maximum", "max_pool2d_with_indices", "amax", "max", "log", "log1p",
     ),
 }.items():
     _KIND_OF.update(dict.fromkeys(_names, _kind))

@@ -37,7 +37,10 @@ def _uses_r(generator) -> bool:
 def overhead_table(models, generators, rs, placements, *, input_size=None, activation="meta_acon",
                    num_classes: int = 1000, in_channels: int = 3, builder=None, device="meta",
                    latency: bool = False, latency_device=None, export: str | None = None) -> pd.DataFrame:
-    """One row per (model, generator, r, placement): params and FLOPs against the unmodified model.
+    """One row per (activation, model, generator, r, placement): params and FLOPs against the unmodified model.
+
+    ``activation``: one name or several (meta-ACON and its rivals side by side); an activation that takes no
+    generator gets one row per placement (generator "-"), and r only where it takes one.
 
     ``input_size`` None means each model's native ImageNet size (``small_input=False``); a size
     under 64 builds the small-input (CIFAR-style) stem. ``builder`` defaults to
@@ -59,7 +62,7 @@ def overhead_table(models, generators, rs, placements, *, input_size=None, activ
         check_int("input size", input_size, 1)
     builder = builder or _default_builder()
     rows, skipped, baselines = [], [], {}
-    for model, gen, r, place in _cells(models, generators, rs, placements):
+    for activation, model, gen, r, place in _cells(models, generators, rs, placements, activation):
         size, common = _geometry(model, input_size, num_classes, in_channels)
         if model not in baselines:
             baselines[model] = _build(builder, model, device, activation="relu", generator=None, r=None,
@@ -70,7 +73,8 @@ def overhead_table(models, generators, rs, placements, *, input_size=None, activ
         except NoSiteError as e:  # e.g. bottleneck_3x3 on a ShuffleNet; a misspelt name or a bad r is raised
             skipped.append(f"{model}/{gen}/{'-' if r is None else r}/{place}: {e}")
             continue
-        rows.append(_row(model, gen, r, place, variant, baselines[model], sites, (in_channels, size, size)))
+        rows.append({"activation": activation if isinstance(activation, str) else getattr(activation, "__name__", "?"),
+                     **_row(model, gen, r, place, variant, baselines[model], sites, (in_channels, size, size))})
         if latency:
             rows[-1].update(_latency(builder, model, gen, r, place, activation, common, latency_device))
         if export is not None:
@@ -87,7 +91,10 @@ def terminal_frame(table: pd.DataFrame) -> pd.DataFrame:
     elementwise ops are in the other formats."""
     if table.empty:
         return table
-    out = table[["model", "generator", "r", "placement", "sites"]].astype(str).copy()
+    shown = ["model", "generator", "r", "placement", "sites"]
+    if set(table["activation"]) != {"meta_acon"}:  # rivals side by side: name each row's activation
+        shown.insert(0, "activation")
+    out = table[shown].astype(str)
     if not table["replaces"].astype(str).str.fullmatch(r"relu x\d+|-").all():  # not only ReLUs replaced
         out["replaces"] = table["replaces"]
     out["params"] = [_count(v * 1e6) for v in table["params_M"]]
@@ -144,14 +151,26 @@ def _geometry(model, input_size, num_classes, in_channels) -> tuple[int, dict]:
     return size, dict(num_classes=num_classes, in_channels=in_channels, small_input=size < 64, input_size=size)
 
 
-def _cells(models, generators, rs, placements):
-    """The design grid, with r collapsed to "-" for generators that do not use it."""
+def _cells(models, generators, rs, placements, activations="meta_acon"):
+    """The design grid: generator collapsed to None for an activation that takes none, r to None where neither
+    the generator nor the activation uses it."""
     seen = []
-    for model, gen, r, place in itertools.product(_seq(models), _seq(generators), _seq(rs), _seq(placements)):
-        cell = (model, gen, r if _uses_r(gen) else None, place)
+    for act, model, gen, r, place in itertools.product(_seq(activations), _seq(models), _seq(generators), _seq(rs),
+                                                       _seq(placements)):
+        takes = _takes(act)
+        gen = gen if takes is None or "generator" in takes else None
+        uses_r = _uses_r(gen) if gen is not None else takes is not None and "r" in takes
+        cell = (act, model, gen, r if uses_r else None, place)
         if cell not in seen:
             seen.append(cell)
     return seen
+
+
+def _takes(activation) -> frozenset[str] | None:
+    """The options ``activation`` accepts (None: a callable, taken to be meta-ACON-like)."""
+    from acon.activations import activation_options
+
+    return activation_options(activation) if isinstance(activation, str) else None
 
 
 def _seq(value) -> list:
@@ -170,7 +189,7 @@ def _row(model, gen, r, place, variant, baseline, sites, shape) -> dict:
     a, b = complexity.count(variant, shape), complexity.count(baseline, shape)
     extra = a.params - b.params
     return {
-        "model": model, "generator": gen, "r": "-" if r is None else r, "placement": place,
+        "model": model, "generator": "-" if gen is None else gen, "r": "-" if r is None else r, "placement": place,
         "sites": len(sites) if not isinstance(sites, int) else sites,
         "replaces": describe_replaced(sites) if _all_sites(sites) else "-",
         "params_M": a.params / 1e6, "params_baseline_M": b.params / 1e6,

@@ -1,8 +1,11 @@
 """The complexity counter on tiny models counted by hand, and the paper's params column."""
+import math
+
 import pytest
 import torch
 from torch import nn
 
+import ablation
 from ablation.complexity import count, full_shape, overhead
 from acon.modules import MetaAconC
 from report import overhead_table
@@ -199,3 +202,27 @@ def test_overhead_refuses_a_misspelt_name_or_bad_number_instead_of_skipping_the_
     assert message in str(error.value)
     table = overhead_table(["resnet20"], ["channel"], [4], ["bottleneck_3x3", "all"])
     assert table["placement"].tolist() == ["all"] and "selects no activation site" in table.attrs["skipped"][0]
+
+
+RIVALS = ("dy_relu_a", "dy_relu_b", "dy_relu_c", "frelu", "pau", "smu", "smu1", "apa")
+
+
+@pytest.mark.parametrize("name", RIVALS)
+def test_overhead_of_a_rival_is_its_analytic_cost_summed_over_the_sites(name):
+    """resnet20 at 32: every ReLU replaced; the extra params are the rival's analytic params at each site, the
+    extra FLOPs its analytic MACs and elementwise ops at each site's input less ReLU's one op per element."""
+    from acon.activations import activation_complexity
+    from report import overhead_table
+
+    row = overhead_table(["resnet20"], ["channel"], [4], ["all"], activation=name, input_size=32, num_classes=10).iloc[0]
+    _, sites = ablation.build_model("resnet20", placement="all", input_size=32, num_classes=10, small_input=True)
+    params = flops = 0
+    for site in sites:
+        shape = (1, site.width, *site.spatial)
+        options = {"r": 4} if name.startswith("dy_relu") else {}
+        cost = activation_complexity(name, site.width, shape, **options)
+        params += cost["params"]
+        flops += cost["macs"] + sum(cost["elementwise"].values()) - math.prod(shape)  # less ReLU's max(x, 0)
+    assert (row["activation"], row["generator"], row["r"]) == (name, "-", 4 if name.startswith("dy_relu") else "-")
+    assert row["params_extra"] == params
+    assert round((row["flops_M"] - row["flops_baseline_M"]) * 1e6) == flops
