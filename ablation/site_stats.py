@@ -17,6 +17,10 @@ then the mean over channels and positions (per channel: over positions). A layer
 the same at every position, so this is its std across samples per channel; a pixel-wise beta is not averaged
 over positions first, which would shrink the spread. 0 for a beta that does not depend on the input (ACON-C).
 The gate (sigmoid or hard sigmoid) does not enter: it acts on the switch, not on beta.
+
+meta-ACON's rivals (DY-ReLU, FReLU, PAU, SMU, SMU-1, APA) get a row too, with the ACON columns NaN and their own
+(``ablation.rival_stats``: DY-ReLU's piece shares and slopes, FReLU's branch share, the pointwise rivals' learned
+parameters); ``generator`` then holds the rival's options that shape its function (``k=2``, ``kernel_size=3`` ...).
 """
 from __future__ import annotations
 
@@ -34,11 +38,12 @@ from torch.fx.passes.shape_prop import ShapeProp
 from acon import _layout
 from acon.gated import GatedActivation
 from acon.modules import AconA, AconB, AconC, MetaAcon, MetaAconC
+from ablation.rival_stats import RIVAL_COLUMNS, RIVAL_MODULES, describe_rival, observe_rival, rival_row
 from ablation.sites import SITE_KINDS, Site, assign_stages, find_sites, trace
 
 #: One row per site, in depth (execution) order.
 SITE_COLUMNS = ("site", "path", "stage", "width", "activation", "generator", "beta_mean", "beta_std_samples",
-                "beta_std_channels", "p1_mean", "p2_mean", "linear_fraction", "x_mean", "x_std")
+                "beta_std_channels", "p1_mean", "p2_mean", "linear_fraction", "x_mean", "x_std") + RIVAL_COLUMNS
 #: One row per site and channel: what the learned curve ``y = f(x)`` of that channel is.
 CHANNEL_COLUMNS = ("site", "channel", "p1", "p2", "beta_mean", "beta_std_samples", "x_std")
 ACON_MODULES = (AconA, AconB, AconC, MetaAcon, MetaAconC)
@@ -195,7 +200,7 @@ class _Probe:
 def _probes(model: nn.Module) -> list[_Probe]:
     """A probe per activation module; a site module's own children (se_control's ReLU) are not sites."""
     # read now: SITE_KINDS grows when a library's activations are registered (timm's GELU, Swish ...)
-    kinds = ACON_MODULES + (GatedActivation,) + tuple(cls for classes, _, _ in SITE_KINDS.values() for cls in classes)
+    kinds = ACON_MODULES + RIVAL_MODULES + (GatedActivation,) + tuple(cls for classes, _, _ in SITE_KINDS.values() for cls in classes)
     probes, inside, clock = [], (), [0]
     for path, module in model.named_modules():
         if any(p == "" or path.startswith(p + ".") for p in inside):
@@ -220,6 +225,7 @@ def _observe(acc: _Calls, module: nn.Module, x: Tensor, channel_dim: int) -> Non
     acc.add("x2_c", xc.square().sum(dim=dims))
     parts = acon_parts(module, xc)
     if parts is None:
+        observe_rival(acc, module, xc)
         return
     p1, p2, beta, centred = parts
     acc.merge_beta(beta, xc)
@@ -261,7 +267,11 @@ def acon_parts(module: nn.Module, xc: Tensor) -> tuple[Tensor, Tensor, Tensor, A
 
 
 def describe(module: nn.Module) -> tuple[str, str]:
-    """The (activation, generator) names of a site module, as the registries spell them ("-": none)."""
+    """The (activation, generator) names of a site module, as the registries spell them ("-": none); for a rival,
+    its name and the options that shape its function."""
+    rival = describe_rival(module)
+    if rival is not None:
+        return rival
     if isinstance(module, MetaAconC):
         return "meta_acon", "channel"
     if isinstance(module, MetaAcon):
@@ -291,11 +301,13 @@ def _frames(calls: list[_Calls], sites: Sequence[Site] | None) -> SiteStats:
     for i, (c, path, stage) in enumerate(zip(calls, paths, stages)):
         known = by_target.get(path)
         row, per_channel = _row(c)
+        row.update(rival_row(c))
         activation, generator = describe(c.module)
         rows.append({"site": i, "path": known.path if known else path, "stage": known.stage if known else stage,
                      "width": c.width, "activation": activation, "generator": generator, **row})
         channel_rows += [{"site": i, "channel": ch, **values} for ch, values in enumerate(per_channel)]
-    return SiteStats(pd.DataFrame(rows, columns=list(SITE_COLUMNS)), pd.DataFrame(channel_rows, columns=list(CHANNEL_COLUMNS)))
+    more = list(dict.fromkeys(k for r in rows for k in r if k not in SITE_COLUMNS))  # DY-ReLU with K > 3 pieces
+    return SiteStats(pd.DataFrame(rows, columns=list(SITE_COLUMNS) + more), pd.DataFrame(channel_rows, columns=list(CHANNEL_COLUMNS)))
 
 
 def _row(c: _Calls) -> tuple[dict[str, float], list[dict[str, float]]]:
