@@ -3,7 +3,8 @@
 ``collect_sites`` gathers the tables a trial records after training (``ablation.site_stats``);
 ``activation_table`` aggregates them per design (over sites by stage, then over seeds); the plots
 draw beta and the linear fraction by depth, beta's spread across inputs by depth, and the learned
-curves ``y = f(x)`` at the first, middle and last site, as the paper draws them.
+curves ``y = f(x)`` at the first, middle and last site, as the paper draws them (ACON's, and the pointwise
+rivals' PAU, SMU, SMU-1 and APA rebuilt from their parameters).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from ablation.rival_stats import POINTWISE, rival_curve
 from report.collect import StudyRuns
 from report.plots import save
 from report.tables import short_variant
@@ -115,20 +117,28 @@ LEGEND = ("n: seeds; β: mean switching factor over the ACON sites; spread: β's
 
 
 def plot_activations(sites: pd.DataFrame, channels: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Beta and linear fraction by depth, beta's spread across inputs by depth, and the learned curves."""
-    acon = _acon(sites)
-    if acon.empty:
-        return []
-    colors = {v: f"C{i % 10}" for i, v in enumerate(sorted(acon["variant"].unique()))}  # one colour per design
-    paths = _by_depth(acon, [("beta_mean", "β (mean over inputs)"), ("linear_fraction", "linear fraction")],
-                      "what each site learned, by depth", out_dir, "act_beta_by_depth", colors)
-    dynamic = acon[~acon["generator"].astype(str).isin(_STATIC)]
-    if not dynamic.empty:
-        paths += _by_depth(dynamic, [("beta_std_samples", "spread of β across inputs (std)")],
-                           "meta-ACON: how much β depends on the input", out_dir, "act_beta_spread_by_depth", colors)
-    if not channels.empty:
-        paths += plot_curves(acon, channels, out_dir)
+    """Beta and linear fraction by depth, beta's spread across inputs by depth, and the learned curves (ACON's
+    and the pointwise rivals')."""
+    acon, paths = _acon(sites), []
+    if not acon.empty:
+        colors = {v: f"C{i % 10}" for i, v in enumerate(sorted(acon["variant"].unique()))}  # one colour per design
+        paths = _by_depth(acon, [("beta_mean", "β (mean over inputs)"), ("linear_fraction", "linear fraction")],
+                          "what each site learned, by depth", out_dir, "act_beta_by_depth", colors)
+        dynamic = acon[~acon["generator"].astype(str).isin(_STATIC)]
+        if not dynamic.empty:
+            paths += _by_depth(dynamic, [("beta_std_samples", "spread of β across inputs (std)")],
+                               "meta-ACON: how much β depends on the input", out_dir, "act_beta_spread_by_depth",
+                               colors)
+    if (not acon.empty and not channels.empty) or not _pointwise(sites).empty:
+        paths += plot_curves(sites, channels, out_dir)
     return paths
+
+
+def _pointwise(sites: pd.DataFrame) -> pd.DataFrame:
+    """The rows of pointwise rivals (PAU, SMU, SMU-1, APA): their learned parameters rebuild the curve."""
+    if "curve_params" not in sites:
+        return sites.iloc[:0]
+    return sites[sites["curve_params"].notna() & sites["activation"].astype(str).isin(POINTWISE)]
 
 
 def _by_depth(acon: pd.DataFrame, panels: list[tuple[str, str]], title: str, out_dir: Path, stem: str,
@@ -165,24 +175,49 @@ def _stage_ticks(ax, acon: pd.DataFrame) -> None:
     ax.set_xticks(stage.index, [f"{s}\n[{st}]" for s, st in stage.items()], fontsize=7)
 
 
-def plot_curves(acon: pd.DataFrame, channels: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """The learned ``y = f(x)`` of each design (first seed) at its first, middle and last ACON site: one thin line
-    per channel (beta at its mean over inputs), the x range three input standard deviations each way."""
-    designs = sorted(acon["variant"].unique())
-    fig = Figure(figsize=(11, 2.8 * len(designs)))
+def plot_curves(sites: pd.DataFrame, channels: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The learned ``y = f(x)`` of each design (first seed) at its first, middle and last ACON or pointwise-rival
+    site, the x range three input standard deviations each way: ACON one thin line per channel (beta at its mean
+    over inputs), PAU, SMU, SMU-1 and APA one line per site (one function per layer), rebuilt from its
+    ``curve_params``. DY-ReLU and FReLU compute a different function for each input: named in the title, not drawn."""
+    acon = _acon(sites) if not channels.empty else sites.iloc[:0]
+    drawn = pd.concat([acon, _pointwise(sites)])
+    designs = sorted(drawn["variant"].unique())
+    fig = Figure(figsize=(11, 2.8 * max(len(designs), 1)))
     for row, variant in enumerate(designs):
-        g = acon[acon["variant"] == variant]
+        g = drawn[drawn["variant"] == variant]
         run = g.sort_values("seed")["run_id"].iloc[0]
         mine = g[g["run_id"] == run].sort_values("site")
         picks = mine.iloc[sorted({0, len(mine) // 2, len(mine) - 1})]
         for col, site in enumerate(picks.itertuples(index=False)):
             ax = fig.add_subplot(len(designs), 3, 3 * row + col + 1)
-            ch = channels[(channels["run_id"] == run) & (channels["site"] == site.site)].head(MAX_CURVES)
-            _curves(ax, ch, site, "hard_sigmoid" if str(site.gate) == "hard_sigmoid" else "sigmoid")
+            if str(site.activation) in POINTWISE:
+                _rival_curve(ax, site)
+            else:
+                ch = channels[(channels["run_id"] == run) & (channels["site"] == site.site)].head(MAX_CURVES)
+                _curves(ax, ch, site, "hard_sigmoid" if str(getattr(site, "gate", "")) == "hard_sigmoid" else "sigmoid")
             ax.set_title(f"{variant}\nsite {site.site} ({site.path}, stage {site.stage})", fontsize=8)
-    fig.suptitle("learned activations y = f(x) per channel (grey dashes: ReLU)", y=1.0)
+    fig.suptitle("learned activations y = f(x): ACON per channel, PAU/SMU/APA per site (grey dashes: ReLU)"
+                 + _input_dependent(sites), y=1.0)
     fig.tight_layout()
     return save(fig, out_dir, "act_curves")
+
+
+def _input_dependent(sites: pd.DataFrame) -> str:
+    """A caption line naming the designs whose function depends on the input (DY-ReLU, FReLU): not drawn."""
+    activation = sites.get("activation", pd.Series(dtype=str)).astype(str)
+    names = sorted(set(sites.loc[activation.str.match(r"dy_relu_|frelu$"), "variant"].astype(str)))
+    if not names:
+        return ""
+    return (f"\nnot drawn: {', '.join(names)} (DY-ReLU / FReLU: a different function for each input; "
+            "see piece*_share, branch_share in activations/sites.csv)")
+
+
+def _rival_curve(ax, site) -> None:
+    scale = 3.0 * max(float(site.x_std), 1e-3)
+    x = np.linspace(-scale, scale, 201)
+    ax.plot(x, rival_curve(str(site.activation), str(site.curve_params), x), lw=1.2, color="C0")
+    _axes(ax, x)
 
 
 def _curves(ax, ch: pd.DataFrame, site, gate: str) -> None:
@@ -193,6 +228,11 @@ def _curves(ax, ch: pd.DataFrame, site, gate: str) -> None:
         z = c.beta_mean * d
         g = np.clip(z / 6 + 0.5, 0, 1) if gate == "hard_sigmoid" else 1 / (1 + np.exp(-z))
         ax.plot(x, d * g + c.p2 * x, lw=0.8, alpha=0.7)
+    _axes(ax, x)
+
+
+def _axes(ax, x: np.ndarray) -> None:
+    """ReLU in grey dashes and the axes through the origin, behind every learned curve."""
     ax.plot(x, np.maximum(x, 0), "--", color="0.5", lw=1)
     ax.axhline(0, color="0.8", lw=0.5)
     ax.axvline(0, color="0.8", lw=0.5)

@@ -1,10 +1,11 @@
 """Site statistics of meta-ACON's rivals (``ablation.rival_stats``): numbers recomputed by hand from each module's
-own parameters on the same inputs, and ACON rows untouched."""
+own parameters on the same inputs, ACON rows untouched, and the learned-curve plot drawing PAU / SMU / APA."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -137,4 +138,37 @@ def test_every_rival_gets_a_row_per_site_of_a_tiny_cnn_and_acon_rows_keep_their_
     frame = activation_stats(model, x, sites=sites)
     assert list(frame.columns)[:len(ACON_COLUMNS)] == list(ACON_COLUMNS)  # the ACON columns first, as before
     assert frame[list(RIVAL_COLUMNS)].isna().all().all() and frame["beta_mean"].notna().all()
+
+
+def _trial(activation, variant, seed=0):
+    model, sites = build_model("tiny_cnn", activation=activation, in_channels=1, num_classes=10, input_size=28)
+    frame = activation_stats(model, [torch.randn(4, 1, 28, 28)], sites=sites)
+    return frame.assign(variant=variant, seed=seed, run_id=f"run-{variant}", gate="-")
+
+
+def test_the_curve_plot_draws_pau_and_smu_from_their_parameters_and_names_the_input_dependent_rivals(tmp_path,
+                                                                                                     monkeypatch):
+    import report.activations as act
+
+    sites = pd.concat([_trial("pau", "pau"), _trial("smu", "smu"), _trial("dy_relu_b", "dy_relu_b")])
+    sites = pd.read_csv(_written(sites, tmp_path))  # as the report reads a trial's activations/sites.csv
+    kept, save = [], act.save
+    monkeypatch.setattr(act, "save", lambda fig, out_dir, stem: kept.append(fig) or save(fig, out_dir, stem))
+    paths = act.plot_activations(sites, pd.DataFrame(), tmp_path / "plots")
+    assert [p.name for p in paths] == ["act_curves.png", "act_curves.svg"] and all(p.stat().st_size for p in paths)
+    fig = kept[0]
+    assert "not drawn: dy_relu_b" in fig._suptitle.get_text()
+    pau = sites[sites["variant"] == "pau"].iloc[0]
+    line = fig.axes[0].lines[0]  # pau's first site: its curve, then ReLU's dashes
+    with torch.no_grad():
+        module = PAU(init=tuple(json.loads(pau["curve_params"])[k] for k in ("numerator", "denominator")))
+        expected = module(torch.as_tensor(line.get_xdata(), dtype=torch.float32)).numpy()
+    assert line.get_ydata() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert len(fig.axes) == 6  # two drawn designs, three sites each
+
+
+def _written(sites, tmp_path):
+    path = tmp_path / "sites.csv"
+    sites.to_csv(path, index=False)
+    return path
 
