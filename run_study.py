@@ -2,7 +2,8 @@
 """Command line of the ACON ablation toolkit: list, run, worker, report, overhead.
 
 Thin by design: each subcommand parses, then calls one public function that a Python user
-can call too. A user's mistake (``UserError``) prints one line ``error: ...`` and exits 2;
+can call too. A user's mistake (``studies.errors.USER_ERRORS``: the toolkit's ``UserError``, the
+activation package's ``ConfigError``) prints one line ``error: ...`` and exits 2;
 anything else is a bug and keeps its traceback (exit 1).
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from acon.errors import UserError
+from studies.errors import USER_ERRORS, UserError
 from studies.interrupt import Interrupted
 from studies.storage import first_line, mask_url
 
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"interrupted ({exc or 'SIGINT'}): the running trial was recorded as failed; rerun the same command "
               "to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except UserError as exc:  # a bug is any other exception: it keeps its traceback
+    except USER_ERRORS as exc:  # a bug is any other exception: it keeps its traceback
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from acon.activations import activation_options, create_activation
-from acon.errors import UserError
+from acon.registry import ConfigError
 from ablation.models import create_model, default_input_size
 from ablation.sites import Site, unreplaced_summary
 from ablation.surgery import apply_placement
@@ -73,8 +73,8 @@ def _activation_factory(activation: Any, generator: Any, r: int | None, options:
             extra["original"] = original
         try:
             return create_activation(activation, site.width, **kwargs, **extra)
-        except ValueError as e:  # a user's bad value stays a UserError (one line in the CLI)
-            kind = UserError if isinstance(e, UserError) else ValueError
+        except ValueError as e:  # a user's bad value stays a ConfigError (one line in the CLI)
+            kind = ConfigError if isinstance(e, ConfigError) else ValueError
             raise kind(f"site {site.path} (width {site.width}): {e}") from e
 
     return make

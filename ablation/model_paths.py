@@ -2,7 +2,7 @@
 
 The factory is called with the keywords it declares among ``num_classes``, ``in_channels``, ``small_input`` and
 ``input_size`` (at least the first two); nothing is registered. ``make_net.input_size = 32`` sets the side used
-for shape propagation when none is given (default 224). Every mistake is one ``UserError`` line.
+for shape propagation when none is given (default 224). Every mistake is one ``ConfigError`` line.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from acon.errors import UserError
+from acon.registry import ConfigError
 from acon.registry import Entry
 from ablation.surgery import declares_keyword
 
@@ -31,14 +31,14 @@ def is_import_path(name: Any) -> bool:
 
 
 def load_attribute(name: str, what: str = "model") -> Callable:
-    """The function an import path names (``FILE.py:FUNCTION`` or ``MODULE:FUNCTION``), or one ``UserError`` line."""
+    """The function an import path names (``FILE.py:FUNCTION`` or ``MODULE:FUNCTION``), or one ``ConfigError`` line."""
     where, attr = name.split(":")
     module = _load(where, name, what)
     found = getattr(module, attr, None)
     if not callable(found):
         names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
                        and getattr(v, "__module__", None) == module.__name__)
-        raise UserError(f"{what} {name!r}: {where} has no function {attr!r}; its functions: {', '.join(names) or 'none'}")
+        raise ConfigError(f"{what} {name!r}: {where} has no function {attr!r}; its functions: {', '.join(names) or 'none'}")
     return found
 
 
@@ -48,7 +48,7 @@ def path_entry(name: str) -> Entry:
     declared = _declared(factory)
     missing = [k for k in ("num_classes", "in_channels") if k not in declared]
     if missing and declared is not None:
-        raise UserError(f"model factory {name!r} must take keyword arguments num_classes and in_channels "
+        raise ConfigError(f"model factory {name!r} must take keyword arguments num_classes and in_channels "
                         f"(it lacks {', '.join(missing)})")
     return Entry(name, _call(name, factory, declared), inspect.getdoc(factory) or f"{name} (by import path)",
                  {"input_size": int(getattr(factory, "input_size", 224)), "native_small": False})
@@ -59,7 +59,7 @@ def _load(where: str, name: str, what: str):
     if where.endswith(".py"):
         path = os.path.abspath(where)
         if not os.path.isfile(path):
-            raise UserError(f"{what} {name!r}: no file {where} (from {os.getcwd()})")
+            raise ConfigError(f"{what} {name!r}: no file {where} (from {os.getcwd()})")
         key = f"acon_user_model_{abs(hash(path))}"
         if key in sys.modules:
             return sys.modules[key]
@@ -70,12 +70,12 @@ def _load(where: str, name: str, what: str):
             spec.loader.exec_module(module)
         except Exception as e:
             del sys.modules[key]
-            raise UserError(f"{what} {name!r}: importing {where} failed: {type(e).__name__}: {_first(e)}") from e
+            raise ConfigError(f"{what} {name!r}: importing {where} failed: {type(e).__name__}: {_first(e)}") from e
         return module
     try:
         return importlib.import_module(where)
     except Exception as e:
-        raise UserError(f"{what} {name!r}: cannot import {where}: {type(e).__name__}: {_first(e)}") from e
+        raise ConfigError(f"{what} {name!r}: cannot import {where}: {type(e).__name__}: {_first(e)}") from e
 
 
 def _declared(factory: Callable) -> set[str] | None:
@@ -96,9 +96,9 @@ def _call(name: str, factory: Callable, declared: set[str] | None) -> Callable[.
         try:
             model = factory(**given)
         except Exception as e:
-            raise UserError(f"model factory {name!r} failed: {type(e).__name__}: {_first(e)}") from e
+            raise ConfigError(f"model factory {name!r} failed: {type(e).__name__}: {_first(e)}") from e
         if not isinstance(model, nn.Module):
-            raise UserError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+            raise ConfigError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
         return model
 
     build.__name__ = getattr(factory, "__name__", "factory")

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 from torch import fx, nn
 
-from acon.errors import UserError
+from acon.registry import ConfigError
 from ablation.placement import select_sites
 from ablation.sites import (SITE_KINDS, Site, Sites, describe_replaced, find_sites, kind_of, propagate_shapes, trace,
                             unreplaced_calls)
@@ -72,7 +72,7 @@ def apply_placement(
     return gm, Sites(chosen, left)
 
 
-class NoSiteError(UserError):
+class NoSiteError(ConfigError):
     """A placement that selects no activation site of a model (a ValueError, as before)."""
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from acon.errors import UserError
+from acon.registry import ConfigError
 from acon.registry import Entry
 
 PREFIX = "timm/"
@@ -41,7 +41,7 @@ def timm_module():
     try:
         import timm
     except ImportError:
-        raise UserError(f"timm models need the timm package: {INSTALL}") from None
+        raise ConfigError(f"timm models need the timm package: {INSTALL}") from None
     _register_sites()
     return timm
 
@@ -72,7 +72,7 @@ def timm_entry(name: str) -> Entry:
     if arch not in set(timm.list_models()):
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
         hint = f" (did you mean {', '.join(PREFIX + c for c in close)}?)" if close else ""
-        raise UserError(f"unknown timm model {arch!r}{hint}; see `run_study.py list models --timm`")
+        raise ConfigError(f"unknown timm model {arch!r}{hint}; see `run_study.py list models --timm`")
     cfg = timm.models.get_pretrained_cfg(arch)
     size = int((getattr(cfg, "input_size", None) or (3, 224, 224))[-1])
     return Entry(name, _factory(arch), f"timm.create_model({arch!r}, pretrained=False)",

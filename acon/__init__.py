@@ -3,7 +3,7 @@
 ``acon.functional`` holds the formulas, ``acon.modules`` the layers, ``acon.beta`` the beta
 generator modules, ``acon.generators`` and ``acon.activations`` the registries that build them by name.
 
-The names below load on first use, so that ``acon.errors`` and ``acon.registry`` (which the command
+The names below load on first use, so that ``acon.registry`` (which the command
 line needs to print its help or a one-line error) do not import torch.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from acon import _layout
-from acon.errors import UserError
+from acon.registry import ConfigError
 
 WIDTH_RULES = ("official", "plain")
 
@@ -35,9 +35,9 @@ def hidden_width(channels: int, r: int, width_rule: str = "official") -> int:
 def check_reduction(r: int) -> None:
     """Refuse a reduction ratio that is not an integer >= 1 (bools included)."""
     if not isinstance(r, numbers.Integral) or isinstance(r, bool):
-        raise UserError(f"reduction ratio r must be an integer >= 1, got {r!r}")
+        raise ConfigError(f"reduction ratio r must be an integer >= 1, got {r!r}")
     if r < 1:
-        raise UserError(f"reduction ratio r={r} is out of range; allowed: integers >= 1")
+        raise ConfigError(f"reduction ratio r={r} is out of range; allowed: integers >= 1")
 
 
 class ChannelBeta(nn.Module):

@@ -13,10 +13,14 @@ import inspect
 from types import MappingProxyType
 from typing import Any, Iterator, Mapping
 
-from acon.errors import UserError
+class ConfigError(ValueError):
+    """A bad name, option or value given to the activation package; the message says what is valid.
+
+    The package's own vocabulary: callers that face a user (the toolkit's command line) print it in one line.
+    """
 
 
-class UnknownNameError(KeyError, UserError):
+class UnknownNameError(KeyError, ConfigError):
     """An unknown registry name; the message lists the sorted valid choices."""
 
     def __str__(self) -> str:  # KeyError would repr() the message

@@ -1,7 +1,7 @@
 """Errors a report raises for bad input; each message is one line the CLI prints as is."""
 from __future__ import annotations
 
-from acon.errors import UserError
+from studies.errors import UserError
 
 
 class ReportError(UserError):

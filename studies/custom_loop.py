@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from acon.errors import UserError
+from studies.errors import UserError
 from studies import interrupt
 
 TrainFn = Callable[..., dict]

@@ -37,7 +37,7 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
-from acon.errors import UserError
+from studies.errors import UserError
 
 OUTAGE_ENV = "ACON_OUTAGE_LIMIT"
 OUTAGE_LIMIT = 300.0  # seconds

@@ -78,7 +78,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from acon.errors import UserError
+from studies.errors import UserError
 
 MIN_SEEDS = 3
 TESTS = ("friedman", "t")

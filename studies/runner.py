@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from acon.errors import UserError
+from studies.errors import UserError
 from studies.interrupt import check, graceful_signals
 from studies.settings import Settings
 from studies.race_record import RACE_ATTR, race_state

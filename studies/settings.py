@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from acon.errors import UserError
+from studies.errors import UserError
 from studies.training.schedules import SCHEDULES
 from studies.training.config import COMPILE_MODES, NONFINITE_ACTIONS, OPTIMIZERS, TrainConfig, check_choice, check_int
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import optuna
 
-from acon.errors import UserError
+from studies.errors import UserError
 from acon.registry import Registry
 from studies.tracking.schema import DESIGN_AXES, variant_parts
 from studies.settings import Preset, Settings, check_keys

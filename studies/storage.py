@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 from optuna.storages._cached_storage import _CachedStorage  # what optuna.create_study wraps an RDB in
 
-from acon.errors import UserError
+from studies.errors import UserError
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DEFAULT_JOURNAL = "optuna.journal"  # the default for several workers: a journal file takes several writers

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import TrialState
 
-from acon.errors import UserError
+from studies.errors import USER_ERRORS, UserError
 from studies.tracking import schema
 from studies.interrupt import Interrupted, check
 from studies.settings import Settings
@@ -116,7 +116,7 @@ def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
         except StorageUnavailable as exc:
             ctx.tracker.end_trial(run_id, "FAIL", f"not recorded: {exc}")
             raise
-        except UserError as exc:  # every cell would fail the same way: stop, a rerun after the fix resumes
+        except USER_ERRORS as exc:  # every cell would fail the same way: stop, a rerun after the fix resumes
             _fail(ctx, trial, run_id, f"{type(exc).__name__}: {exc}", user_error=True)
             raise StudyCodeError(f"trial #{trial.number} ({schema.run_name(cell)}) stopped the run: {exc}; fix it, "
                                  f"then rerun the same command: the study resumes where it stopped") from exc

@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from acon.errors import UserError
+from studies.errors import UserError
 from studies.runner import DONE, RunOptions, StudyRun, missing_cells, optuna_study_name, prepare_study, resolve, \
     state_counts
 from studies.tracking.schema import PARENT_ATTR, RUN_ID_ATTR

@@ -265,7 +265,7 @@ def test_a_users_study_file_runs_end_to_end_and_reports(tmp_path):
 
 def test_a_user_error_is_one_line_and_exit_2_while_a_bug_keeps_its_traceback_and_exits_1(tmp_path):
     def with_list_raising(exc: str) -> subprocess.CompletedProcess:
-        code = (f"import sys, run_study\nfrom acon.errors import UserError\n"
+        code = (f"import sys, run_study\nfrom studies.errors import UserError\n"
                 f"def boom(args): raise {exc}\nrun_study.cmd_list = boom\nsys.exit(run_study.main(['list']))")
         return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=clean_env(), capture_output=True,
                               text=True, timeout=300)

@@ -193,11 +193,11 @@ def test_latency_timing_loads_without_the_cuda_home_warning(tmp_path):
 def test_overhead_refuses_a_misspelt_name_or_bad_number_instead_of_skipping_the_cell(kwargs, message):
     """Only a placement a model cannot take is a skipped cell; a typo or r=0 used to be one too, and the
     command printed an empty table and exited 0."""
-    from acon.errors import UserError
     from report import overhead_table
+    from studies.errors import USER_ERRORS
 
     args = {"models": ["tiny_cnn"], "generators": ["channel"], "rs": [4], "placements": ["all"], **kwargs}
-    with pytest.raises(UserError) as error:
+    with pytest.raises(USER_ERRORS) as error:
         overhead_table(args.pop("models"), args.pop("generators"), args.pop("rs"), args.pop("placements"), **args)
     assert message in str(error.value)
     table = overhead_table(["resnet20"], ["channel"], [4], ["bottleneck_3x3", "all"])

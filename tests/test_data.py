@@ -196,7 +196,7 @@ def test_single_imagefolder_tree_is_split_by_seed(tmp_path):
 def test_imagefolder_mistakes_are_user_errors_that_say_what_to_do(tmp_path):
     """No --data-dir, or a val/ whose classes differ from train/'s: one line a user can act on (the class
     mismatch was a plain ValueError, a traceback in the CLI)."""
-    from acon.errors import UserError
+    from studies.errors import UserError
 
     with pytest.raises(DatasetNotFoundError, match="no data_dir given; pass --data-dir DIR"):
         load_dataset("imagefolder")

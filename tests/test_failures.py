@@ -9,7 +9,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from acon.errors import UserError
+from studies.errors import UserError
 from studies import Study
 from studies.runner import RunOptions, run_study
 from studies.tracking import schema

@@ -13,7 +13,7 @@ import sqlalchemy.exc
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import TrialState
 
-from acon.errors import UserError
+from studies.errors import UserError
 from studies import outage
 from studies.outage import ResilientStorage, StorageDown, StorageUnavailable, is_transient, outage_limit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from acon.errors import UserError
+from studies.errors import UserError
 from studies.race import FUTILITY, RacePlan, race
 
 

@@ -82,7 +82,7 @@ def test_resume_with_different_results_settings_is_refused(tmp_path):
 
 
 def test_a_design_on_a_new_axis_resumes_but_a_new_value_on_a_varying_axis_is_refused_up_front(tmp_path):
-    from acon.errors import UserError
+    from studies.errors import UserError
 
     relu, acon_c = {"activation": "relu", "placement": "all"}, {"activation": "acon_c", "placement": "all"}
     run_study(tiny_study(designs=[relu]), stores(tmp_path))
@@ -208,14 +208,14 @@ def test_settings_defaults_are_the_documented_base_and_the_declaration_derives_t
     ({"fixed": {"augment": "yes"}}, r"augment must be True or False, got 'yes'"),
 ])
 def test_a_study_with_an_unknown_or_bad_setting_is_refused_when_defined(kwargs, message):
-    from acon.errors import UserError
+    from studies.errors import UserError
 
     with pytest.raises(UserError, match=message):
         Study(name="tiny", doc="d", designs=({"activation": "relu", "placement": "all"},), **kwargs)
 
 
 def test_overrides_are_checked_against_the_declaration_and_none_means_unset():
-    from acon.errors import UserError
+    from studies.errors import UserError
 
     study = tiny_study()
     assert study.settings("quick", {"epochs": None, "lr": 0.5})["epochs"] == 2

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from acon.errors import UserError
+from studies.errors import UserError
 from studies.runner import RunOptions, prepare_study, run_study
 from studies.spec import Study
 from studies.storage import open_storage, resolve_storage

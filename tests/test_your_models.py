@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from acon.errors import UserError
+from acon.registry import ConfigError
 from ablation import build_model, list_sites
 from ablation.models import create_model
 from ablation.sites import SITE_KINDS
@@ -81,10 +81,10 @@ def test_a_norm_act_layers_activation_becomes_its_own_site_with_the_same_output(
 
 
 def test_timm_names_are_checked_and_a_missing_timm_is_one_line(monkeypatch):
-    with pytest.raises(UserError, match=r"unknown timm model 'convnext_atoo' \(did you mean timm/convnext_atto"):
+    with pytest.raises(ConfigError, match=r"unknown timm model 'convnext_atoo' \(did you mean timm/convnext_atto"):
         create_model("timm/convnext_atoo")
     monkeypatch.setitem(sys.modules, "timm", None)  # as if it were not installed
-    with pytest.raises(UserError, match=r"timm models need the timm package: pip install -e '\.\[timm\]'"):
+    with pytest.raises(ConfigError, match=r"timm models need the timm package: pip install -e '\.\[timm\]'"):
         create_model("timm/resnet18")
 
 
@@ -145,7 +145,7 @@ def test_a_model_by_import_path_gets_the_class_and_channel_counts(tmp_path, monk
 def test_a_bad_import_path_is_one_line(tmp_path, monkeypatch, name, message):
     (tmp_path / "mynets.py").write_text(_FACTORY)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ConfigError, match=message):
         build_model(name, activation="relu", placement="none")
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from acon.errors import UserError
+from studies.errors import UserError
 from acon.registry import Registry
 
 # mnist5k, not digits: after 5 epochs a ~26k-param CNN is at ~98% on digits for ReLU, SiLU and meta-ACON

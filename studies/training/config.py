@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from acon.errors import UserError
+from studies.errors import UserError
 from studies.training.schedules import SCHEDULES
 
 OPTIMIZERS = ("adamw", "sgd")

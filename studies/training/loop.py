@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from acon.errors import UserError
+from studies.errors import UserError
 
 from studies.data.augment import augment_batch, default_padding
 from studies.data.batches import DeviceData, steps_per_epoch
