@@ -186,8 +186,35 @@ def cmd_list(args: argparse.Namespace) -> int:
     reg = registry_for(args.what)
     width = max((len(n) for n in reg.names()), default=0)
     for name in reg.names():
-        print(f"{name:<{width}}  {reg.help(name)}".rstrip())
+        text = reg.help(name)
+        if args.what == "activations":  # one line per name still: the options follow the help
+            text = "; ".join(part for part in (text, _options_text(reg.entry(name))) if part)
+        print(f"{name:<{width}}  {text}".rstrip())
     return 0
+
+
+def _options_text(entry: Any) -> str:
+    """``options: k=2, r=4, ...``: the keywords an activation entry accepts, with the defaults its factory declares,
+    in the factory's order (a None default, decided inside, shows the bare name); ``options: any`` where it takes
+    any keyword, nothing where it takes none."""
+    import inspect
+
+    if entry.options is None:
+        return "options: any"
+    try:
+        params = inspect.signature(entry.obj).parameters
+    except (TypeError, ValueError):  # no readable signature: names only
+        params = {}
+    names = [n for n in params if n in entry.options] + sorted(entry.options - set(params))
+    empty = inspect.Parameter.empty
+    defaults = {n: params[n].default for n in names if n in params and params[n].default is not empty}
+    shown = [n if defaults.get(n) is None else f"{n}={_short(defaults[n])}" for n in names]
+    return f"options: {', '.join(shown)}" if shown else ""
+
+
+def _short(value: Any) -> str:
+    """A default as the listing shows it: floats in 6 significant digits (``mu=4.35267e-09``), the rest as str."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _run_options(args: argparse.Namespace, **extra: Any):

@@ -1,5 +1,7 @@
 """DY-ReLU (A, B, C) and FReLU: formulas against references written from the papers, gradcheck, parameters and
 cost against hand counts, placement on torchvision, CIFAR and timm models, and the batch-size-1 rule."""
+import math
+
 import pytest
 import torch
 import torchvision
@@ -130,6 +132,37 @@ def test_dy_relu_with_zero_residuals_is_relu(name):
         module.fc2.bias.zero_()
     x = torch.randn(2, C, 3, 3)
     torch.testing.assert_close(module(x), torch.relu(x))
+
+
+@pytest.mark.parametrize("shape", [(4, C), (4, C, 3, 2)], ids=["one position", "grid"])
+def test_dy_relu_c_with_flat_attention_is_b_shrunk_three_fold(shape):
+    # pi averages 1/3 by design (DynamicHead's hardtanh(S softmax, 0, 3) / 3): equal logits (one position, or a zero
+    # 1x1 conv) give pi = 1/3 everywhere, so C is B / 3; the documented cause of C's low quick-study accuracy
+    b = create_activation("dy_relu_b", C)
+    c = create_activation("dy_relu_c", C)
+    c.load_state_dict(b.state_dict(), strict=False)
+    with torch.no_grad():
+        c.spa[0].weight.zero_()
+    x = torch.randn(shape)
+    torch.testing.assert_close(c.attention(x), torch.full((4, 1, *shape[2:]), 1 / 3))
+    torch.testing.assert_close(c(x), b(x) / 3)
+
+
+_TOP = 10 ** 0.1  # e^(ln 10 / 10): the largest logit's weight at temperature 10
+
+
+@pytest.mark.parametrize("temperature,expected", [(1.0, [2 / 15] * 5 + [1.0]),
+                                                  (10.0, [2 / (5 + _TOP)] * 5 + [2 * _TOP / (5 + _TOP)])])
+def test_dy_relu_c_attention_clamps_at_one_and_temperature_flattens_it(temperature, expected):
+    # six positions, logits (0, 0, 0, 0, 0, ln 10): softmax 1/15 and 10/15, pi = 6 softmax / 3 = 2/15 and min(4/3, 1)
+    x = torch.zeros(1, C, 6)
+    x[0, 0, 5] = math.log(10.0)
+    c = create_activation("dy_relu_c", C, bn=False, temperature=temperature)
+    with torch.no_grad():
+        c.spa[0].weight.zero_()
+        c.spa[0].weight[0, 0] = 1.0
+        c.spa[0].bias.zero_()
+    torch.testing.assert_close(c.attention(x).flatten(), torch.tensor(expected))
 
 
 def test_dy_relu_on_tokens_pools_over_the_tokens():

@@ -85,7 +85,7 @@ def frelu_complexity(channels: int, input_shape: tuple[int, ...], *, kernel_size
 
 
 @ACTIVATIONS.register("frelu", complexity=frelu_complexity,
-                      help="FReLU (Ma et al., ECCV 2020): max(x, BN(depthwise k x k conv(x))), needs a spatial grid; "
-                           "options kernel_size=3, bn")
+                      help="FReLU (Ma et al., ECCV 2020): max(x, BN(depthwise k x k conv(x))), k = kernel_size, "
+                           "needs a spatial grid")
 def _frelu(channels: int, *, kernel_size: int = 3, bn: bool = True, channel_dim: int = 1) -> nn.Module:
     return FReLU(channels, kernel_size, bn=bn, channel_dim=channel_dim)
