@@ -19,6 +19,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from acon import _fused_cpu
+
 _STATE = {"enabled": os.environ.get("ACON_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")}
 _BACKENDS: dict[str, object | None] = {}
 #: "<device or 'closed-form'>.<forward|backward>" -> calls in this process (see ``kernel_calls``).
@@ -58,12 +60,10 @@ def kernel_calls() -> dict[str, int]:
 def _load_backend(device_type: str) -> object | None:
     """The kernel backend for a device type, or None (warned once) where it cannot run."""
     if device_type == "cpu":
-        from acon import _fused_cpu
-
         lib = _fused_cpu.load_library()
         return None if lib is None else _CpuBackend(lib)
     if device_type == "cuda":
-        try:
+        try:  # Triton is optional: only a CUDA run needs it
             triton_kernels = importlib.import_module("acon._fused_triton")
         except ImportError as err:
             warnings.warn(f"ACON fused CUDA kernels disabled ({err}); using the reference implementation", RuntimeWarning, stacklevel=3)
@@ -80,8 +80,6 @@ class _CpuBackend:
     """The C++ kernels: every beta layout natively, parameter gradients reduced in the kernel."""
 
     def __init__(self, lib):
-        from acon import _fused_cpu
-
         self.lib, self.kernels = lib, _fused_cpu
 
     def forward(self, x, p1, p2, beta, bmode, hard):

@@ -11,7 +11,7 @@ import copy
 from torch import Tensor, nn
 
 from acon import _layout
-from acon.activations import ACTIVATIONS
+from acon._activation_registry import ACTIVATIONS
 from acon.beta import ChannelBeta
 
 

@@ -112,7 +112,21 @@ class AconC(_ChannelActivation):
         return _layout.restore_channels(y, self.channel_dim)
 
 
-class MetaAcon(_ChannelActivation):
+class _MetaAconForward:
+    """meta-ACON's forward, shared by ``MetaAcon`` and ``MetaAconC``: ACON-C whose beta comes from the hook
+    ``_generate_beta(xc)`` (xc channels first). Needs ``channels, channel_dim, p1, p2, gate``; no state of its own."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        xc = _layout.channels_first(x, self.channel_dim, self.channels)
+        p1, p2 = _layout.per_channel(self.p1, xc), _layout.per_channel(self.p2, xc)
+        y = F.meta_acon(xc, p1, p2, self._generate_beta(xc), self.gate)
+        return _layout.restore_channels(y, self.channel_dim)
+
+    def _generate_beta(self, xc: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class MetaAcon(_MetaAconForward, _ChannelActivation):
     """meta-ACON with any beta generator: ACON-C whose beta is ``generator(x)``.
 
     Keys: ``p1, p2, generator.*``. For the official channel-wise layout use ``MetaAconC``.
@@ -126,14 +140,11 @@ class MetaAcon(_ChannelActivation):
         self.p1 = _param(channels, p1, torch.randn)
         self.p2 = _param(channels, p2, torch.randn)
 
-    def forward(self, x: Tensor) -> Tensor:
-        xc = _layout.channels_first(x, self.channel_dim, self.channels)
-        p1, p2 = _layout.per_channel(self.p1, xc), _layout.per_channel(self.p2, xc)
-        y = F.meta_acon(xc, p1, p2, self.generator(xc), self.gate)
-        return _layout.restore_channels(y, self.channel_dim)
+    def _generate_beta(self, xc: Tensor) -> Tensor:
+        return self.generator(xc)
 
 
-class MetaAconC(ChannelBeta):
+class MetaAconC(_MetaAconForward, ChannelBeta):
     """Channel-wise meta-ACON with the official module's layout and defaults.
 
     Keys ``fc1, bn1, fc2, bn2, p1, p2``; hidden width ``max(r, C // r)``, biases and BN on,
@@ -160,11 +171,8 @@ class MetaAconC(ChannelBeta):
         self.p1 = _param(channels, p1, torch.randn)
         self.p2 = _param(channels, p2, torch.randn)
 
-    def forward(self, x: Tensor) -> Tensor:
-        xc = _layout.channels_first(x, self.channel_dim, self.channels)
-        p1, p2 = _layout.per_channel(self.p1, xc), _layout.per_channel(self.p2, xc)
-        y = F.meta_acon(xc, p1, p2, self.beta(xc), self.gate)
-        return _layout.restore_channels(y, self.channel_dim)
+    def _generate_beta(self, xc: Tensor) -> Tensor:
+        return self.beta(xc)  # ChannelBeta's generator, whose layers are this module's own
 
     def extra_repr(self) -> str:
         return f"{self.channels}, r={self.r}" + ("" if self.gate == "sigmoid" else f", gate={self.gate}")

@@ -8,7 +8,7 @@
 | ``smu`` | a smooth maximum of x and a leaky line through erf, learned smoothness | Biswas et al., "SMU", 2021 |
 | ``apa`` | a learned generalisation of the sigmoid / Gumbel gate | Alexandridis et al., "Adaptive Parametric Activation", ECCV 2024 |
 
-Each module registers its entries, with their options and analytic cost (``complexity=``), on import; this
-package is imported at the end of ``acon.activations``.
+Each module registers its entries, with their options and analytic cost (``complexity=``), on import into the
+registry's leaf module ``acon._activation_registry``; ``acon.activations`` imports this package.
 """
 from acon.rivals import apa, dy_relu, frelu, pau, smu  # noqa: F401  (each registers its entries on import)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from acon.activations import ACTIVATIONS
+from acon._activation_registry import ACTIVATIONS
 
 
 class AGLU(nn.Module):

@@ -14,7 +14,7 @@ import torch.fx
 from torch import Tensor, nn
 
 from acon import _layout
-from acon.activations import ACTIVATIONS
+from acon._activation_registry import ACTIVATIONS
 from acon.beta import check_reduction
 
 VARIANTS = ("A", "B", "C")

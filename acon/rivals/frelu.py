@@ -13,7 +13,7 @@ import torch.fx
 from torch import Tensor, nn
 
 from acon import _layout
-from acon.activations import ACTIVATIONS
+from acon._activation_registry import ACTIVATIONS
 
 
 class FReLU(nn.Module):

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from acon.activations import ACTIVATIONS
+from acon._activation_registry import ACTIVATIONS
 
 # ``get_constants_for_inits`` in pau/cuda/python_imp/Pade.py: (numerator a_0..a_5, denominator b_1..b_4), fitted
 # to LeakyReLU(0.01) on [-3, 3] (pau/find_coefficients.ipynb). "leaky_relu" is the one ``pau.utils.PAU()`` uses.

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from acon.activations import ACTIVATIONS
+from acon._activation_registry import ACTIVATIONS
 
 
 class SMU(nn.Module):
