@@ -8,7 +8,8 @@ from ablation.generators import GENERATORS, generator_complexity, get_generator,
 from ablation.models import MODELS, create_model, default_input_size, list_models, register_model
 from ablation.placement import PLACEMENTS, parse_placement, register_policy, select_sites
 from ablation.site_stats import activation_stats
-from ablation.sites import SITE_KINDS, Site, assign_stages, describe_replaced
+from ablation.site_kinds import SITE_KINDS
+from ablation.sites import Site, assign_stages, describe_replaced
 from ablation.surgery import NoSiteError, apply_placement, list_sites
 
 

@@ -34,7 +34,7 @@ def build_model(
     bn, bias, beta ...) go to ``acon.create_activation(activation, width, ...)``, which refuses unknown
     ones. ``input_size`` (default: 32 if small_input, else the model's native size) is used only for
     shape propagation; ``kinds`` limits the activations that count as sites (default: all of
-    ``ablation.sites.SITE_KINDS``, whichever the model uses). An activation factory that declares
+    ``ablation.site_kinds.SITE_KINDS``, whichever the model uses). An activation factory that declares
     ``original`` gets the module it replaces.
 
     Activation calls that cannot be sites (inside a block torch.fx cannot enter) are the returned sites'

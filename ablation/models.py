@@ -16,7 +16,9 @@ from torch import nn
 
 from acon.registry import Entry, Registry
 from ablation import small_models
+from ablation.model_paths import is_import_path, path_entry
 from ablation.surgery import declares_keyword
+from ablation.timm_models import is_timm, timm_entry
 
 MODELS = Registry(
     "model",
@@ -33,9 +35,6 @@ register_model = MODELS.register
 def model_entry(name: Any) -> Entry:
     """The entry of a model name: registered, ``timm/<name>`` (timm, without weights) or an import path
     (``mynets.py:make_net``, ``mypkg.models:make_net``); a class or callable passes straight through."""
-    from ablation.model_paths import is_import_path, path_entry
-    from ablation.timm_models import is_timm, timm_entry
-
     if isinstance(name, str) and name not in MODELS:
         if is_timm(name):
             return timm_entry(name)

@@ -2,7 +2,7 @@
 
 ``activation_stats(model, batches)`` runs the model in eval mode under ``torch.no_grad`` with a forward
 pre-hook on every ACON-family module (ACON-A/B/C, meta-ACON with any generator) and, so that a baseline's
-rows line up by site, on every other activation module (``ablation.sites.SITE_KINDS``, ``se_control``).
+rows line up by site, on every other activation module (``ablation.site_kinds.SITE_KINDS``, ``se_control``).
 The hooks are removed and the training mode restored afterwards: nothing stays in the model.
 
 ``linear_fraction`` is the mean, over every input element the site sees, of ``1 - |2 g(z) - 1|`` where
@@ -39,7 +39,10 @@ from acon import _layout
 from acon.gated import GatedActivation
 from acon.modules import AconA, AconB, AconC, MetaAcon, MetaAconC
 from ablation.rival_stats import RIVAL_COLUMNS, RIVAL_MODULES, describe_rival, observe_rival, rival_row
-from ablation.sites import SITE_KINDS, Site, assign_stages, find_sites, trace
+from ablation.site_finder import find_sites
+from ablation.site_kinds import SITE_KINDS
+from ablation.site_tracing import trace
+from ablation.sites import Site, assign_stages
 
 #: One row per site, in depth (execution) order.
 SITE_COLUMNS = ("site", "path", "stage", "width", "activation", "generator", "beta_mean", "beta_std_samples",
@@ -78,7 +81,7 @@ def measure(model: nn.Module, batches: Iterable[Any], *, max_batches: int | None
     stage; without them a site is named by its module path (``#k`` for the k-th call of a shared
     module) and staged by ``ablation.assign_stages``. A ``torch.compile`` wrapper is measured eager.
     A site's width is its size on the channel axis: an ACON module's own ``channel_dim``; for the
-    model's other activations the axis the surgery would give them (``ablation.sites``: last after a
+    model's other activations the axis the surgery would give them (``ablation.site_layout``: last after a
     Linear or LayerNorm, as on ViT and Mixer tokens N x L x C), found by tracing the model once.
     """
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):

@@ -16,8 +16,10 @@ from torch import fx, nn
 
 from acon.registry import ConfigError
 from ablation.placement import select_sites
-from ablation.sites import (SITE_KINDS, Site, Sites, describe_replaced, find_sites, kind_of, propagate_shapes, trace,
-                            unreplaced_calls)
+from ablation.site_finder import find_sites, unreplaced_calls
+from ablation.site_kinds import SITE_KINDS, kind_of
+from ablation.site_tracing import propagate_shapes, trace
+from ablation.sites import Site, Sites, describe_replaced
 
 MakeActivation = Callable[..., nn.Module]  # make(site) or make(site, *, original)
 

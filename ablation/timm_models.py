@@ -2,21 +2,24 @@
 
 timm is optional (``pip install -e '.[timm]'``). On first use its own activation modules (``GELU``,
 ``GELUTanh``, ``QuickGELU``, ``Swish``, ``HardSwish``, ``Mish``, ``HardMish`` and their ``*Me``/``*AutoFn``
-forms) and functions join ``ablation.sites.SITE_KINDS`` (its ``HardSigmoid`` and ``Sigmoid`` are gates, never
-sites), and its no-trace modules and functions become fx leaves, as timm's own feature extraction does.
+forms) and functions join ``ablation.site_kinds.SITE_KINDS`` (its ``HardSigmoid`` and ``Sigmoid`` are gates, never
+sites), and its no-trace modules and functions become fx leaves, as timm's own feature extraction does: this module
+hands ``notrace`` to the tracer (``ablation.site_tracing.add_leaf_source``) when it is imported, with the package.
 """
 from __future__ import annotations
 
 import difflib
 import functools
 import re
-from dataclasses import dataclass
+import sys
 from typing import Any, Callable
 
 from torch import nn
 
 from acon.registry import ConfigError
 from acon.registry import Entry
+from ablation.site_kinds import add_site_kind
+from ablation.site_tracing import add_leaf_source
 
 PREFIX = "timm/"
 INSTALL = "pip install -e '.[timm]'"
@@ -51,13 +54,11 @@ def _register_sites() -> None:
     """Add timm's activation modules and functions to ``SITE_KINDS`` (once per process)."""
     from timm.layers import activations, activations_me, create_act
 
-    from ablation import sites
-
     pools = (activations, activations_me, create_act)
     for kind, (classes, functions) in _TIMM_KINDS.items():
         found_classes = tuple(getattr(m, n) for n in classes for m in pools if isinstance(getattr(m, n, None), type))
         found_functions = tuple(getattr(m, n) for n in functions for m in pools if callable(getattr(m, n, None)))
-        sites.add_site_kind(kind, classes=found_classes, functions=found_functions)
+        add_site_kind(kind, classes=found_classes, functions=found_functions)
 
 
 def list_timm_models() -> list[str]:
@@ -155,11 +156,9 @@ def notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
 
     timm also keeps some whole blocks (``NormFreeBlock``, ``MobileVitBlock``, ``ConvMlp``) out of its feature
     graphs; fx can enter most of them, and their activations are sites, so they are entered (a block fx then fails
-    in is kept whole by ``ablation.sites.trace``). ``DropPath`` is a leaf: its branch on ``self.training`` must stay a
+    in is kept whole by ``ablation.site_tracing.trace``). ``DropPath`` is a leaf: its branch on ``self.training`` must stay a
     run-time branch.
     """
-    import sys
-
     if "timm" not in sys.modules:
         return (), ()
     from timm.layers import DropPath, _fx
@@ -168,108 +167,5 @@ def notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
     return modules + (DropPath,), tuple(_fx.get_notrace_functions())
 
 
-def families() -> dict[str, list[str]]:
-    """timm's architecture families (its model modules) -> their model names; timm's own test models left out."""
-    from timm.models import _registry
-
-    current = set(timm_module().list_models())  # the registry also maps deprecated names
-    out: dict[str, list[str]] = {}
-    for model, module in sorted(_registry._model_to_module.items()):
-        if model in current and not model.startswith("test_"):
-            out.setdefault(module, []).append(model)
-    return out
-
-
-def smallest(names: list[str]) -> str:
-    """The variant with the fewest parameters, counted on the meta device (nothing allocated)."""
-    import torch
-
-    timm = timm_module()
-
-    def size(name: str) -> float:
-        try:
-            with torch.device("meta"):
-                return sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters())
-        except Exception:
-            return float("inf")
-
-    return min(names, key=lambda n: (size(n), n))
-
-
-def check_model(name: str, generator: str, *, size: int = 64, num_classes: int = 10) -> str | None:
-    """Build ``timm/<name>`` with meta-ACON (``generator``) at every site and run forward and backward on a
-    (2, 3, size, size) batch, or at the model's native size if it takes no other (a ViT with a fixed position
-    embedding); None when it works, else the reason (at the small size) in one line."""
-    reason = _check(name, generator, size, num_classes)
-    native = timm_entry(PREFIX + name).meta["input_size"]
-    if reason is None or native == size or _check(name, generator, native, num_classes) is not None:
-        return reason
-    return None
-
-
-@dataclass(frozen=True)
-class Coverage:
-    """Sites found in ``timm/<name>`` against the activation calls timm's own model makes (counted at run time,
-    ``gates`` left out); ``unreplaced``: calls the builder reports it could not make sites; ``size``: the input side."""
-
-    name: str
-    sites: int
-    unreplaced: int
-    calls: int
-    size: int
-    gates: int = 0
-
-    @property
-    def complete(self) -> bool:
-        """Every activation call is a site."""
-        return self.sites == self.calls and not self.unreplaced
-
-
-def site_coverage(name: str, *, size: int = 64) -> Coverage:
-    """``Coverage`` of ``timm/<name>`` at a (1, 3, size, size) input, or at its native size if it takes no other.
-
-    Counted on the meta device (no compute), or on the CPU for a model whose forward needs values."""
-    native = timm_entry(PREFIX + name).meta["input_size"]
-    tries = [(size, "meta"), (size, "cpu")] + [(native, "cpu")] * (native != size)
-    for i, (side, device) in enumerate(tries):
-        try:
-            return _coverage(name, side, device)
-        except Exception:
-            if i == len(tries) - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _coverage(name: str, size: int, device: str) -> Coverage:
-    import torch
-
-    from ablation.sites import activation_calls
-    from ablation.surgery import list_sites
-
-    with torch.device(device):
-        x = torch.randn(1, 3, size, size)
-        calls = activation_calls(timm_original(name, input_size=size).eval(), x)
-        model = timm_entry(PREFIX + name).obj(num_classes=10, input_size=size)
-    sites = list_sites(model, tuple(x.shape))
-    gates = sum(c.gate for c in calls)
-    return Coverage(name, len(sites), len(sites.unreplaced), len(calls) - gates, size, gates)
-
-
-def _check(name: str, generator: str, size: int, num_classes: int) -> str | None:
-    import torch
-
-    from ablation import build_model
-
-    try:
-        model, sites = build_model(PREFIX + name, activation="meta_acon", generator=generator, r=16,
-                                   num_classes=num_classes, input_size=size)
-        model.train()
-        out = model(torch.randn(2, 3, size, size))
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        out.float().square().mean().backward()
-        if out.shape[-1] != num_classes:
-            return f"output shape {tuple(out.shape)}, not {num_classes} classes"
-        return None
-    except Exception as e:
-        text = (str(e).strip().splitlines() or [""])[0]
-        return f"{type(e).__name__}: {text[:200]}"
+# The tracer asks at every trace; while timm is not loaded, notrace() adds nothing.
+add_leaf_source(notrace)

@@ -26,7 +26,7 @@ REPRESENTATIVES = ["test_resnet", "test_convnext", "test_efficientnet", "test_vi
 
 
 def _every_family() -> list[str]:
-    from ablation.timm_models import families, smallest
+    from ablation.timm_coverage import families, smallest
 
     return [smallest(names) for names in families().values()]
 
@@ -50,7 +50,7 @@ def _activation_calls(model: nn.Module, x: torch.Tensor) -> int:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_a_timm_models_sites_are_the_activations_its_blocks_call_and_it_trains_with_meta_acon(name):
-    from ablation.timm_models import check_model
+    from ablation.timm_coverage import check_model
 
     model = create_model(f"timm/{name}", num_classes=10, input_size=64)
     sites = list_sites(model, (1, 3, 64, 64))
