@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from studies.errors import USER_ERRORS, UserError
-from studies.interrupt import Interrupted
-from studies.storage import first_line, mask_url
+from studies.run.interrupt import Interrupted
+from studies.errors import first_line
+from studies.store.storage import mask_url
 
 LISTABLE = ("studies", "generators", "placements", "models", "datasets", "activations")
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
@@ -217,21 +218,11 @@ def _short(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _run_options(args: argparse.Namespace, **extra: Any):
-    from studies.runner import RunOptions
-    from studies.settings import NAMES
-
-    overrides = {name: getattr(args, name) for name in NAMES}
-    return RunOptions(preset=args.preset, overrides=overrides, storage=args.storage, tracking_uri=args.tracking_uri,
-                      experiment=args.experiment, study_name=args.study_name, device=args.device,
-                      data_dir=args.data_dir, download=args.download, threads=args.threads,
-                      progress=not args.no_progress, outage_limit=args.outage_limit, **extra)
-
-
 def _check_study(name: str) -> None:
     """Refuse an unknown built-in study name before loading torch, optuna's storages and MLflow (seconds).
     A study file is loaded once, by the runner: it is the user's code."""
-    from studies.spec import is_study_file, load_study
+    from studies.catalog import load_study
+    from studies.spec import is_study_file
 
     if not is_study_file(name):
         load_study(name)
@@ -240,34 +231,31 @@ def _check_study(name: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run or resume a study, then print its summary table."""
     _check_study(args.study)
-    from studies.runner import run_study
-    from studies.storage import resolve_tracking_uri
+    from studies.run.launch import run_study
+    from studies.run.options import from_args
+    from studies.store.storage import resolve_tracking_uri
     from studies.tracking.summary import summary_text, unfinished
 
     if args.workers != 1 or args.gpus:
-        from studies.workers import parse_gpus, run_workers
+        from studies.run.workers import parse_gpus, run_workers
 
-        result = run_workers(args.study, _run_options(args, **_race(args)), workers=args.workers,
+        result = run_workers(args.study, from_args(args), workers=args.workers,
                              gpus=parse_gpus(args.gpus))
     else:
-        result = run_study(args.study, _run_options(args, max_trials=args.max_trials, **_race(args)))
+        result = run_study(args.study, from_args(args, max_trials=args.max_trials))
     print(summary_text(result, resolve_tracking_uri(args.tracking_uri)))
     print(f"Optuna storage {mask_url(result.storage)}")
     return 1 if unfinished(result.study)[1] else 0  # cells left failed; cells merely not run yet are fine
 
 
-def _race(args: argparse.Namespace) -> dict[str, Any]:
-    return {"race": args.race, "race_alpha": args.race_alpha, "race_test": args.race_test,
-            "race_futility": args.race_futility}
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     """Join an existing study and run trials until none is left."""
     _check_study(args.study)
-    from studies.runner import run_study
+    from studies.run.launch import run_study
+    from studies.run.options import from_args
     from studies.tracking.summary import summary_text
 
-    print(summary_text(run_study(args.study, _run_options(args), join=True)))
+    print(summary_text(run_study(args.study, from_args(args), join=True)))
     return 0
 
 
@@ -289,7 +277,7 @@ def _searched_study(args: argparse.Namespace):
     """The Optuna study behind a search (hpo) study, for its importance plot; None for grids or if absent."""
     import optuna
 
-    from studies.storage import open_storage, require_existing, resolve_storage, storage_file
+    from studies.store.storage import open_storage, require_existing, resolve_storage, storage_file
 
     name = args.study_name or f"{args.study}-{args.preset}"
     url = resolve_storage(args.storage, study=name)  # the default file that holds it: optuna.db or optuna.journal

@@ -40,6 +40,9 @@ _acon_pg_database() {
     if [ "$(_acon_pg_as_postgres $sql "SELECT 1 FROM pg_roles WHERE rolname = '$user'")" != "1" ]; then
         _acon_pg_as_postgres $sql "CREATE ROLE $user LOGIN CREATEDB PASSWORD '$password'"
     fi
+    # the tests drop their databases WITH (FORCE): an autovacuum worker on one (no role of its own) can only be
+    # stopped by a member of pg_signal_backend, else the drop fails now and then under load
+    _acon_pg_as_postgres $sql "GRANT pg_signal_backend TO $user"
     if [ "$(_acon_pg_as_postgres $sql "SELECT 1 FROM pg_database WHERE datname = '$db'")" != "1" ]; then
         _acon_pg_as_postgres $sql "CREATE DATABASE $db OWNER $user"
     fi

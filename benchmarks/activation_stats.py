@@ -16,8 +16,8 @@ import time
 import torch
 
 from studies.settings import Settings
-from studies.trial import build_variant, load_data, train_config
-from studies.training.activations import measure_held_out
+from studies.run.build import build_variant, load_data, train_config
+from studies.training.held_out import measure_held_out
 from studies.training.loop import train
 
 DESIGNS = ({"activation": "acon_c"}, {"activation": "meta_acon", "generator": "layer"},

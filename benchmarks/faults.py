@@ -38,6 +38,7 @@ import uuid
 from pathlib import Path
 
 import pandas as pd
+from studies.store import attrs
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIR_FAULTS = ("none_pair", "partition_90s", "partition_past_limit")
@@ -207,7 +208,8 @@ def run_pair(args: argparse.Namespace, fault: str) -> dict:
     from _services import Partition, TcpProxy
     from sqlalchemy.engine import make_url
 
-    from studies.runner import RunOptions, prepare_study
+    from studies.run.options import RunOptions
+    from studies.run.launch import prepare_study
 
     why = Partition.available()
     if why:
@@ -280,19 +282,20 @@ def count(study: str, storage: str, tracking: str) -> dict:
     import optuna
     from mlflow import MlflowClient
 
-    from studies.runner import RunOptions, resolve
+    from studies.run.options import RunOptions
+    from studies.run.launch import resolve
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec, settings = resolve(study, RunOptions())
-    cells = len(spec.cells(settings))
+    resolved = resolve(study, RunOptions())
+    cells = len(resolved.spec.cells(resolved.settings))
     trials = optuna.load_study(study_name=f"{study}-quick", storage=storage).trials
-    done = [t.user_attrs.get("cell_key") for t in trials if t.state.name == "COMPLETE"]
+    done = [attrs.key_of(t) for t in trials if t.state.name == "COMPLETE"]
     client = MlflowClient(tracking)
     runs = client.search_runs([client.get_experiment_by_name(study).experiment_id], max_results=500)
     parents = [r.info.status for r in runs if r.data.tags.get("acon.role") == "parent"]
     return {"cells": f"{len(set(done))}/{cells}", "duplicated": len(done) - len(set(done)),
             "lost": cells - len(set(done)), "trials_running": sum(t.state.name == "RUNNING" for t in trials),
-            "trials_failed": sum(t.state.name == "FAIL" and not t.user_attrs.get("spurious") for t in trials),
+            "trials_failed": sum(t.state.name == "FAIL" and not attrs.is_spurious(t) for t in trials),
             "runs_running": sum(r.info.status == "RUNNING" and r.data.tags.get("acon.role") == "trial" for r in runs),
             "parent": "/".join(parents)}
 

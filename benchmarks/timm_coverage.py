@@ -17,7 +17,7 @@ import warnings
 import torch
 
 from ablation.build import UnreplacedWarning
-from ablation.timm_coverage import check_model, families, site_coverage, smallest
+from ablation.timm_survey import check_model, families, site_coverage, smallest
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Trials per hour with 1 and with N worker processes on this machine, as a ratio, in one run.
 
 Each count runs the same study from empty stores (a journal file for Optuna, SQLite for MLflow)
-through ``studies.workers.run_workers``: ``trials_per_hour`` includes starting the workers,
+through ``studies.run.workers.run_workers``: ``trials_per_hour`` includes starting the workers,
 ``steady_per_hour`` counts from the first trial's start to the last one's end. The cores are
 split between the workers (torch threads per worker). Usage: ``python benchmarks/workers.py
 [--study variants] [--preset quick] [--seeds 2] [--workers 1,2,4] [--device cuda] [--dataset digits]``.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from studies.runner import RunOptions
-from studies.workers import run_workers, threads_per_worker
+from studies.run.options import RunOptions
+from studies.run.workers import run_workers, threads_per_worker
 
 TARGET = 1.7  # the issue's bar for 2 workers against 1 on a 2-core machine
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from acon.registry import unknown_choice
-from report import activations as act
+from report import learned as act
 from report import fidelity as fid
-from report import race as racing
+from report import race_answer as racing
 from report import plots, summary
 from report.against import Against, against as compare
 from report.columns import add_columns, legend
@@ -25,7 +25,7 @@ from report.collect import StudyRuns, collect, history
 from report.errors import EmptyStudyError, ReportError
 from report.stats import ablation_stats, is_accuracy, parse_baseline, resolve_metric
 from report.tables import SUFFIX, check_formats, compact_frame, display_frame, format_table, group_labels, html_page, wrap
-from studies.storage import first_line
+from studies.errors import first_line
 from studies.tracking import schema
 from studies.tracking.writer import Tracker
 
@@ -47,8 +47,8 @@ class _Report:
     summary: str = ""  # what to conclude and what to run next (report.summary)
     baseline_label: str = ""
     top: pd.DataFrame | None = None  # a search study's best trials (``best_trials``)
-    sites: pd.DataFrame | None = None  # with ``activations``: every trial's site table (``report.activations``)
-    race: object = None  # a raced study's replayed race (``report.race``)
+    sites: pd.DataFrame | None = None  # with ``activations``: every trial's site table (``report.learned``)
+    race: object = None  # a raced study's replayed race (``report.race_answer``)
     channels: pd.DataFrame | None = None
     fidelity: fid.Fidelity | None = None  # with ``fidelity``: each epoch's ranking against the final one
     rank_plot: str = "none drawn (--no-log without --out)"  # where the fidelity's rank plot went
@@ -117,7 +117,7 @@ def build_report(study: str, *, tracking_uri: str | None = None, experiment: str
     Markdown table in its description and the mean objective per row as metrics.
     ``optuna_study`` (an ``optuna.Study``) adds the parameter-importance plot. ``effect`` (in the table's
     units, e.g. 0.5 accuracy points) is the difference the seeds-needed column and the next-run line plan for.
-    ``activations`` adds what each design's sites learned (``report.activations``): a table by stage and,
+    ``activations`` adds what each design's sites learned (``report.learned``): a table by stage and,
     with ``plots``, beta by depth, its spread across inputs and the learned curves.
     ``fidelity`` adds how each epoch ranks the designs against the final epoch (``report.fidelity``, with its rank
     plot wherever files go); ``against`` names a study of the same designs (another schedule, dataset or model,

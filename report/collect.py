@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 
 from report.errors import EmptyStudyError, StudyNotFoundError
-from studies.storage import storage_file
+from studies.store.storage import storage_file
 from studies.tracking import schema
 
 STATES = schema.STATES
@@ -41,7 +41,7 @@ class StudyRuns:
     preset: str = ""
     settings: dict = field(default_factory=dict)  # the parent run's params: the study's settings
     search: bool = False  # trials sample settings (TPE, random): several of one design and seed are no duplicate
-    tags: dict = field(default_factory=dict)  # the parent run's tags (a race's plan: studies.race)
+    tags: dict = field(default_factory=dict)  # the parent run's tags (a race's plan: studies.race.procedure)
 
     @property
     def kept(self) -> pd.DataFrame:

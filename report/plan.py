@@ -63,7 +63,7 @@ def rerun_flags(study: str, preset: str, recorded: dict) -> str:
     """The flags that give again the recorded settings that change results where they differ from the preset's
     (a rerun with other values is refused), e.g. `` --epochs 2``; "" when the study cannot be loaded by name."""
     from studies.settings import FIELDS, flag
-    from studies.spec import load_study
+    from studies.catalog import load_study
 
     try:
         defaults = load_study(study).settings(preset or "quick", {})

@@ -19,7 +19,7 @@ from scipy import stats
 from acon.registry import unknown_choice
 from report import inference, pareto, power
 from report.errors import MetricNotFoundError, ReportError
-from studies.race_stats import p_paired
+from studies.race.stats import p_paired
 
 ALPHA = 0.05
 WILCOXON_MIN_PAIRS = 6

@@ -90,7 +90,7 @@ def _decision(best: pd.Series, table: pd.DataFrame, unit: str) -> str:
 
 
 def _raced(verdict: str) -> str:
-    """A raced study's decision in words (its verdicts come from the race's answer, ``report.race``), else ""."""
+    """A raced study's decision in words (its verdicts come from the race's answer, ``report.race_answer``), else ""."""
     if verdict.startswith(("better (race", "worse (race")):
         word, when = verdict.split(" (race, ")
         return (f"The race shows it {word} than the baseline ({when.rstrip(')')}; its claims hold at the race's "

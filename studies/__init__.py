@@ -3,15 +3,20 @@
 ``Study`` defines a study; ``run_study(name_or_study, RunOptions(...))`` runs or resumes it.
 """
 from studies.settings import Preset, Settings
-from studies.spec import STUDIES, Study, load_study
+from studies.catalog import load_study
+from studies.spec import STUDIES, Study
 
 
 def __getattr__(name: str):
     # the runner pulls in optuna and mlflow: import it only when asked for
-    if name in ("run_study", "RunOptions", "StudyRun"):
-        from studies import runner
+    if name == "run_study":
+        from studies.run.launch import run_study
 
-        return getattr(runner, name)
+        return run_study
+    if name in ("RunOptions", "StudyRun"):
+        from studies.run import options
+
+        return getattr(options, name)
     raise AttributeError(f"module 'studies' has no attribute {name!r}")
 
 

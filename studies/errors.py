@@ -16,4 +16,11 @@ class UserError(ValueError):
 
 USER_ERRORS = (UserError, ConfigError)
 
-__all__ = ["USER_ERRORS", "ConfigError", "UserError"]
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (a KeyError's quotes removed)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+__all__ = ["USER_ERRORS", "ConfigError", "UserError", "first_line"]

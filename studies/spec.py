@@ -7,7 +7,6 @@ Users define their own by writing a file with ``STUDY = Study(...)`` and passing
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import inspect
 import itertools
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ class Study:
     metric: str = "val_acc"
     direction: str = "maximize"
     search_space: Callable[[optuna.Trial], dict[str, Any]] | None = None
-    # your own training loop, train(model, data, settings, tracker) -> dict (studies.custom_loop), or its import path
+    # your own training loop, train(model, data, settings, tracker) -> dict (studies.run.custom_loop), or its import path
     train: Callable[..., dict] | str | None = None
 
     def __post_init__(self) -> None:
@@ -147,24 +146,3 @@ def variant_label(cell: dict[str, Any]) -> str:
 def is_study_file(name_or_path: str) -> bool:
     """Whether ``name_or_path`` names a user's study file (``*.py`` or an existing file), not a built-in study."""
     return name_or_path.endswith(".py") or Path(name_or_path).is_file()
-
-
-def load_study(name_or_path: str) -> Study:
-    """A built-in study by name, or the ``STUDY`` defined in a user's Python file."""
-    if is_study_file(name_or_path):
-        return _load_study_file(Path(name_or_path))
-    import studies.builtin  # noqa: F401  (registers the built-in studies)
-
-    return STUDIES.get(name_or_path)
-
-
-def _load_study_file(path: Path) -> Study:
-    if not path.is_file():
-        raise UserError(f"study file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"user_study_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    study = getattr(module, "STUDY", None)
-    if not isinstance(study, Study):
-        raise UserError(f"study file {path} must define STUDY = studies.Study(...)")
-    return study

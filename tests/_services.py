@@ -158,8 +158,23 @@ def fresh_database(url: str) -> Iterator[str]:
     try:
         yield url.rsplit("/", 1)[0] + "/" + name
     finally:
-        with _admin(url) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop(url, name)
+
+
+def _drop(url: str, name: str, attempts: int = 5) -> None:
+    """Drop a test database, its connections forced off; a server that will not stop one of them (an autovacuum
+    worker, where the test role lacks pg_signal_backend) is asked again a few times as that worker ends."""
+    import psycopg
+
+    for attempt in range(attempts):
+        try:
+            with _admin(url) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except psycopg.errors.InsufficientPrivilege:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
 
 
 def table_names(url: str) -> set[str]:

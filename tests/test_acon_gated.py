@@ -7,7 +7,8 @@ from torch.nn import functional as F
 import ablation
 import acon
 from acon.gated import GatedActivation
-from studies.spec import design_cell, load_study
+from studies.catalog import load_study
+from studies.spec import design_cell
 
 
 def _count(module):

@@ -26,7 +26,8 @@ def study_end_to_end(tmp_path, device: str) -> None:
 
     from acon import _fused
     from report.build import build_report
-    from studies.runner import RunOptions, run_study
+    from studies.run.options import RunOptions
+    from studies.run.launch import run_study
     from studies.spec import Study
 
     before = _fused.kernel_calls()

@@ -11,9 +11,11 @@ from mlflow import MlflowClient
 
 from studies.errors import UserError
 from studies import Study
-from studies.runner import RunOptions, run_study
+from studies.run.options import RunOptions
+from studies.run.launch import run_study
 from studies.tracking import schema
 from studies.tracking.summary import summary_text
+from studies.store import attrs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 
@@ -68,9 +70,9 @@ def test_a_user_error_in_the_studys_loop_stops_the_run_at_its_first_cell_and_a_r
     assert [a for a, _ in dict.fromkeys(RAN)] == ["relu", "relu", "acon_c"] and len(set(RAN)) == 3
     study = optuna.load_study(study_name="user_error-quick", storage=options.storage)
     failed = [t for t in study.trials if t.state.name == "FAIL"]
-    assert len(failed) == 1 and failed[0].user_attrs[schema.USER_ERROR_ATTR] is True
-    assert failed[0].user_attrs[schema.FAIL_REASON_ATTR].startswith("UserError: tracker.log_epoch: epoch must be")
-    run = MlflowClient(tracking).get_run(failed[0].user_attrs[schema.RUN_ID_ATTR])
+    assert len(failed) == 1 and failed[0].user_attrs[attrs.USER_ERROR] is True
+    assert failed[0].user_attrs[attrs.FAIL_REASON].startswith("UserError: tracker.log_epoch: epoch must be")
+    run = MlflowClient(tracking).get_run(failed[0].user_attrs[attrs.RUN_ID])
     assert run.info.status == "FAILED" and "epoch must be an integer" in run.data.tags[schema.FAIL_REASON]
 
     RAN.clear()
@@ -115,7 +117,7 @@ def test_a_user_error_left_from_an_earlier_run_says_fix_it_not_retry(tmp_path, t
 
 @pytest.mark.parametrize("value", [None, "0.9", True, [0.9]])
 def test_log_epoch_refuses_a_value_that_is_not_a_number_naming_the_metric(value):
-    from studies.custom_loop import TrialTracker
+    from studies.run.custom_loop import TrialTracker
 
     reported = []
     tracker = TrialTracker(lambda epoch, values: reported.append(values), seed=0, device="cpu", cell={}, epochs=2)
@@ -131,7 +133,7 @@ def test_log_epoch_refuses_a_value_that_is_not_a_number_naming_the_metric(value)
 
 def test_an_error_in_the_site_statistics_warns_on_the_run_and_the_trial_completes(tmp_path, tracking, monkeypatch,
                                                                                    capsys):
-    from studies.training import activations
+    from studies.training import held_out as activations
 
     def broken(*args, **kwargs):
         raise RuntimeError("a hook that cannot cope\nsecond line")
@@ -143,7 +145,7 @@ def test_an_error_in_the_site_statistics_warns_on_the_run_and_the_trial_complete
     assert result.counts == {"COMPLETE": 1}
     trial = result.study.trials[0]
     assert trial.value == pytest.approx(0.5)
-    run = MlflowClient(tracking).get_run(trial.user_attrs[schema.RUN_ID_ATTR])
+    run = MlflowClient(tracking).get_run(trial.user_attrs[attrs.RUN_ID])
     warning = "site statistics not measured at epoch 2: RuntimeError: a hook that cannot cope"
     assert run.info.status == "FINISHED" and run.data.tags[schema.WARNING] == warning
     assert f"**Warning:** {warning}" in run.data.tags[schema.NOTE]
@@ -163,7 +165,7 @@ def test_a_trial_failed_elsewhere_while_it_trains_stops_at_its_next_report_and_r
         if len(RAN) == 1:  # the first trial: another process fails it now, as the heartbeat check would
             other = optuna.load_study(study_name="taken-quick", storage=options.storage)
             trial = next(t for t in other.trials if t.state.name == "RUNNING")
-            other._storage.set_trial_user_attr(trial._trial_id, schema.FAIL_REASON_ATTR,
+            other._storage.set_trial_user_attr(trial._trial_id, attrs.FAIL_REASON,
                                                f"{schema.STALE}: no heartbeat from host:1 for over the 30 s grace")
             other._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         tracker.log_epoch(2, val_acc=0.8)
@@ -175,8 +177,8 @@ def test_a_trial_failed_elsewhere_while_it_trains_stops_at_its_next_report_and_r
     result = run_study(study, options)
     assert RAN == [("relu", 0)]  # stopped at the report of epoch 2: nothing after it ran
     first = result.study.trials[0]
-    assert first.state.name == "FAIL" and first.user_attrs[schema.FAIL_REASON_ATTR].startswith(schema.STALE)
-    run = MlflowClient(tracking).get_run(first.user_attrs[schema.RUN_ID_ATTR])
+    assert first.state.name == "FAIL" and first.user_attrs[attrs.FAIL_REASON].startswith(schema.STALE)
+    run = MlflowClient(tracking).get_run(first.user_attrs[attrs.RUN_ID])
     assert run.info.status == "FAILED" and run.data.tags[schema.LATE_RESULT] == "val_acc=0.8 at epoch 2"
     reason = run.data.tags[schema.FAIL_REASON]
     assert reason.startswith("late result: val_acc=0.8 at epoch 2 arrived after this trial was failed (its worker "
@@ -200,7 +202,7 @@ def test_a_trial_failed_between_its_claim_and_its_first_write_is_stepped_over(tm
         trial = real_ask(self, *args, **kwargs)
         asked.append(trial.number)
         if len(asked) == 1:
-            self._storage.set_trial_user_attr(trial._trial_id, schema.FAIL_REASON_ATTR, "failed by a test")
+            self._storage.set_trial_user_attr(trial._trial_id, attrs.FAIL_REASON, "failed by a test")
             self._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         return trial
 
@@ -215,7 +217,7 @@ def test_a_trial_failed_between_its_claim_and_its_first_write_is_stepped_over(tm
 
 def test_a_trial_failed_after_its_claim_but_before_its_design_is_read_is_stepped_over(tmp_path, tracking,
                                                                                        monkeypatch, capsys):
-    from studies import trial as trial_module
+    from studies.run import trial as trial_module
 
     options = _options(tmp_path, tracking)
     real_design = trial_module._design
@@ -237,7 +239,7 @@ def test_a_stale_trial_is_failed_with_who_failed_it_when_and_why_and_its_run_say
                                                                                       monkeypatch):
     import time
 
-    from studies.storage import fail_stale_trials, open_storage
+    from studies.store.storage import fail_stale_trials, open_storage
     from studies.tracking.writer import Tracker
 
     monkeypatch.setenv("ACON_HEARTBEAT_INTERVAL", "1")
@@ -250,17 +252,17 @@ def test_a_stale_trial_is_failed_with_who_failed_it_when_and_why_and_its_run_say
     run_id = tracker.start_trial(0, {"activation": "relu", "seed": 0}, {}, "relu")
     seen = []
     storage.heartbeat_stale_trial_callback = lambda st, t: (seen.append(t), tracker.fail_if_running(
-        run_id, t.user_attrs[schema.FAIL_REASON_ATTR]))
+        run_id, t.user_attrs[attrs.FAIL_REASON]))
     trial = study.ask()
     trial.set_user_attr("worker", "host:1")
     storage.record_heartbeat(trial._trial_id)
     assert fail_stale_trials(study, "judge:2") == []  # alive
     time.sleep(3.5)  # SQLite's clock has whole seconds: past the 2 s grace for sure
     assert fail_stale_trials(study, "judge:2") == [0]
-    reason = study.trials[0].user_attrs[schema.FAIL_REASON_ATTR]
+    reason = study.trials[0].user_attrs[attrs.FAIL_REASON]
     assert study.trials[0].state.name == "FAIL"
     assert reason.startswith(f"{schema.STALE}: no heartbeat from host:1 for over the 2 s grace") and "judge:2" in reason
-    assert [t.user_attrs[schema.FAIL_REASON_ATTR] for t in seen] == [reason]  # the callback sees the reason
+    assert [t.user_attrs[attrs.FAIL_REASON] for t in seen] == [reason]  # the callback sees the reason
     run = MlflowClient(tracking).get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags[schema.FAIL_REASON] == reason
     assert run.data.tags[schema.NOTE].startswith("**Failed by another worker.** Its worker stopped sending heartbeats")
@@ -300,7 +302,7 @@ def test_activation_calls_left_unreplaced_are_said_on_the_trials_run(tmp_path, t
                   fixed={**FIXED, "seeds": 1, "model": "lab_models.py:net"}, train=known)
     with pytest.warns(UserWarning, match="3 activation call"):
         result = run_study(study, _options(tmp_path, tracking))
-    run = MlflowClient(tracking).get_run(result.study.trials[0].user_attrs[schema.RUN_ID_ATTR])
+    run = MlflowClient(tracking).get_run(result.study.trials[0].user_attrs[attrs.RUN_ID])
     assert run.info.status == "FINISHED" and run.data.tags[schema.UNREPLACED] == "3"
     assert run.data.tags[schema.WARNING] == ("3 activation call(s) left unreplaced (inside blocks torch.fx cannot "
                                              "enter): 2.shared silu module x2, 2 gelu function")

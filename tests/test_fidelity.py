@@ -191,7 +191,8 @@ DESIGNS = ({"activation": "relu", "placement": "all"}, {"activation": "acon_c", 
 @pytest.fixture(scope="module")
 def trained(store):
     """The same two designs, two seeds, really trained for 2 and for 5 epochs on 64 images (seconds on a CPU)."""
-    from studies.runner import RunOptions, run_study
+    from studies.run.options import RunOptions
+    from studies.run.launch import run_study
     from studies.spec import Study
 
     uri, root = store

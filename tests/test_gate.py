@@ -10,7 +10,7 @@ import pytest
 import ablation
 from acon.modules import AconC, MetaAcon, MetaAconC
 from studies.spec import NOT_APPLICABLE, design_cell, variant_label
-from studies.trial import build_variant
+from studies.run.build import build_variant
 
 DATA = SimpleNamespace(num_classes=10, in_channels=1, image_size=16)
 SETTINGS = {"model": "tiny_cnn", "small_input": True}

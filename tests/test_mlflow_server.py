@@ -12,8 +12,9 @@ import threading
 
 import pytest
 
-from studies.runner import RunOptions
-from studies.workers import run_workers
+from studies.run.options import RunOptions
+from studies.run.workers import run_workers
+from studies.store import attrs
 from _services import HANG, RELU, mlflow_server, rest, wait_for, write_study
 
 
@@ -55,7 +56,7 @@ def test_workers_log_through_the_server_and_a_killed_worker_is_replaced(tmp_path
     assert result.counts == {"COMPLETE": 4, "FAIL": 1} and result.missing == 0
     trials = result.study.trials
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    assert len({t.user_attrs["cell_key"] for t in complete}) == 4
+    assert len({t.user_attrs[attrs.CELL_KEY] for t in complete}) == 4
     killed = [t for t in trials if t.state.name == "FAIL"][0]
     assert killed.user_attrs["worker"].endswith(f":{pid}") and "SIGKILL" in killed.user_attrs["fail_reason"]
 

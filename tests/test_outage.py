@@ -17,7 +17,9 @@ import pytest
 from mlflow import MlflowClient
 from sqlalchemy.engine import make_url
 
-from studies.runner import RunOptions, prepare_study
+from studies.run.options import RunOptions
+from studies.run.launch import prepare_study
+from studies.store import attrs
 from _services import (RELU, SLOW, Partition, TcpProxy, cli, cli_start, fresh_database, postgres_url, wait_for,
                        write_study)
 
@@ -122,12 +124,12 @@ def test_two_workers_ride_through_a_database_outage_with_every_cell_once(tmp_pat
     assert "storage unreachable since" in err and "retrying for up to 5 min" in err and "storage reachable again" in err
 
     trials = _trials(direct, "outage-quick")
-    complete = [t.user_attrs["cell_key"] for t in trials if t.state.name == "COMPLETE"]
+    complete = [t.user_attrs[attrs.CELL_KEY] for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == len(set(complete)) == 4  # every cell once
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
     parents, children = _runs(tracking_db, "outage")
     reasons = {r.info.run_id: r.data.tags.get("acon.fail_reason") for r in children}
-    assert not [t for t in trials if t.state.name == "FAIL" and not t.user_attrs.get("spurious")], \
+    assert not [t for t in trials if t.state.name == "FAIL" and not attrs.is_spurious(t)], \
         [(t.number, t.user_attrs, reasons.get(t.user_attrs.get("mlflow_run_id"))) for t in trials
          if t.state.name == "FAIL"]
     assert [p.info.status for p in parents] == ["FINISHED"]
@@ -168,7 +170,7 @@ def test_an_outage_past_the_limit_ends_in_one_line_and_a_rerun_completes_the_stu
     rerun = cli(*args, timeout=300, ACON_TEST_SLOW="0.05", **HEARTBEAT)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     trials = _trials(direct, "bound-quick")
-    complete = [t.user_attrs["cell_key"] for t in trials if t.state.name == "COMPLETE"]
+    complete = [t.user_attrs[attrs.CELL_KEY] for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == len(set(complete)) == 4  # nothing lost, nothing twice
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
     parents, children = _runs(tracking, "bound")
@@ -199,8 +201,8 @@ def test_a_worker_cut_off_longer_than_the_grace_loses_its_trial_and_its_late_res
                                  and "mlflow_run_id" in t.user_attrs], 120, "its trial training")
         proxy.cut()
         others = worker(direct, "others", "0")  # never cut off: fails the silent trial and runs its cell again
-        key = mine[0].user_attrs["cell_key"]
-        wait_for(lambda: [t for t in _trials(direct, "late-quick") if t.user_attrs.get("cell_key") == key
+        key = mine[0].user_attrs[attrs.CELL_KEY]
+        wait_for(lambda: [t for t in _trials(direct, "late-quick") if attrs.key_of(t) == key
                           and t.state.name == "COMPLETE"], 120, "the cell run again")
         proxy.restore()
         codes = [cut_off.wait(timeout=120), others.wait(timeout=120)]
@@ -211,11 +213,11 @@ def test_a_worker_cut_off_longer_than_the_grace_loses_its_trial_and_its_late_res
     assert codes == [0, 0], [(tmp_path / f"{n}.log").read_text()[-2000:] for n in ("cut_off", "others")]
 
     trials = _trials(direct, "late-quick")
-    complete = [t.user_attrs["cell_key"] for t in trials if t.state.name == "COMPLETE"]
+    complete = [t.user_attrs[attrs.CELL_KEY] for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == len(set(complete)) == 4  # the late result is not a second copy of its cell
     first = trials[mine[0].number]
     assert first.state.name == "FAIL"
-    rerun = next(t for t in trials if t.user_attrs.get("cell_key") == key and t.state.name == "COMPLETE")
+    rerun = next(t for t in trials if attrs.key_of(t) == key and t.state.name == "COMPLETE")
     assert rerun.user_attrs["retry_of"] == first.number
 
     client = MlflowClient(tracking)
@@ -275,10 +277,10 @@ def test_a_silent_partition_of_one_worker_loses_nothing_and_every_side_says_what
     runs and both workers' output say what happened."""
     partition, storage, direct = partitioned
     cut_off, others, mine, tracking = _partitioned_pair(tmp_path, partition, storage, direct, "silent")
-    key = mine.user_attrs["cell_key"]
+    key = mine.user_attrs[attrs.CELL_KEY]
 
     def rerun_then_heal() -> None:
-        wait_for(lambda: [t for t in _trials(direct, "silent-quick") if t.user_attrs.get("cell_key") == key
+        wait_for(lambda: [t for t in _trials(direct, "silent-quick") if attrs.key_of(t) == key
                           and t.state.name == "COMPLETE"], 120, "the cell run again")
         partition.heal()
 
@@ -286,7 +288,7 @@ def test_a_silent_partition_of_one_worker_loses_nothing_and_every_side_says_what
     assert codes == [0, 0], {n: text[-2000:] for n, text in logs.items()}
 
     trials = _trials(direct, "silent-quick")
-    complete = [t.user_attrs["cell_key"] for t in trials if t.state.name == "COMPLETE"]
+    complete = [t.user_attrs[attrs.CELL_KEY] for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == len(set(complete)) == 4 and not [t for t in trials if t.state.name == "RUNNING"]
     first = trials[mine.number]
     reason = first.user_attrs["fail_reason"]  # Optuna: who failed it, and why
@@ -318,7 +320,7 @@ def test_a_partition_longer_than_the_outage_limit_ends_its_worker_in_one_line_an
     assert len(errors) == 1 and "unreachable since" in errors[0] and "longer than the 8 s limit" in errors[0]
     assert "Traceback" not in logs["cut_off"]
     trials = _trials(direct, "long-quick")
-    complete = [t.user_attrs["cell_key"] for t in trials if t.state.name == "COMPLETE"]
+    complete = [t.user_attrs[attrs.CELL_KEY] for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == len(set(complete)) == 4 and not [t for t in trials if t.state.name == "RUNNING"]
     first = trials[mine.number]
     assert first.state.name == "FAIL" and first.user_attrs["fail_reason"].startswith(

@@ -14,8 +14,8 @@ from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import TrialState
 
 from studies.errors import UserError
-from studies import outage
-from studies.outage import ResilientStorage, StorageDown, StorageUnavailable, is_transient, outage_limit
+from studies.store import outage
+from studies.store.outage import ResilientStorage, StorageDown, StorageUnavailable, is_transient, outage_limit
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 
@@ -198,7 +198,7 @@ def test_the_outage_clock_starts_when_the_failed_call_began_so_a_silent_network_
 
 @pytest.mark.parametrize("limit, connect, user_ms", [(300, 10, 30000), (60, 10, 20000), (8, 2, 2000), (1, 1, 2000)])
 def test_each_attempt_on_a_database_server_times_out_well_inside_the_outage_limit(limit, connect, user_ms):
-    from studies.storage import postgres_timeouts
+    from studies.store.storage import postgres_timeouts
 
     timeouts = postgres_timeouts(limit)
     assert (timeouts["connect_timeout"], timeouts["tcp_user_timeout"]) == (connect, user_ms)

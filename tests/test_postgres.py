@@ -13,7 +13,9 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from studies.runner import RunOptions, prepare_study
+from studies.run.options import RunOptions
+from studies.run.launch import prepare_study
+from studies.store import attrs
 from _services import HANG, RELU, cli_all, cli_start, fresh_database, postgres_url, table_names, wait_for, \
     write_study
 
@@ -60,14 +62,14 @@ def test_two_workers_run_each_cell_once_and_a_sigkilled_workers_trial_is_retried
 
     trials = optuna.load_study(study_name="pgwork-quick", storage=storage).trials
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    keys = [t.user_attrs["cell_key"] for t in complete]
+    keys = [t.user_attrs[attrs.CELL_KEY] for t in complete]
     assert len(keys) == 4 and len(set(keys)) == 4  # every cell exactly once
-    killed = [t for t in trials if t.user_attrs.get("worker") == f"{socket.gethostname()}:{pid}"
+    killed = [t for t in trials if t.user_attrs.get(attrs.WORKER) == f"{socket.gethostname()}:{pid}"
               and t.state.name != "COMPLETE"]
     assert [t.state.name for t in killed] == ["FAIL"]
-    assert killed[0].params["activation"] == "test_hang" and killed[0].user_attrs["cell_key"] in keys
+    assert killed[0].params["activation"] == "test_hang" and killed[0].user_attrs[attrs.CELL_KEY] in keys
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
-    assert not [t for t in trials if t.user_attrs.get("spurious")]
+    assert not [t for t in trials if attrs.is_spurious(t)]
 
     # MLflow: exactly one child run per trial, all under the one parent; the killed one FAILED
     client = MlflowClient(tracking)

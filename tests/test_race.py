@@ -1,11 +1,13 @@
-"""Racing designs across seeds (``studies.race``): the rounds, the drops and the error control, on known results."""
+"""Racing designs across seeds (``studies.race.procedure``): the rounds, the drops and the error control, on known results."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from studies.errors import UserError
-from studies.race import FUTILITY, RacePlan, race
+from studies.store import attrs
+from studies.race.plan import FUTILITY, RacePlan
+from studies.race.procedure import race
 
 
 def _results(means: dict[str, float], seeds: int, noise: float = 1.0, seed: int = 0):
@@ -214,14 +216,14 @@ def tracking(tmp_path_factory) -> str:
 
 
 def _options(tracking: str, **kw):
-    from studies.runner import RunOptions
+    from studies.run.options import RunOptions
 
     return RunOptions(tracking_uri=tracking, progress=False, device="cpu", race=True, **kw)
 
 
 def _cells(study, state="COMPLETE"):
-    return [(t.user_attrs["variant"], t.user_attrs["seed"]) for t in study.trials
-            if t.state.name == state and not t.user_attrs.get("spurious")]
+    return [(t.user_attrs[attrs.VARIANT], t.user_attrs[attrs.SEED]) for t in study.trials
+            if t.state.name == state and not attrs.is_spurious(t)]
 
 
 def test_a_race_drops_the_clearly_worse_design_after_round_one_and_runs_fewer_cells(tmp_path, tracking):
@@ -236,10 +238,9 @@ def test_a_race_drops_the_clearly_worse_design_after_round_one_and_runs_fewer_ce
 
     from report import build_report
     from report.collect import collect
-    from report.race import plot_race, race_of
-    from studies.race_record import race_state
-    from studies.runner import run_study
-    from studies.tracking import schema
+    from report.race_answer import plot_race, race_of
+    from studies.race.record import race_state
+    from studies.run.launch import run_study
 
     result = run_study(_race_study(tmp_path, "raced"), _options(tracking, storage=f"sqlite:///{tmp_path}/o.db"))
     done = _cells(result.study)
@@ -254,7 +255,7 @@ def test_a_race_drops_the_clearly_worse_design_after_round_one_and_runs_fewer_ce
     assert answer.startswith("best: acon_c/all | tied with it within the budget: acon_a/all (settled in round 1 (3 ")
     assert "better than relu/all: acon_c/all (round 1 (3 seeds): p=0.00051 < 0.0079" in answer
     assert answer.endswith("worse than relu/all: none")
-    silu_runs = [t.user_attrs[schema.RUN_ID_ATTR] for t in result.study.trials if t.user_attrs.get("variant") == "silu/all"]
+    silu_runs = [t.user_attrs[attrs.RUN_ID] for t in result.study.trials if t.user_attrs.get(attrs.VARIANT) == "silu/all"]
     assert all("round 1" in client.get_run(r).data.tags["acon.race.dropped"] for r in silu_runs)
     report = build_report("raced", tracking_uri=tracking, log_to_mlflow=False)
     assert "dropped in round 1" in next(line for line in report.splitlines() if line.startswith("silu"))
@@ -272,7 +273,7 @@ def test_a_race_drops_the_clearly_worse_design_after_round_one_and_runs_fewer_ce
 
 def test_a_raced_report_keeps_its_verdicts_when_rows_group_the_designs_differently(tmp_path, tracking):
     from report import build_report
-    from studies.runner import run_study
+    from studies.run.launch import run_study
 
     run_study(_race_study(tmp_path, "grouped"), _options(tracking, storage=f"sqlite:///{tmp_path}/o.db"))
     by_activation = build_report("grouped", tracking_uri=tracking, log_to_mlflow=False, group_by="activation")
@@ -288,7 +289,7 @@ def test_the_t_path_drops_nothing_on_four_pairs_and_runs_the_whole_grid(tmp_path
     nothing settles that, so every design runs every seed."""
     from mlflow import MlflowClient
 
-    from studies.runner import run_study
+    from studies.run.launch import run_study
 
     result = run_study(_race_study(tmp_path, "t_raced"),
                        _options(tracking, storage=f"sqlite:///{tmp_path}/o.db", race_test="t", race_futility=0.0))
@@ -299,7 +300,7 @@ def test_the_t_path_drops_nothing_on_four_pairs_and_runs_the_whole_grid(tmp_path
 
 
 def test_a_race_refuses_a_pruner_before_any_store_is_made(tmp_path):
-    from studies.runner import resolve
+    from studies.run.launch import resolve
 
     with pytest.raises(UserError, match=r"--race decides which designs stop.*pruner='median'"):
         resolve(_race_study(tmp_path, "pruned", pruner="median"), _options(f"sqlite:///{tmp_path}/m.db"))
@@ -307,8 +308,8 @@ def test_a_race_refuses_a_pruner_before_any_store_is_made(tmp_path):
 
 
 def test_a_race_stopped_mid_round_resumes_where_it_stopped_and_runs_no_cell_twice(tmp_path, monkeypatch, tracking):
-    from studies.interrupt import Interrupted
-    from studies.runner import run_study
+    from studies.run.interrupt import Interrupted
+    from studies.run.launch import run_study
 
     monkeypatch.setenv("RACE_STOP_MARKER", str(tmp_path / "stopped"))
     path = _race_study(tmp_path, "resumed")  # without futility, so that there is a round 2 to stop in
@@ -321,15 +322,15 @@ def test_a_race_stopped_mid_round_resumes_where_it_stopped_and_runs_no_cell_twic
 
 
 def test_two_workers_race_together_and_queue_each_round_once(tmp_path, tracking):
-    from studies.workers import run_workers
+    from studies.run.workers import run_workers
 
     storage = f"journal:///{tmp_path}/race.journal"
     result = run_workers(_race_study(tmp_path, "together", sleep=0.3),
                          _options(tracking, storage=storage, race_futility=0.0), workers=2)  # two rounds
     trials = result.study.get_trials()
-    assert not [t for t in trials if t.user_attrs.get("spurious")]  # no cell queued twice
+    assert not [t for t in trials if attrs.is_spurious(t)]  # no cell queued twice
     done = _cells(result.study)
-    assert len(done) == len(set(done)) == 16 and len({t.user_attrs["worker"] for t in trials}) == 2
+    assert len(done) == len(set(done)) == 16 and len({t.user_attrs[attrs.WORKER] for t in trials}) == 2
 
 
 @pytest.mark.parametrize("args, message", [
@@ -349,7 +350,7 @@ def test_a_bad_race_is_one_line_before_any_store_is_made(tmp_path, capsys, args,
 
 
 def test_a_race_whose_cell_keeps_failing_stops_instead_of_retrying_it_forever(tmp_path, monkeypatch, tracking):
-    from studies.runner import run_study
+    from studies.run.launch import run_study
     from studies.tracking.summary import unfinished
 
     monkeypatch.setenv("RACE_BROKEN", "acon_a")
@@ -379,7 +380,7 @@ def test_futility_settles_what_the_budget_cannot_decide_and_keeps_it_in_the_answ
 def test_conditional_power_and_spending_match_their_formulas():
     from scipy import stats
 
-    from studies.race_stats import conditional_power, spent
+    from studies.race.stats import conditional_power, spent
 
     diffs = [-1.0, -2.0, -0.5, -1.5]  # mean -1.25, sd 0.6455; 10 pairs in all, one-sided at 0.01
     crit = stats.t.ppf(0.99, 9)
@@ -395,7 +396,7 @@ def test_conditional_power_and_spending_match_their_formulas():
 
 
 def test_a_race_recorded_before_futility_replays_without_it():
-    from studies.race_record import record, unpack
+    from studies.race.record import record, unpack
 
     old = record(RacePlan(max_seeds=5), ["a", "b"], "a")
     del old["futility"]

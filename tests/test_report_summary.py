@@ -99,7 +99,7 @@ def test_next_run_by_default_plans_for_the_best_designs_observed_difference_whil
 
 def test_the_suggested_command_parses_and_only_adds_cells_for_the_new_seeds():
     import run_study
-    from studies.spec import load_study
+    from studies.catalog import load_study
 
     line = next_run_line(_table("noise", 0.08), study="design_space", group_by=GROUPS, seeds=3)
     command = line.split("`")[1].split()

@@ -148,7 +148,7 @@ def _trial(activation, variant, seed=0):
 
 def test_the_curve_plot_draws_pau_and_smu_from_their_parameters_and_names_the_input_dependent_rivals(tmp_path,
                                                                                                      monkeypatch):
-    import report.activations as act
+    import report.learned as act
 
     sites = pd.concat([_trial("pau", "pau"), _trial("smu", "smu"), _trial("dy_relu_b", "dy_relu_b")])
     sites = pd.read_csv(_written(sites, tmp_path))  # as the report reads a trial's activations/sites.csv

@@ -244,7 +244,7 @@ def test_a_spread_far_smaller_than_beta_survives_many_batches():
 
 
 def test_the_depth_plot_band_is_mean_plus_minus_std_over_seeds_clipped_to_the_columns_range(monkeypatch, tmp_path):
-    import report.activations as act
+    import report.learned as act
 
     drawn = []
     monkeypatch.setattr(act, "save", lambda fig, out_dir, stem: drawn.append((stem, fig)) or [])

@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from acon import ACTIVATIONS
-from studies.runner import RunOptions, run_study
+from studies.run.options import RunOptions
+from studies.run.launch import run_study
 from studies.spec import Study
+from studies.store import attrs
 
 TINY = {"model": "tiny_cnn", "dataset": "digits", "limit": 240, "epochs": 2, "seeds": 2, "batch_size": 64}
 
@@ -132,7 +134,7 @@ def test_interrupted_trial_is_failed_and_killed_and_a_rerun_completes_without_du
     result = run_study(study, stores(tmp_path))
     assert result.counts == {"COMPLETE": 2, "FAIL": 1}
     done = [t for t in result.study.trials if t.state.name == "COMPLETE"]
-    assert sorted(t.user_attrs["seed"] for t in done) == [0, 1]
+    assert sorted(t.user_attrs[attrs.SEED] for t in done) == [0, 1]
     children, parents = child_runs(tmp_path, "tiny")
     assert sorted(children["status"]) == ["FINISHED", "FINISHED", "KILLED"]
     assert len(parents) == 1 and parents.iloc[0]["status"] == "FINISHED"
@@ -162,7 +164,7 @@ def test_hpo_study_samples_the_search_space_and_prunes(tmp_path):
     finished = [t for t in result.study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 5
     assert all(1e-3 <= t.params["lr"] <= 0.3 for t in finished)
-    assert {t.user_attrs["variant"] for t in finished} == {"relu/all"}
+    assert {t.user_attrs[attrs.VARIANT] for t in finished} == {"relu/all"}
     from studies.tracking.summary import summary_text
 
     done = [t for t in result.study.trials if t.state.name == "COMPLETE"]
@@ -237,7 +239,7 @@ def test_a_typed_preset_changes_settings_and_design_cells_of_that_preset_only():
 
 
 def test_a_study_recorded_before_a_setting_was_declared_resumes_when_it_keeps_its_default(tmp_path):
-    from studies.runner import _check_same_settings
+    from studies.run.launch import _check_same_settings
     from studies.settings import Settings
 
     recorded = {k: v for k, v in Settings().results().items() if k not in ("momentum", "amp")}
@@ -247,7 +249,7 @@ def test_a_study_recorded_before_a_setting_was_declared_resumes_when_it_keeps_it
 
 
 def test_the_builtin_paper_presets_carry_their_own_design_cells():
-    from studies.spec import load_study
+    from studies.catalog import load_study
 
     ratio = load_study("reduction_ratio")
     assert [d.get("r") for d in ratio.for_preset("paper").designs] == [None, 2, 4, 8, 16, 32, 64]

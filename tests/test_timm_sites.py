@@ -56,7 +56,7 @@ def test_a_timm_models_sites_are_the_activation_calls_timms_own_model_makes(name
 
 @pytest.mark.parametrize("name", ["mobilevit_xxs", "efficientnet_b0"])
 def test_the_coverage_benchmarks_counter_agrees_with_this_one(name):
-    from ablation.timm_coverage import site_coverage
+    from ablation.timm_survey import site_coverage
 
     coverage = site_coverage(name, size=32)
     assert coverage.complete and coverage.sites == coverage.calls == _calls_of_timms_own_model(name, 32)

@@ -16,7 +16,8 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from _services import cli, write_study
 from report import build_report
 from studies.tracking import schema
-from studies.runner import RunOptions, run_study
+from studies.run.options import RunOptions
+from studies.run.launch import run_study
 from studies.spec import Study
 from studies.tracking.writer import Tracker
 
@@ -222,8 +223,8 @@ def test_a_trial_saves_its_weights_and_epoch_tables_when_asked(tmp_path):
     model, _ = build_model("tiny_cnn", activation="meta_acon", generator="channel", r=4, num_classes=10,
                            in_channels=1, input_size=8)
     model.load_state_dict(state)  # strict: the saved trial rebuilds from its cell
-    from studies.training.activations import measure_held_out
-    from studies.trial import load_data
+    from studies.training.held_out import measure_held_out
+    from studies.run.build import load_data
 
     data = load_data("digits", None, False, 240)
     again = measure_held_out(model, data, images=16, batch_size=1024).sites

@@ -5,6 +5,7 @@ PostgreSQL and the MLflow server have their own test files.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -14,11 +15,14 @@ import pytest
 from mlflow import MlflowClient
 
 from studies.errors import UserError
-from studies.runner import RunOptions, prepare_study, run_study
+from studies.run.options import RunOptions
+from studies.run.launch import prepare_study, run_study
 from studies.spec import Study
-from studies.storage import open_storage, resolve_storage
-from studies.workers import _Launcher, check_gpus, check_workers, parse_gpus, run_workers, threads_per_worker, \
-    worker_command, worker_env
+from studies.store.storage import open_storage, resolve_storage
+from studies.run.options import from_args, worker_command
+from studies.run.workers import _Launcher, check_gpus, check_workers, parse_gpus, run_workers, threads_per_worker, \
+    worker_env
+from studies.store import attrs
 from _services import HANG, RELU, cli_all, free_port, wait_for, write_study
 
 
@@ -58,18 +62,24 @@ def test_workers_need_a_study_they_can_load_and_known_settings(tmp_path):
     with pytest.raises(UserError, match="a .py file defining STUDY"):
         run_workers(study, _options(tmp_path), workers=2)
     with pytest.raises(UserError, match=r"unknown setting 'epoch' in the overrides; valid settings: act_every, act_images, amp, augment, "):
-        worker_command("x.py", _options(tmp_path, overrides={"epoch": 3}), threads=1)
+        worker_command("x.py", _options(tmp_path, overrides={"epoch": 3}))
 
 
 def test_every_setting_travels_to_a_worker_and_parses_back_to_the_same_overrides():
-    from run_study import build_parser, _run_options
+    from run_study import build_parser
 
     overrides = {"limit": 10, "augment": False, "nesterov": True, "lr": 0.05, "n_trials": 4, "schedule": "linear",
                  "warmup_epochs": 0.5, "model": "resnet20", "seeds": None}
-    cmd = worker_command("variants", RunOptions(overrides=overrides), threads=1)
+    options = RunOptions(overrides=overrides, storage="journal:///s/o.journal", tracking_uri="http://h:5000",
+                         experiment="exp", study_name="custom", preset="default", device="cpu", data_dir="/data",
+                         threads=3, outage_limit="90s", progress=False)
+    cmd = worker_command("variants", options)
     assert "--no-augment" in cmd and "--nesterov" in cmd and cmd[cmd.index("--trials") + 1] == "4"
-    parsed = _run_options(build_parser().parse_args(cmd[3:]))
+    parsed = from_args(build_parser().parse_args(cmd[3:]))
     assert {k: v for k, v in parsed.overrides.items() if v is not None} == {k: v for k, v in overrides.items() if v is not None}
+    # the one converter, both ways: every option a worker takes comes back as it was given (threads as a string
+    # parses back to the int; the launcher's own race, download and max_trials are not a worker's)
+    assert dataclasses.replace(parsed, overrides=options.overrides) == options
     assert Study(name="s", doc="d", designs=(RELU,)).settings("quick", parsed.overrides).warmup_epochs == 0.5
 
 
@@ -78,8 +88,8 @@ def test_worker_command_joins_the_same_stores_with_the_cores_split():
     assert threads_per_worker(1) == cores and threads_per_worker(2) == max(1, cores // 2)
     assert threads_per_worker(10 * cores) == 1
     options = RunOptions(storage="journal:///s/o.journal", tracking_uri="http://h:5000", preset="default",
-                         overrides={"epochs": 3, "seeds": None}, study_name="custom", device="cuda")
-    cmd = worker_command("variants", options, threads=4)
+                         overrides={"epochs": 3, "seeds": None}, study_name="custom", device="cuda", threads=4)
+    cmd = worker_command("variants", options)
     assert cmd[1:5] == ["-m", "run_study", "worker", "variants"]
     flags = cmd[5:]
     flags.remove("--no-progress")  # workers' bars would interleave; the launcher shows one
@@ -96,7 +106,7 @@ def test_a_duplicated_cell_runs_once_and_is_left_out_of_counts_and_mlflow(tmp_pa
     result = run_study(study_file, _options(tmp_path), join=True)
     assert result.counts == {"COMPLETE": 2} and result.ran == 2 and result.missing == 0
     trials = _trials(tmp_path, "dup-quick")
-    dropped = [t for t in trials if t.user_attrs.get("spurious")]
+    dropped = [t for t in trials if attrs.is_spurious(t)]
     assert [(t.number, t.state.name, t.user_attrs["duplicate_of"]) for t in dropped] == [(2, "FAIL", 0)]
     assert "mlflow_run_id" not in dropped[0].user_attrs
     children, _ = _runs(tmp_path, "dup")
@@ -104,15 +114,15 @@ def test_a_duplicated_cell_runs_once_and_is_left_out_of_counts_and_mlflow(tmp_pa
 
 
 def test_of_two_running_duplicates_the_later_started_one_steps_back(tmp_path):
-    from studies.runner import _duplicate_of
+    from studies.run.queue import duplicate_of
 
     study_file = write_study(tmp_path, "race", designs=(RELU,), seeds=1)
     study = prepare_study(study_file, _options(tmp_path)).study
     study.enqueue_trial({}, user_attrs=dict(study.trials[0].user_attrs))
     early, late = study.ask(), study.ask()  # both RUNNING, same cell, as two workers would hold them
-    assert early.user_attrs["cell_key"] == late.user_attrs["cell_key"]
-    assert _duplicate_of(study, late) == early.number
-    assert _duplicate_of(study, early) is None
+    assert early.user_attrs[attrs.CELL_KEY] == late.user_attrs[attrs.CELL_KEY]
+    assert duplicate_of(study, late) == early.number
+    assert duplicate_of(study, early) is None
 
 
 def test_ctrl_c_in_the_launcher_stops_its_workers_and_a_rerun_completes_without_duplicates(tmp_path, monkeypatch):
@@ -143,7 +153,7 @@ def test_ctrl_c_in_the_launcher_stops_its_workers_and_a_rerun_completes_without_
 
     rerun = run_study(study_file, _options(tmp_path))  # one process; the marker exists, nothing hangs now
     assert rerun.missing == 0 and rerun.counts["COMPLETE"] == 4
-    done = [t.user_attrs["cell_key"] for t in rerun.study.trials if t.state.name == "COMPLETE"]
+    done = [t.user_attrs[attrs.CELL_KEY] for t in rerun.study.trials if t.state.name == "COMPLETE"]
     assert len(done) == len(set(done)) == 4
     children, parents = _runs(tmp_path, "ctrlc")
     assert len(children) == len(rerun.study.trials) and [p.info.status for p in parents] == ["FINISHED"]
@@ -197,19 +207,26 @@ def test_the_default_store_takes_several_writers_and_a_rerun_finds_the_study_whe
 
 
 def test_several_workers_with_default_stores_just_work(tmp_path, monkeypatch):
+    from studies.run import launch, workers
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ACON_STORAGE", raising=False)
+    resolved, real = [], launch.resolve
+    counting = lambda *a, **k: resolved.append(real(*a, **k)) or resolved[-1]  # noqa: E731
+    monkeypatch.setattr(workers, "resolve", counting)
+    monkeypatch.setattr(launch, "resolve", counting)
     study_file = write_study(tmp_path, "deflt", designs=(RELU,))
     options = RunOptions(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False, device="auto")
     result = run_workers(study_file, options, workers=2, gpus=(0, 1))
     assert result.counts == {"COMPLETE": 2} and result.missing == 0
+    assert len(resolved) == 1  # the launcher resolves the study once (it was four times: each check built its own)
     assert result.storage == f"journal://{tmp_path}/optuna.journal" and not (tmp_path / "optuna.db").exists()
     again = run_study(study_file, RunOptions(tracking_uri=options.tracking_uri, progress=False, device="cpu"))
     assert again.ran == 0 and again.storage == result.storage  # the one-process rerun resumes the same study
 
 
 def test_each_worker_gets_its_threads_and_one_gpu_round_robin(tmp_path, monkeypatch):
-    from studies import workers
+    from studies.run import workers
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert "CUDA_VISIBLE_DEVICES" not in worker_env(0, 2)
@@ -221,7 +238,8 @@ def test_each_worker_gets_its_threads_and_one_gpu_round_robin(tmp_path, monkeypa
             self.pid = 10 + len(started)
 
     monkeypatch.setattr(workers.subprocess, "Popen", FakeProcess)
-    launcher = _Launcher("s", RunOptions(storage="journal:///x.journal"), 3, tmp_path, prepared=None, gpus=(2, 5))
+    launcher = _Launcher("s", None, RunOptions(storage="journal:///x.journal", threads=3), tmp_path, prepared=None,
+                         gpus=(2, 5))
     for _ in range(3):
         launcher._start()
     assert [e["CUDA_VISIBLE_DEVICES"] for e in started] == ["2", "5", "2"]

@@ -14,6 +14,7 @@ from acon.registry import ConfigError
 from ablation import build_model, list_sites
 from ablation.models import create_model
 from ablation.sites import SITE_KINDS
+from studies.store import attrs
 
 timm = pytest.importorskip("timm")
 
@@ -26,7 +27,7 @@ REPRESENTATIVES = ["test_resnet", "test_convnext", "test_efficientnet", "test_vi
 
 
 def _every_family() -> list[str]:
-    from ablation.timm_coverage import families, smallest
+    from ablation.timm_survey import families, smallest
 
     return [smallest(names) for names in families().values()]
 
@@ -50,7 +51,7 @@ def _activation_calls(model: nn.Module, x: torch.Tensor) -> int:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_a_timm_models_sites_are_the_activations_its_blocks_call_and_it_trains_with_meta_acon(name):
-    from ablation.timm_coverage import check_model
+    from ablation.timm_survey import check_model
 
     model = create_model(f"timm/{name}", num_classes=10, input_size=64)
     sites = list_sites(model, (1, 3, 64, 64))
@@ -209,8 +210,9 @@ def test_a_timm_model_with_the_labs_own_loop_runs_prunes_resumes_and_reports(tmp
     from mlflow import MlflowClient
 
     from report import build_report
-    from studies.interrupt import Interrupted
-    from studies.runner import RunOptions, run_study
+    from studies.run.interrupt import Interrupted
+    from studies.run.options import RunOptions
+    from studies.run.launch import run_study
     from studies.tracking import schema
 
     path = tmp_path / "own_loop.py"
@@ -224,19 +226,19 @@ def test_a_timm_model_with_the_labs_own_loop_runs_prunes_resumes_and_reports(tmp
     first = study.trials[0]
     assert first.state.name == "FAIL" and "interrupted" in first.user_attrs["fail_reason"]
     client = MlflowClient(tracking_uri=options.tracking_uri)
-    assert client.get_run(first.user_attrs[schema.RUN_ID_ATTR]).info.status == "KILLED"
+    assert client.get_run(first.user_attrs[attrs.RUN_ID]).info.status == "KILLED"
 
     result = run_study(str(path), options)  # the marker exists: no second Ctrl-C
     assert result.missing == 0 and result.counts == {"FAIL": 1, "COMPLETE": 4, "PRUNED": 2}
     done = [t for t in result.study.trials if t.state.name == "COMPLETE"]
-    assert len({t.user_attrs["cell_key"] for t in done}) == 4 and all(t.value == pytest.approx(0.6) for t in done)
+    assert len({t.user_attrs[attrs.CELL_KEY] for t in done}) == 4 and all(t.value == pytest.approx(0.6) for t in done)
     pruned = [t for t in result.study.trials if t.state.name == "PRUNED"]
     assert {t.params["activation"] for t in pruned} == {"silu"}
     for t in pruned:  # stopped at the epoch Optuna pruned it, before the loop's last one; MLflow says KILLED
-        run = client.get_run(t.user_attrs[schema.RUN_ID_ATTR])
+        run = client.get_run(t.user_attrs[attrs.RUN_ID])
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
         assert run.info.status == "KILLED" and steps == list(range(1, t.last_step + 1)) and t.last_step < 3
-    run = client.get_run(done[0].user_attrs[schema.RUN_ID_ATTR])
+    run = client.get_run(done[0].user_attrs[attrs.RUN_ID])
     history = client.get_metric_history(run.info.run_id, "val/acc")
     assert [m.step for m in history] == [1, 2, 3] and history[-1].value == pytest.approx(done[0].value, abs=1e-5)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/f1")] == [1, 2, 3]

@@ -68,10 +68,7 @@ AGAINST = "against"
 # Artifacts of the parent run.
 TABLES_DIR, PLOTS_DIR = "report/tables", "report/plots"
 
-# Optuna study and trial user attrs that link to MLflow.
-PARENT_ATTR, RUN_ID_ATTR = "mlflow_parent_run_id", "mlflow_run_id"
-# Why a trial failed (its first line is what the run summary shows), and whether the user must fix something first.
-FAIL_REASON_ATTR, USER_ERROR_ATTR = "fail_reason", "user_error"
+# The Optuna attrs that link to MLflow (parent and child run ids) and record a failure: ``studies.store.attrs``.
 #: Why a trial failed when it says nothing: Optuna's own heartbeat check fails a trial without a reason.
 STALE = "its worker stopped sending heartbeats"
 

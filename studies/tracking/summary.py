@@ -10,13 +10,14 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from studies.tracking import schema
+from studies.store import attrs
 
 DONE = ("COMPLETE", "PRUNED")
 
 
 def summary_frame(study, *, scale: float = 1.0) -> pd.DataFrame:
     """One row per variant: trials by state and the objective's n, mean, std over seeds (times ``scale``)."""
-    rows = [{"variant": t.user_attrs.get("variant", "?"), "state": t.state.name,
+    rows = [{"variant": t.user_attrs.get(attrs.VARIANT, "?"), "state": t.state.name,
              "value": t.value * scale if t.state == TrialState.COMPLETE else None} for t in _trials(study)]
     if not rows:
         return pd.DataFrame(columns=["variant", "n", "mean", "std", "pruned", "failed"])
@@ -39,10 +40,10 @@ def _markdown(frame: pd.DataFrame) -> str:
 
 def unfinished(study) -> tuple[list[str], list[str]]:
     """Grid cells with no complete or pruned trial, as ``variant sSEED``: (never run, failed)."""
-    trials = [t for t in _trials(study) if "cell_key" in t.user_attrs]
-    done = {t.user_attrs["cell_key"] for t in trials if t.state.name in DONE}
-    failed = {t.user_attrs["cell_key"]: _cell(t) for t in trials if t.state.name == "FAIL"}
-    never = {t.user_attrs["cell_key"]: _cell(t) for t in trials if t.state.name in ("WAITING", "RUNNING")}
+    trials = [t for t in _trials(study) if attrs.CELL_KEY in t.user_attrs]
+    done = {t.user_attrs[attrs.CELL_KEY] for t in trials if t.state.name in DONE}
+    failed = {t.user_attrs[attrs.CELL_KEY]: _cell(t) for t in trials if t.state.name == "FAIL"}
+    never = {t.user_attrs[attrs.CELL_KEY]: _cell(t) for t in trials if t.state.name in ("WAITING", "RUNNING")}
     return ([c for k, c in never.items() if k not in done and k not in failed],
             [c for k, c in failed.items() if k not in done])
 
@@ -50,12 +51,12 @@ def unfinished(study) -> tuple[list[str], list[str]]:
 def failure_lines(study) -> list[str]:
     """Each distinct reason why cells are left failed (its first line), the cells it hit, and what to do: a user
     error (the study's own loop or factory, a bad setting) is fixed first, anything else a rerun retries."""
-    trials = [t for t in _trials(study) if "cell_key" in t.user_attrs]
-    done = {t.user_attrs["cell_key"] for t in trials if t.state.name in DONE}
-    newest = {t.user_attrs["cell_key"]: t for t in trials if t.state.name == "FAIL" and t.user_attrs["cell_key"] not in done}
+    trials = [t for t in _trials(study) if attrs.CELL_KEY in t.user_attrs]
+    done = {t.user_attrs[attrs.CELL_KEY] for t in trials if t.state.name in DONE}
+    newest = {t.user_attrs[attrs.CELL_KEY]: t for t in trials if t.state.name == "FAIL" and t.user_attrs[attrs.CELL_KEY] not in done}
     reasons: dict[tuple[str, bool], list[str]] = {}
     for t in newest.values():
-        reasons.setdefault((fail_reason(t), bool(t.user_attrs.get(schema.USER_ERROR_ATTR))), []).append(_cell(t))
+        reasons.setdefault((fail_reason(t), bool(t.user_attrs.get(attrs.USER_ERROR))), []).append(_cell(t))
     return [f"{len(cells)} cell(s) failed: {why} ({_some(cells)}); "
             + ("fix it, then rerun the same command: the study resumes" if user
                else "rerun the same command to retry them")
@@ -64,7 +65,7 @@ def failure_lines(study) -> list[str]:
 
 def fail_reason(trial) -> str:
     """The first line of why a trial failed; a trial failed by Optuna's heartbeat check says nothing itself."""
-    reason = trial.user_attrs.get(schema.FAIL_REASON_ATTR) or schema.STALE
+    reason = trial.user_attrs.get(attrs.FAIL_REASON) or schema.STALE
     return reason.strip().splitlines()[0]
 
 
@@ -94,7 +95,7 @@ def summary_text(result, tracking_uri: str | None = None) -> str:
 
 def _race_lines(study) -> list[str]:
     """A raced study: where the race stands, who was dropped, and the trials it used against the full grid."""
-    from studies.race_record import describe_answer, describe_state, race_state
+    from studies.race.record import describe_answer, describe_state, race_state
 
     state = race_state(study)
     if state is None:
@@ -155,7 +156,7 @@ def parent_note(spec, optuna_study: str, settings: dict, results: str) -> str:
 
 def _browse(tracking_uri: str, parent_run_id: str) -> list[str]:
     """The command that opens the MLflow UI on this store, and the parent run's address in it."""
-    from studies.storage import mask_url
+    from studies.store.storage import mask_url
     from studies.tracking.writer import Tracker
 
     url = Tracker.attach(tracking_uri, parent_run_id).parent_url()
@@ -166,11 +167,11 @@ def _browse(tracking_uri: str, parent_run_id: str) -> list[str]:
 
 
 def _trials(study) -> list:
-    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("spurious")]
+    return [t for t in study.get_trials(deepcopy=False) if not attrs.is_spurious(t)]
 
 
 def _cell(trial) -> str:
-    return f"{trial.user_attrs.get('variant', '?')} s{trial.user_attrs.get(schema.SEED, '?')}"
+    return f"{trial.user_attrs.get(attrs.VARIANT, '?')} s{trial.user_attrs.get(attrs.SEED, '?')}"
 
 
 def _some(cells: list[str], limit: int = 6) -> str:

@@ -21,9 +21,9 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.exceptions import MlflowException
 
 from studies.tracking import schema
-from studies.storage import StorageError, first_line, mask_url
+from studies.errors import first_line
+from studies.store.storage import StorageError, mask_url
 
-PARENT_ATTR = schema.PARENT_ATTR  # the Optuna study's user attr holding the parent run id
 
 
 class Tracker:
@@ -292,8 +292,8 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
 
 def _connect(uri: str, outage_limit: float | str | None = None) -> MlflowClient:
     """A client for ``uri``, checked once with no retries so a dead server fails fast and clearly. On a database
-    server it then rides through outages up to ``outage_limit`` (``studies.outage``; MLflow retries HTTP itself)."""
-    from studies.outage import RetryingClient, outage_limit as limit_of
+    server it then rides through outages up to ``outage_limit`` (``studies.store.outage``; MLflow retries HTTP itself)."""
+    from studies.store.outage import RetryingClient, outage_limit as limit_of
 
     limit = limit_of(outage_limit)
     # on PostgreSQL a silent network fails a call within the limit, as for the Optuna storage (one engine, one pool)
@@ -312,10 +312,10 @@ def _connect(uri: str, outage_limit: float | str | None = None) -> MlflowClient:
 
 
 def _with_timeouts(uri: str, limit: float) -> str:
-    """A PostgreSQL URI with libpq's timeouts (``studies.storage.postgres_timeouts``) where it sets none."""
+    """A PostgreSQL URI with libpq's timeouts (``studies.store.storage.postgres_timeouts``) where it sets none."""
     from sqlalchemy.engine import make_url
 
-    from studies.storage import postgres_timeouts
+    from studies.store.storage import postgres_timeouts
 
     url = make_url(uri)
     extra = {k: str(v) for k, v in postgres_timeouts(limit).items() if k not in url.query}

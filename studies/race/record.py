@@ -7,9 +7,10 @@ import json
 from dataclasses import asdict
 from typing import Any, Mapping, Sequence
 
-from studies.race import Answer, Drop, RacePlan, RaceState, Settled, Verdict, race
+from studies.race.plan import Answer, Drop, RacePlan, Settled, Verdict
+from studies.race.procedure import RaceState, race
+from studies.store import attrs
 
-RACE_ATTR = "race"  # the Optuna study's user attr holding a race's plan, designs and baseline (``record``)
 
 
 def race_state(study) -> RaceState | None:
@@ -17,16 +18,16 @@ def race_state(study) -> RaceState | None:
     Trials are read by their user attrs ``variant`` and ``seed``; queue races (``spurious``) are left out."""
     from optuna.trial import TrialState
 
-    recorded = study.user_attrs.get(RACE_ATTR)
+    recorded = study.user_attrs.get(attrs.RACE)
     if recorded is None:
         return None
     plan, designs, baseline = unpack(recorded)
     done: dict[str, set[int]] = {}
     values: dict[str, dict[int, float]] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if t.user_attrs.get("spurious") or "variant" not in t.user_attrs:
+        if attrs.is_spurious(t) or attrs.VARIANT not in t.user_attrs:
             continue
-        label, seed = t.user_attrs["variant"], int(t.user_attrs["seed"])
+        label, seed = t.user_attrs[attrs.VARIANT], int(t.user_attrs[attrs.SEED])
         done.setdefault(label, set()).add(seed)
         if t.state == TrialState.COMPLETE and t.value is not None:
             values.setdefault(label, {})[seed] = float(t.value)

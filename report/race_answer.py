@@ -1,6 +1,6 @@
 """A raced study (``run --race``) in the report: its rounds, who was dropped and why, and its progress by seed.
 
-The race is replayed from the trials with the plan its parent run records (``studies.race`` is a pure
+The race is replayed from the trials with the plan its parent run records (``studies.race.procedure`` is a pure
 function of the results) and the objective's exact values (logged unrounded), so the report shows exactly what
 the runs decided.
 """
@@ -16,8 +16,8 @@ from matplotlib.ticker import MaxNLocator
 from report.collect import StudyRuns
 from report.plots import save
 from report.tables import short_variant
-from studies.race import RaceState, race
-from studies.race_record import describe_answer, plan_from_tags
+from studies.race.procedure import RaceState, race
+from studies.race.record import describe_answer, plan_from_tags
 
 
 def race_of(runs: StudyRuns, column: str) -> RaceState | None:

@@ -4,14 +4,14 @@
 server cannot be reached (a restart, a failover, a dropped network) is retried with backoff until the
 outage has lasted ``limit`` seconds (``--outage-limit``, ``$ACON_OUTAGE_LIMIT``, default 5 min); past it,
 ``StorageUnavailable`` (a one-line user error: nothing is lost, a rerun resumes). Connections are checked
-before use (``pool_pre_ping``, ``studies.storage``).
+before use (``pool_pre_ping``, ``studies.store.storage``).
 
 A retried write must not be applied twice. The reply of a write can be lost after the server committed
 it, so before retrying a trial's state change the wrapper reads the trial: a result already recorded is
 not told again, and a trial finished meanwhile by another process (its heartbeat went stale) raises
-``UpdateFinishedTrialError``, which the trial turns into a "late result" (``studies.trial``). The other
+``UpdateFinishedTrialError``, which the trial turns into a "late result" (``studies.run.trial``). The other
 writes are upserts (attributes, intermediate values, heartbeats), safe to repeat. A new trial whose reply
-was lost may exist twice: a queued cell's copy is dropped as a duplicate (``studies.runner``), and a
+was lost may exist twice: a queued cell's copy is dropped as a duplicate (``studies.run.launch``), and a
 RUNNING trial nobody claimed is failed as an orphan (``orphans``).
 
 Heartbeats: a process that was itself cut off from the storage within the last grace period (and one
@@ -37,11 +37,11 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
-from studies.errors import UserError
+from studies.errors import UserError, first_line
+from studies.store import attrs
 
 OUTAGE_ENV = "ACON_OUTAGE_LIMIT"
 OUTAGE_LIMIT = 300.0  # seconds
-WORKER_ATTR = "worker"  # user attr a worker sets on the trial it claims (studies.runner._claim)
 BACKOFF_FIRST, BACKOFF_MAX = 0.25, 2.0
 #: In ``deferring`` mode, how long after a failed attempt the next one is tried (not each epoch).
 DEFER_RETRY = 2.0
@@ -97,7 +97,6 @@ def is_transient(exc: BaseException) -> bool:
 
 def _reason(exc: BaseException) -> str:
     """The most specific message in ``exc``'s chain: the driver's (``connection refused``), not SQLAlchemy's."""
-    from studies.storage import first_line
 
     messages, seen = [], set()
     while exc is not None and id(exc) not in seen:
@@ -261,12 +260,12 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         now = datetime.now()
         found = []
         for trial in self._call("get_all_trials", study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            if WORKER_ATTR in trial.user_attrs or trial.datetime_start is None or trial._trial_id in skip:
+            if attrs.WORKER in trial.user_attrs or trial.datetime_start is None or trial._trial_id in skip:
                 continue
             if now - trial.datetime_start > timedelta(seconds=2 * grace):
                 self._call("set_trial_user_attr", trial._trial_id, "fail_reason",
                            "claimed while the storage was unreachable and never run")
-                self._call("set_trial_user_attr", trial._trial_id, "spurious", True)
+                self._call("set_trial_user_attr", trial._trial_id, attrs.SPURIOUS, True)
                 found.append(trial._trial_id)
         return found
 

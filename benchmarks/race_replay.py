@@ -1,8 +1,8 @@
 """Racing designs across seeds: its errors, its answer and its savings, simulated and replayed on a finished grid.
 
-    python benchmarks/race.py [--races 1000]                        # simulations with known truth
-    python benchmarks/race.py --replay [--grid-dir DIR] [--replays 1000]
-    python benchmarks/race.py --study NAME --tracking-uri URI [--replays 1000]
+    python benchmarks/race_replay.py [--races 1000]                        # simulations with known truth
+    python benchmarks/race_replay.py --replay [--grid-dir DIR] [--replays 1000]
+    python benchmarks/race_replay.py --study NAME --tracking-uri URI [--replays 1000]
 
 Simulation: designs with known true means and noise (a seed effect shared by all designs, as when one seed
 fixes the data order, plus each design's own noise), raced many times as ``run --race`` races them (futility
@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from report.stats import ALPHA, holm
-from studies.race import FUTILITY, RacePlan, RaceState, race
-from studies.race_stats import p_paired
+from studies.race.plan import FUTILITY, RacePlan
+from studies.race.procedure import RaceState, race
+from studies.race.stats import p_paired
 
 #: name -> (baseline, {design: (true mean, own noise)}, shared seed noise); accuracy points.
 SCENARIOS = {
@@ -147,7 +148,8 @@ def make_grid(folder: Path) -> str:
     """The quick ``design_space`` with 8 seeds in ``folder`` (run here if its store is not there); its URI."""
     uri = f"sqlite:///{folder.resolve()}/mlflow.db"
     if not (folder / "mlflow.db").exists():
-        from studies.runner import RunOptions, run_study
+        from studies.run.options import RunOptions
+        from studies.run.launch import run_study
 
         folder.mkdir(parents=True, exist_ok=True)
         print(f"running the quick design_space with 8 seeds into {folder} (48 trials) ...", flush=True)

@@ -1,4 +1,4 @@
-"""The tests behind a race (``studies.race``): who is worse than the best, who differs from the baseline, and
+"""The tests behind a race (``studies.race.procedure``): who is worse than the best, who differs from the baseline, and
 whether the seeds left could still tell two designs apart.
 
 - ``p_friedman``: F-Race's drop test (Conover's post-hoc pairs, floored by a permutation omnibus test);

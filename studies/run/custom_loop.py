@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from studies.errors import UserError
-from studies import interrupt
+from studies.run import interrupt
 
 TrainFn = Callable[..., dict]
 

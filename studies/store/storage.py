@@ -13,7 +13,8 @@ from pathlib import Path
 import optuna
 from optuna.storages._cached_storage import _CachedStorage  # what optuna.create_study wraps an RDB in
 
-from studies.errors import UserError
+from studies.errors import UserError, first_line
+from studies.store import attrs
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DEFAULT_JOURNAL = "optuna.journal"  # the default for several workers: a journal file takes several writers
@@ -73,11 +74,11 @@ def open_storage(url: str, *, heartbeat: bool = True, outage_limit: float | str 
                  ) -> optuna.storages.BaseStorage:
     """Open an Optuna storage; RDB storages get heartbeats so dead workers' trials are failed.
 
-    A database server's storage rides through outages up to ``outage_limit`` seconds (``studies.outage``;
+    A database server's storage rides through outages up to ``outage_limit`` seconds (``studies.store.outage``;
     default ``$ACON_OUTAGE_LIMIT`` or 5 min) once it is open. Opening it does not wait: a server that cannot
     be reached at the start is more often a wrong URL than an outage, and says so in one line at once.
     """
-    from studies.outage import ResilientStorage, outage_limit as limit_of
+    from studies.store.outage import ResilientStorage, outage_limit as limit_of
 
     kwargs = heartbeat_settings() if heartbeat else {}
     try:
@@ -148,7 +149,6 @@ def fail_stale_trials(study: optuna.Study, judge: str) -> list[int]:
     no attribute; then the storage's stale-trial callback runs for each. Returns the numbers it failed."""
     from datetime import datetime
 
-    from studies.outage import WORKER_ATTR
     from studies.tracking import schema
 
     storage = study._storage
@@ -158,10 +158,10 @@ def fail_stale_trials(study: optuna.Study, judge: str) -> list[int]:
     failed = []
     for trial_id in storage._get_stale_trial_ids(study._study_id):
         try:
-            attrs = storage.get_trial(trial_id).user_attrs
-            worker = attrs.get(WORKER_ATTR, "its worker")
-            if not attrs.get(schema.FAIL_REASON_ATTR):  # an orphan says its own
-                storage.set_trial_user_attr(trial_id, schema.FAIL_REASON_ATTR, (
+            user = storage.get_trial(trial_id).user_attrs
+            worker = user.get(attrs.WORKER, "its worker")
+            if not user.get(attrs.FAIL_REASON):  # an orphan says its own
+                storage.set_trial_user_attr(trial_id, attrs.FAIL_REASON, (
                     f"{schema.STALE}: no heartbeat from {worker} for over the {grace} s grace (killed, crashed, or cut "
                     f"off from the storage); failed by {judge} at {datetime.now():%H:%M:%S}"))
             if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
@@ -218,16 +218,9 @@ def _engine_kwargs(url: str, limit: float) -> dict:
 
 def postgres_timeouts(limit: float) -> dict[str, int]:
     """libpq's connection settings that make a silent network fail a call well inside the outage ``limit``
-    (``studies.outage.attempt_timeouts``): connect timeout, TCP keepalives and TCP user timeout."""
-    from studies.outage import attempt_timeouts, outage_limit
+    (``studies.store.outage.attempt_timeouts``): connect timeout, TCP keepalives and TCP user timeout."""
+    from studies.store.outage import attempt_timeouts, outage_limit
 
     connect, user = attempt_timeouts(limit or outage_limit())
     return {"connect_timeout": connect, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
             "keepalives_count": 3, "tcp_user_timeout": user}
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (a KeyError's quotes removed)."""
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

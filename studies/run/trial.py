@@ -6,75 +6,27 @@ training with per-epoch reports and pruning -> final metrics -> trial and run cl
 from __future__ import annotations
 
 import dataclasses
-import functools
 import threading
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import optuna
 from optuna.trial import TrialState
 
-from studies.errors import USER_ERRORS, UserError
-from studies.tracking import schema
-from studies.interrupt import Interrupted, check
-from studies.settings import Settings
-from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, design_cell, variant_label
-from studies.outage import StorageDown, StorageUnavailable, say
-from studies.storage import deferring, first_line, heartbeat_interval, record_heartbeat
+from studies.errors import USER_ERRORS, UserError, first_line
+from studies.run.build import build_variant, train_config
+from studies.run.cells import cell_attrs, suggest_cell
+from studies.run.context import RunContext
+from studies.run.interrupt import Interrupted, check
+from studies.run.queue import why_failed
 from studies.tracking.summary import fail_reason
-from studies.tracking.writer import Tracker
-
-RETRY_OF_ATTR = "retry_of"  # user attr of a queued cell: the number of its trial that failed before
-#: tqdm's layout without the rate and brackets: at 100 columns the bar keeps about 25 of them.
-BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {elapsed}<{remaining}{postfix}"
-
-
-@dataclass
-class TrialContext:
-    """What every trial of one study run shares: spec, settings, tracker, study, device, data."""
-
-    spec: Study
-    settings: Settings
-    tracker: Tracker
-    study: optuna.Study
-    device: str = "auto"
-    data_dir: str | None = None
-    download: bool = False
-    threads: int | None = None
-    progress: bool = True
-    bar: Any = None
-    overheads: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
-
-    @contextmanager
-    def progress_bar(self, total: int) -> Iterator[Any]:
-        """A tqdm bar over trials; the running trial shows in a short postfix (the bar stays visible)."""
-        from tqdm.auto import tqdm
-
-        with tqdm(total=total, desc=self.study.study_name, unit="trial", disable=not self.progress,
-                  dynamic_ncols=True, bar_format=BAR_FORMAT) as bar:
-            self.bar = bar
-            yield bar
-
-    def overhead(self, label: str, model, sites: list, settings: dict[str, Any], data) -> dict[str, float]:
-        """Params/FLOPs against the ReLU model, counted once per design (seeds share it)."""
-        if label not in self.overheads:
-            self.overheads[label] = complexity(model, build_baseline(settings, data), data, len(sites))
-        return self.overheads[label]
-
-    def data(self):
-        """The dataset splits, loaded once per process (the split seed is fixed, shared by all trials)."""
-        return load_data(self.settings["dataset"], self.data_dir, self.download, self.settings.get("limit"))
-
-
-@functools.lru_cache(maxsize=4)
-def load_data(name: str, data_dir: str | None, download: bool, limit: int | None):
-    """Load a dataset once per process; the split seed is fixed so every trial sees the same split."""
-    from studies.data import load_dataset
-
-    return load_dataset(name, data_dir=data_dir, download=download, limit=limit, seed=0)
-
+from studies.settings import Settings
+from studies.spec import design_cell, variant_label
+from studies.store import attrs
+from studies.store.outage import StorageDown, StorageUnavailable, say
+from studies.store.storage import deferring, heartbeat_interval, record_heartbeat
+from studies.tracking import schema
 
 class StudyCodeError(UserError):
     """A user error in a trial (the study's own loop or factory, a model it cannot build): every cell would hit it,
@@ -89,7 +41,7 @@ class TakenOver(Exception):
         self.value, self.epoch = value, epoch
 
 
-def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
+def execute_trial(ctx: RunContext, trial: optuna.Trial) -> TrialState:
     """Run one trial to a final state (COMPLETE, PRUNED or FAIL); re-raise interruptions and user errors."""
     try:
         cell, settings = _design(ctx, trial)
@@ -103,7 +55,7 @@ def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     reports = _Reports(ctx.study, trial)
     with _heartbeat(ctx.study, trial):  # until the result is told: it may wait for the storage to come back
         try:
-            trial.set_user_attr(schema.RUN_ID_ATTR, run_id)
+            trial.set_user_attr(attrs.RUN_ID, run_id)
             value = _train_and_log(ctx, trial, cell, settings, run_id, label, reports)
         except optuna.TrialPruned:
             return _record(ctx, trial, run_id, reports, TrialState.PRUNED)
@@ -128,18 +80,13 @@ def execute_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
 
 def _retry_of(study: optuna.Study, trial: optuna.Trial) -> str | None:
     """``trial #7 (why it failed)`` for a cell queued again after its trial failed, else None."""
-    number = trial.user_attrs.get(RETRY_OF_ATTR)
+    number = trial.user_attrs.get(attrs.RETRY_OF)
     if number is None:
         return None
     return f"trial #{number} ({why_failed(study, number)})"
 
 
-def why_failed(study: optuna.Study, number: int) -> str:
-    """The first line of why trial ``number`` failed (read back: another process may have failed it)."""
-    return fail_reason(study.get_trials(deepcopy=False)[number])
-
-
-def _record(ctx: TrialContext, trial: optuna.Trial, run_id: str, reports: "_Reports", state: TrialState,
+def _record(ctx: RunContext, trial: optuna.Trial, run_id: str, reports: "_Reports", state: TrialState,
             value: float | None = None) -> TrialState:
     """Tell Optuna the trial's result (waiting through a storage outage), then close its run.
 
@@ -166,15 +113,15 @@ def _finished_elsewhere(study: optuna.Study, trial: optuna.Trial) -> bool:
     return study.get_trials(deepcopy=False)[trial.number].state.is_finished()
 
 
-def _late(ctx: TrialContext, trial: optuna.Trial, run_id: str, state: TrialState, value: float | None,
+def _late(ctx: RunContext, trial: optuna.Trial, run_id: str, state: TrialState, value: float | None,
           epoch: int | None = None) -> None:
     """Both runs of a cell whose first trial's result came late: the late one, and the rerun of its cell.
     ``epoch``: the trial learned it was taken over while training, at that epoch's report, and stopped there."""
     trials = ctx.study.get_trials(deepcopy=False)
     mine = trials[trial.number]
-    key = mine.user_attrs.get("cell_key")
-    reruns = [t for t in trials if t.number > trial.number and key is not None and t.user_attrs.get("cell_key") == key
-              and not t.user_attrs.get("spurious")]
+    key = attrs.key_of(mine)
+    reruns = [t for t in trials if t.number > trial.number and key is not None and attrs.key_of(t) == key
+              and not attrs.is_spurious(t)]
     result = f"{ctx.spec.metric}={value:.4g}" if value is not None else state.name
     if epoch is not None:
         result += f" at epoch {epoch}"
@@ -186,7 +133,7 @@ def _late(ctx: TrialContext, trial: optuna.Trial, run_id: str, state: TrialState
     ctx.tracker.end_trial(run_id, "FAIL", note)
     ctx.tracker.tag(run_id, {schema.LATE_RESULT: result, schema.NOTE: f"**Not counted.** {note[0].upper()}{note[1:]}."})
     for t in reruns:
-        rerun_id = t.user_attrs.get(schema.RUN_ID_ATTR)
+        rerun_id = t.user_attrs.get(attrs.RUN_ID)
         if rerun_id:
             retry = f"trial #{trial.number}, whose worker lost the storage; its late result {result} arrived and is not counted"
             ctx.tracker.tag(rerun_id, {schema.RETRY_OF: retry, schema.NOTE: f"Runs again the cell of {retry}."})
@@ -221,7 +168,7 @@ class _Reports:
             self.pending.pop(0)
 
 
-def _design(ctx: TrialContext, trial: optuna.Trial) -> tuple[dict[str, Any], Settings]:
+def _design(ctx: RunContext, trial: optuna.Trial) -> tuple[dict[str, Any], Settings]:
     """The trial's design cell and settings: the enqueued Optuna params (grid) or the search space (TPE)."""
     settings = ctx.settings
     if ctx.spec.is_grid:
@@ -234,42 +181,7 @@ def _design(ctx: TrialContext, trial: optuna.Trial) -> tuple[dict[str, Any], Set
     return cell, settings
 
 
-def axis_choices(cells: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """The axes (and seed) that vary across the study's cells, with their values: a grid trial's Optuna params."""
-    choices = {axis: sorted({c[axis] for c in cells}, key=str) for axis in DESIGN_AXES + (schema.SEED,)}
-    return {axis: values for axis, values in choices.items() if len(values) > 1}
-
-
-def suggest_cell(trial: optuna.Trial, cells: list[dict[str, Any]]) -> dict[str, Any]:
-    """The grid cell enqueued for ``trial``, read back as Optuna params (so dashboards can analyse them)."""
-    cell = dict(cells[0])  # axes with one value keep it
-    for axis, values in axis_choices(cells).items():
-        cell[axis] = (trial.suggest_int(axis, 0, max(values)) if axis == schema.SEED
-                      else trial.suggest_categorical(axis, values))
-    if cell_key(cell) != trial.user_attrs.get("cell_key"):  # queued for another design space
-        raise ValueError(f"queued cell {trial.user_attrs.get('cell_key')!r} is not a cell of this study's designs")
-    return cell
-
-
-def enqueue_cell(study: optuna.Study, cell: dict[str, Any], varying: dict[str, list[Any]],
-                 retry_of: int | None = None) -> None:
-    """Queue a grid cell: its varying axes as Optuna params, a short key and the variant as user attrs (and the
-    number of the cell's trial that failed, if it is queued again)."""
-    attrs = cell_attrs(cell) if retry_of is None else {**cell_attrs(cell), RETRY_OF_ATTR: retry_of}
-    study.enqueue_trial(params={axis: cell[axis] for axis in varying}, user_attrs=attrs)
-
-
-def cell_attrs(cell: dict[str, Any]) -> dict[str, Any]:
-    """The readable user attrs of a trial: variant label, seed and the cell's identity."""
-    return {"variant": variant_label(cell), schema.SEED: cell[schema.SEED], "cell_key": cell_key(cell)}
-
-
-def cell_key(cell: dict[str, Any]) -> str:
-    """A stable, short identity of a (design, seed) cell: ``activation=relu,generator=-,...,seed=1``."""
-    return ",".join(f"{k}={v}" for k, v in sorted(cell.items()))
-
-
-def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any], settings: dict[str, Any],
+def _train_and_log(ctx: RunContext, trial: optuna.Trial, cell: dict[str, Any], settings: dict[str, Any],
                    run_id: str, label: str, reports: _Reports) -> float:
     from studies.training.loop import train
 
@@ -279,7 +191,7 @@ def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any],
     shape = [data.in_channels, data.image_size, data.image_size]
     ctx.tracker.log_dataset(run_id, data.name, data.sizes(), {"classes": data.num_classes, "shape": shape})
     ctx.tracker.log_cost(run_id, ctx.overhead(label, model, sites, settings, data))
-    cfg = train_config(settings, seed=int(cell["seed"]), device=ctx.device, threads=ctx.threads)
+    cfg = train_config(settings, seed=int(cell["seed"]), device=ctx.options.device, threads=ctx.options.threads)
     metric = ctx.spec.metric
 
     def report(epoch: int, values: dict[str, Any]) -> None:
@@ -312,7 +224,7 @@ def _train_and_log(ctx: TrialContext, trial: optuna.Trial, cell: dict[str, Any],
     return float(final[metric])
 
 
-def _record_unreplaced(ctx: TrialContext, run_id: str, sites) -> None:
+def _record_unreplaced(ctx: RunContext, run_id: str, sites) -> None:
     """Activation calls the surgery could not replace (inside blocks fx cannot enter): their count on the run
     (``acon.unreplaced_calls``) and where they are, as a warning; the build already said so in one line."""
     from ablation.sites import unreplaced_summary
@@ -323,9 +235,9 @@ def _record_unreplaced(ctx: TrialContext, run_id: str, sites) -> None:
         ctx.tracker.warn(run_id, note)
 
 
-def _custom_loop(ctx: TrialContext, model, data, settings, cell: dict[str, Any], cfg, report) -> tuple[dict, int]:
+def _custom_loop(ctx: RunContext, model, data, settings, cell: dict[str, Any], cfg, report) -> tuple[dict, int]:
     """Train with the study's own loop: (its final metrics, the epochs it logged)."""
-    from studies.custom_loop import TrialTracker, final_value, resolve_train
+    from studies.run.custom_loop import TrialTracker, final_value, resolve_train
     from studies.training.loop import resolve_device
 
     fn = resolve_train(ctx.spec.train)
@@ -337,12 +249,12 @@ def _custom_loop(ctx: TrialContext, model, data, settings, cell: dict[str, Any],
     return dict(final), tracker.logged
 
 
-def _record_activations(ctx: TrialContext, run_id: str, model, sites: list, settings: dict[str, Any], data,
+def _record_activations(ctx: RunContext, run_id: str, model, sites: list, settings: dict[str, Any], data,
                         epoch: int, *, final: bool, label: str) -> None:
     """What each activation site learned, on held-out images (``act_images``; 0: not measured)."""
     if not settings["act_images"]:
         return
-    from studies.training.activations import measure_held_out
+    from studies.training.held_out import measure_held_out
 
     try:
         stats = measure_held_out(model, data, images=settings["act_images"], batch_size=settings["eval_batch_size"],
@@ -363,61 +275,12 @@ def _short(metric: str, values: dict[str, Any]) -> str:
     return f"{100 * value:.1f}%" if "acc" in metric or "top" in metric else f"{value:.4g}"
 
 
-def build_variant(cell: dict[str, Any], settings: dict[str, Any], data) -> tuple[Any, list]:
-    """The cell's model (initialised from the cell's seed) and the sites it changed."""
-    import torch
-
-    kwargs = {"activation": cell["activation"], "placement": _axis(cell, "placement", "all")}
-    if _axis(cell, "generator", None) is not None:
-        kwargs["generator"] = cell["generator"]
-    if _axis(cell, "r", None) is not None:
-        kwargs["r"] = int(cell["r"])
-    if _axis(cell, "gate", None) is not None:
-        kwargs["gate"] = cell["gate"]
-    torch.manual_seed(int(cell["seed"]))
-    return _build(settings, data, **kwargs)
-
-
-def build_baseline(settings: dict[str, Any], data) -> Any:
-    """The ReLU model of the same architecture, no site changed."""
-    return _build(settings, data, activation="relu", placement="none")[0]
-
-
-def _build(settings: dict[str, Any], data, **kwargs: Any) -> tuple[Any, list]:
-    from ablation import build_model
-
-    return build_model(settings["model"], num_classes=data.num_classes, in_channels=data.in_channels,
-                       small_input=settings["small_input"], input_size=data.image_size, **kwargs)
-
-
-def complexity(model, baseline, data, n_sites: int) -> dict[str, float]:
-    """Params and FLOPs of the model and its ReLU baseline, for one input image."""
-    from ablation.complexity import overhead
-
-    shape = (1, data.in_channels, data.image_size, data.image_size)
-    return {**overhead(model, baseline, shape), "sites": n_sites}
-
-
-def train_config(settings: dict[str, Any], *, seed: int, device: str, threads: int | None):
-    """A validated ``TrainConfig`` from the study settings (an HPO trial's suggestions merged in)."""
-    from studies.settings import TRAINING
-    from studies.training.loop import TrainConfig
-
-    values = {k: settings[k] for k in TRAINING if k in settings}
-    return TrainConfig(**{**values, "seed": seed, "device": device, "threads": threads})
-
-
-def _axis(cell: dict[str, Any], axis: str, default: Any) -> Any:
-    value = cell.get(axis, NOT_APPLICABLE)
-    return default if value == NOT_APPLICABLE else value
-
-
-def _fail(ctx: TrialContext, trial: optuna.Trial, run_id: str, reason: str, *, state: str = "FAIL",
+def _fail(ctx: RunContext, trial: optuna.Trial, run_id: str, reason: str, *, state: str = "FAIL",
           user_error: bool = False) -> None:
     try:
-        trial.set_user_attr(schema.FAIL_REASON_ATTR, reason[:1000])
+        trial.set_user_attr(attrs.FAIL_REASON, reason[:1000])
         if user_error:
-            trial.set_user_attr(schema.USER_ERROR_ATTR, True)
+            trial.set_user_attr(attrs.USER_ERROR, True)
         ctx.study.tell(trial, state=TrialState.FAIL)
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
         if not _finished_elsewhere(ctx.study, trial):  # failed meanwhile by another process: FAIL all the same

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -22,13 +21,15 @@ import optuna
 from optuna.trial import TrialState
 
 from studies.errors import UserError
-from studies.runner import DONE, RunOptions, StudyRun, missing_cells, optuna_study_name, prepare_study, resolve, \
-    state_counts
-from studies.tracking.schema import PARENT_ATTR, RUN_ID_ATTR
-from studies.settings import Settings, to_argv
+from studies.run.context import Resolved
+from studies.run.launch import prepare_study, resolve
+from studies.run.options import RunOptions, StudyRun, worker_command
+from studies.run.queue import DONE, missing_cells, state_counts
+from studies.settings import Settings
 from studies.spec import Study, is_study_file
-from studies.outage import StorageUnavailable
-from studies.storage import mask_url, note_on_trial, resolve_storage, resolve_tracking_uri
+from studies.store.outage import StorageUnavailable
+from studies.store.storage import mask_url, note_on_trial, resolve_storage, resolve_tracking_uri
+from studies.store import attrs
 
 #: Seconds an interrupted worker gets to reach its next training step; then a second SIGTERM stops it at once.
 GRACE = 10.0
@@ -48,7 +49,7 @@ class _Worker:
 
     @property
     def id(self) -> str:
-        """The ``host:pid`` the worker records on its trials (``studies.runner.worker_id``)."""
+        """The ``host:pid`` the worker records on its trials (``studies.run.launch.worker_id``)."""
         return f"{socket.gethostname()}:{self.proc.pid}"
 
 
@@ -61,21 +62,22 @@ def run_workers(study: Study | str, options: RunOptions | None = None, *, worker
     """
     options = options or RunOptions()
     name = _study_ref(study)
-    spec, settings = resolve(name, options)
+    resolved = resolve(name, options)
     check_gpus(gpus, options.device)
-    url = resolve_storage(options.storage, study=optuna_study_name(spec, options), workers=workers)
+    url = resolve_storage(options.storage, study=resolved.name, workers=workers)
     check_workers(workers, url)
-    options = replace(options, storage=url)  # the launcher and every worker use this one store
-    threads = options.threads or threads_per_worker(workers)
-    _preload_data(settings, options)
-    prepared = prepare_study(name, options)
+    # the launcher and every worker use this one store and tracking URI; each worker its share of the cores
+    options = replace(options, storage=url, tracking_uri=resolve_tracking_uri(options.tracking_uri),
+                      threads=options.threads or threads_per_worker(workers))
+    _preload_data(resolved.settings, options)
+    prepared = prepare_study(resolved, options)
     before = sum(state_counts(prepared.study).get(s.name, 0) for s in DONE)
     with tempfile.TemporaryDirectory(prefix="acon-workers-") as logs:
-        launcher = _Launcher(name, options, threads, Path(logs), prepared, gpus)
+        launcher = _Launcher(name, resolved, options, Path(logs), prepared, gpus)
         launcher.run(workers)
     done = sum(state_counts(prepared.study).get(s.name, 0) for s in DONE)
     return StudyRun(prepared.study, prepared.parent_run_id, done - before, state_counts(prepared.study),
-                    missing_cells(prepared.study, spec, settings), url)
+                    missing_cells(prepared.study, resolved.spec, resolved.settings), url)
 
 
 def check_workers(workers: int, storage_url: str) -> None:
@@ -125,25 +127,13 @@ def threads_per_worker(workers: int) -> int:
     return max(1, cores // workers)
 
 
-def worker_command(study: str, options: RunOptions, threads: int) -> list[str]:
-    """The ``run_study.py worker`` command line that joins ``study`` with the same stores and settings."""
-    cmd = [sys.executable, "-m", "run_study", "worker", study, "--storage", resolve_storage(options.storage),
-           "--tracking-uri", resolve_tracking_uri(options.tracking_uri), "--preset", options.preset,
-           "--device", options.device, "--threads", str(threads), "--no-progress", *to_argv(options.overrides)]
-    for flag, value in (("--experiment", options.experiment), ("--study-name", options.study_name),
-                        ("--data-dir", options.data_dir), ("--outage-limit", options.outage_limit)):
-        if value:
-            cmd += [flag, str(value)]
-    return cmd
-
-
 def fail_trials_of(study: optuna.Study, worker_ids: set[str], tracking_uri: str, reason: str) -> list[int]:
     """Fail the RUNNING trials of dead workers and their MLflow child runs; return their numbers."""
     from studies.tracking.writer import Tracker
 
     failed, tracker = [], None
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("worker") not in worker_ids:
+        if t.user_attrs.get(attrs.WORKER) not in worker_ids:
             continue
         try:
             note_on_trial(study, t, "fail_reason", reason)
@@ -151,20 +141,20 @@ def fail_trials_of(study: optuna.Study, worker_ids: set[str], tracking_uri: str,
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
             continue  # it finished (or a heartbeat check failed it) in between
         failed.append(t.number)
-        if t.user_attrs.get(RUN_ID_ATTR):
-            tracker = tracker or Tracker.attach(tracking_uri, study.user_attrs[PARENT_ATTR])
-            tracker.fail_if_running(t.user_attrs[RUN_ID_ATTR], reason)
+        if t.user_attrs.get(attrs.RUN_ID):
+            tracker = tracker or Tracker.attach(tracking_uri, study.user_attrs[attrs.PARENT_RUN_ID])
+            tracker.fail_if_running(t.user_attrs[attrs.RUN_ID], reason)
     return failed
 
 
 class _Launcher:
     """Starts, watches and stops the worker processes of one study run."""
 
-    def __init__(self, study: str, options: RunOptions, threads: int, logs: Path, prepared: StudyRun,
+    def __init__(self, study: str, resolved: Resolved, options: RunOptions, logs: Path, prepared: StudyRun,
                  gpus: tuple[int, ...] = ()):
-        self.study, self.options, self.threads, self.logs, self.prepared = study, options, threads, logs, prepared
+        self.study, self.resolved, self.options, self.logs, self.prepared = study, resolved, options, logs, prepared
         self.gpus = gpus
-        self.cmd = worker_command(study, options, threads)
+        self.cmd = worker_command(study, options)
         self.live: list[_Worker] = []
         self.errors: list[Exception] = []
         self.restarts = 0
@@ -195,7 +185,7 @@ class _Launcher:
     def _start(self) -> None:
         index = len(self.live) + self.restarts
         log = self.logs / f"worker-{index}-{time.monotonic_ns()}.log"
-        env = worker_env(index, self.threads, self.gpus)
+        env = worker_env(index, self.options.threads, self.gpus)
         # a session of its own: a terminal's Ctrl-C reaches the launcher only, which sends one SIGTERM each
         proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env,
                                 start_new_session=True)
@@ -224,7 +214,7 @@ class _Launcher:
             error = UserError if rc == 2 else RuntimeError
             self.errors.append(error(f"worker {worker.id} failed ({how}): {_last_line(worker.log)}"))
             return
-        prepare_study(self.study, self.options)  # requeue the dead worker's cells
+        prepare_study(self.resolved, self.options)  # requeue the dead worker's cells
         if restart and (failed or self._waiting()):
             self.restarts += 1
             self._start()
@@ -273,8 +263,7 @@ class _Launcher:
         from studies.tracking.summary import publish
 
         tracker = self._tracker()
-        spec, settings = resolve(self.study, self.options)
-        publish(tracker, spec, settings, self.prepared.study)
+        publish(tracker, self.resolved.spec, self.resolved.settings, self.prepared.study)
         tracker.close_parent(status)
 
     def _tracker(self):
