@@ -19,7 +19,9 @@ from scipy import stats
 from acon.registry import unknown_choice
 from report import inference, pareto, power
 from report.errors import MetricNotFoundError, ReportError
+from studies.design_options import canonical
 from studies.race.stats import p_paired
+from studies.tracking.schema import OPTIONS
 
 ALPHA = 0.05
 WILCOXON_MIN_PAIRS = 6
@@ -47,12 +49,28 @@ def parse_baseline(spec: str | dict | None, columns) -> dict[str, str]:
     """``"activation=relu"`` or ``"a=x,b=y"`` -> ``{"activation": "relu"}``; unknown axes raise ValueError."""
     if not spec:
         return {}
-    pairs = spec.items() if isinstance(spec, dict) else (_split_pair(p) for p in spec.split(","))
+    pairs = spec.items() if isinstance(spec, dict) else _pairs(spec, columns)
     out = {k.strip(): str(v).strip() for k, v in pairs}
     unknown = sorted(k for k in out if k not in columns)
     if unknown:
         raise ReportError(unknown_choice("baseline axis", unknown[0], columns))
+    if out.get(OPTIONS, "-") != "-":  # as the runs logged it: keys sorted ("kernel_size=5,bn=False" too)
+        try:
+            out[OPTIONS] = canonical(out[OPTIONS])
+        except ValueError as exc:
+            raise ReportError(f"baseline {OPTIONS}: {exc}") from exc
     return out
+
+
+def _pairs(spec: str, columns) -> list[tuple[str, str]]:
+    """``"a=x,b=y"`` -> pairs; the options axis keeps its own commas (``options=bn=False,kernel_size=5``)."""
+    pairs: list[tuple[str, str]] = []
+    for piece in spec.split(","):
+        if pairs and pairs[-1][0].strip() == OPTIONS and piece.partition("=")[0].strip() not in columns:
+            pairs[-1] = (OPTIONS, f"{pairs[-1][1]},{piece}")
+        else:
+            pairs.append(_split_pair(piece))
+    return pairs
 
 
 def _split_pair(text: str) -> tuple[str, str]:

@@ -71,28 +71,36 @@ _register(Study(
 ))
 
 
+def _same_designs_everywhere(name: str, doc: str, designs: tuple[dict[str, Any], ...]) -> Study:
+    """Register a grid whose presets (quick, default, paper) all run ``designs``."""
+    return _register(Study(name=name, doc=doc, designs=designs,
+                           presets={"default": DEFAULT, "paper": Preset(PAPER, designs=designs)}))
+
+
 # meta-ACON's rivals (acon.rivals). DY-ReLU at its paper's reduction ratio, r = 4 (the study's r axis, else 16).
 _RIVALS = BASELINES + (
     {"activation": "acon_c", "placement": "all"}, {**META, "r": 8},
     {"activation": "dy_relu_b", "r": 4, "placement": "all"},
     *({"activation": a, "placement": "all"} for a in ("frelu", "pau", "smu", "apa")),
 )
-_register(Study(
-    name="rivals",
-    doc="Is meta-ACON the best dynamic activation? ACON-C and meta-ACON against DY-ReLU-B, FReLU, PAU, SMU and APA.",
-    designs=_RIVALS,
-    presets={"default": DEFAULT, "paper": Preset(PAPER, designs=_RIVALS)},
-))
+_same_designs_everywhere(
+    "rivals", "Is meta-ACON the best dynamic activation? ACON-C and meta-ACON against DY-ReLU-B, FReLU, PAU, SMU and "
+    "APA.", _RIVALS)
 
 _DYNAMIC = ({"activation": "relu", "placement": "all"},
             *({**META, "generator": g, "r": 8} for g in ("layer", "channel", "pixel")),
             *({"activation": f"dy_relu_{v}", "r": 4, "placement": "all"} for v in "abc"))
-_register(Study(
-    name="dynamic",
-    doc="Two design spaces side by side: meta-ACON layer/channel/pixel-wise against DY-ReLU A/B/C.",
-    designs=_DYNAMIC,
-    presets={"default": DEFAULT, "paper": Preset(PAPER, designs=_DYNAMIC)},
-))
+_same_designs_everywhere(
+    "dynamic", "Two design spaces side by side: meta-ACON layer/channel/pixel-wise against DY-ReLU A/B/C.", _DYNAMIC)
+
+# The options the two papers ablate, on the options axis (studies.design_options): DY-ReLU's K linear pieces (the
+# paper's choice K = 2) and FReLU's funnel window (3 x 3 by default; the paper ablates its size).
+_RIVAL_OPTIONS = ({"activation": "relu", "placement": "all"},
+                  *({"activation": "dy_relu_b", "r": 4, "placement": "all", "options": {"k": k}} for k in (1, 2, 3)),
+                  *({"activation": "frelu", "placement": "all", "options": {"kernel_size": n}} for n in (3, 5)))
+_same_designs_everywhere(
+    "rival_options", "Do the rivals' own options matter? DY-ReLU-B with K = 1, 2, 3 pieces and FReLU with a 3x3 or "
+    "5x5 window.", _RIVAL_OPTIONS)
 
 
 def hpo_space(trial: optuna.Trial) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import optuna
 
+from studies.design_options import canonical
 from studies.errors import UserError
 from acon.registry import Registry
 from studies.tracking.schema import DESIGN_AXES, variant_parts
@@ -108,7 +109,8 @@ def design_cell(design: dict[str, Any]) -> dict[str, Any]:
     """A design with every axis present; axes that do not apply to it are '-'.
 
     The generator applies to meta-ACON only, and r only to generators that take it, so
-    ``layer`` with r=8 and ``layer`` with r=16 are one cell, not two.
+    ``layer`` with r=8 and ``layer`` with r=16 are one cell, not two. ``options`` (a dict or ``"k=3"``) becomes
+    its canonical string (``studies.design_options``); an option that another axis sets is refused.
     """
     from ablation.generators import takes_option
     from acon.functional import check_gate
@@ -117,23 +119,26 @@ def design_cell(design: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise UserError(f"unknown design axis {sorted(unknown)}; valid axes: {', '.join(DESIGN_AXES)}")
     cell = {axis: design.get(axis, NOT_APPLICABLE) for axis in DESIGN_AXES}
-    if cell["gate"] != NOT_APPLICABLE:  # the ACON-C gate (acon.functional.GATES); meta-ACON and ACON-C only
-        cell["gate"] = check_gate(cell["gate"]) if cell["activation"] in ("acon_c", "meta_acon") else NOT_APPLICABLE
+    if cell["gate"] != NOT_APPLICABLE:  # the gate of acon.functional.GATES: meta-ACON's and those that name one
+        takes_gate = cell["activation"] == "meta_acon" or _takes(cell["activation"], "gate")
+        cell["gate"] = check_gate(cell["gate"]) if takes_gate else NOT_APPLICABLE
     if cell["activation"] != "meta_acon":
         cell["generator"] = NOT_APPLICABLE
-        if not _takes_r(cell["activation"]):  # se_control takes r; the baselines do not
+        if not _takes(cell["activation"], "r"):  # se_control and DY-ReLU take r; the baselines do not
             cell["r"] = NOT_APPLICABLE
     elif cell["generator"] != NOT_APPLICABLE and not takes_option(cell["generator"], "r"):
         cell["r"] = NOT_APPLICABLE
+    if cell["options"] != NOT_APPLICABLE:  # the activation's own keywords, one canonical string ("k=3")
+        cell["options"] = canonical(cell["options"]) or NOT_APPLICABLE
     return cell
 
 
-def _takes_r(activation: Any) -> bool:
-    """Whether the activation's factory names an ``r`` keyword (an unknown name: no; it is refused elsewhere)."""
+def _takes(activation: Any, option: str) -> bool:
+    """Whether the activation's factory names keyword ``option`` (an unknown name: no; it is refused elsewhere)."""
     from acon.activations import get_activation
 
     try:
-        return "r" in inspect.signature(get_activation(activation)).parameters
+        return option in inspect.signature(get_activation(activation)).parameters
     except (KeyError, TypeError, ValueError):
         return False
 

@@ -39,7 +39,8 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 BUILT_IN = {
-    "studies": {"design_space", "reduction_ratio", "placement", "variants", "hpo", "rivals", "dynamic"},
+    "studies": {"design_space", "reduction_ratio", "placement", "variants", "hpo", "rivals", "dynamic",
+                "rival_options"},
     "generators": {"layer", "channel", "pixel", "learned", "fixed"},
     "placements": {"all", "none", "bottleneck_3x3", "last_stage", "first", "last", "stage", "glob"},
     "activations": {"relu", "leaky_relu", "prelu", "silu", "swish", "mish", "gelu", "identity",

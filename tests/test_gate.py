@@ -16,11 +16,13 @@ DATA = SimpleNamespace(num_classes=10, in_channels=1, image_size=16)
 SETTINGS = {"model": "tiny_cnn", "small_input": True}
 
 
-def test_gate_is_a_design_axis_of_acon_c_and_meta_acon_only():
+def test_gate_is_a_design_axis_of_meta_acon_and_the_activations_that_take_a_gate():
     cell = design_cell({"activation": "meta_acon", "generator": "channel", "r": 4, "gate": "hard_sigmoid"})
     assert cell["gate"] == "hard_sigmoid"
     assert variant_label(cell) == "meta_acon/channel/r4/hard_sigmoid"
     assert design_cell({"activation": "relu", "gate": "hard_sigmoid"})["gate"] == NOT_APPLICABLE
+    assert design_cell({"activation": "frelu", "gate": "hard_sigmoid"})["gate"] == NOT_APPLICABLE
+    assert design_cell({"activation": "dy_relu_b", "gate": "hard_sigmoid"})["gate"] == "hard_sigmoid"  # DynamicHead's
     assert design_cell({"activation": "acon_c"})["gate"] == NOT_APPLICABLE  # the default: the paper's sigmoid
     with pytest.raises(ValueError, match="unknown gate 'hard'; valid choices: hard_sigmoid, sigmoid"):
         design_cell({"activation": "acon_c", "gate": "hard"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from studies.design_options import parse
 from studies.spec import NOT_APPLICABLE
 
 
@@ -27,6 +28,7 @@ def build_variant(cell: dict[str, Any], settings: dict[str, Any], data) -> tuple
         kwargs["r"] = int(cell["r"])
     if _axis(cell, "gate", None) is not None:
         kwargs["gate"] = cell["gate"]
+    kwargs.update(parse(_axis(cell, "options", "")))  # the activation's own keywords, typed again ("k=3" -> k=3)
     torch.manual_seed(int(cell["seed"]))
     return _build(settings, data, **kwargs)
 

@@ -29,7 +29,8 @@ from studies.run.queue import (all_done, claim, drop, duplicate_of, enqueue_miss
 from studies.run.race_schedule import race_step, start_race
 from studies.run.trial import execute_trial
 from studies.settings import Settings
-from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study
+from studies.design_options import parse
+from studies.spec import DESIGN_AXES, NOT_APPLICABLE, Study, design_cell
 from studies.store import attrs
 from studies.store.outage import say
 from studies.store.storage import (fail_stale_trials, open_storage, require_existing, resolve_storage,
@@ -106,7 +107,8 @@ def _race_plan(spec: Study, settings: Settings, options: RunOptions):
 
 
 def check_names(spec: Study, settings: Settings) -> None:
-    """Refuse unknown model, dataset, activation, generator or placement names before anything runs."""
+    """Refuse unknown model, dataset, activation, generator or placement names, and options the activation does not
+    take, before anything runs."""
     from ablation import get_generator, parse_placement
     from ablation.models import model_entry
     from acon import get_activation
@@ -125,8 +127,20 @@ def check_names(spec: Study, settings: Settings) -> None:
                 get_generator(design["generator"])
             if design.get("placement", NOT_APPLICABLE) != NOT_APPLICABLE:
                 parse_placement(design["placement"])
+            _check_options(design_cell(design))
         except (KeyError, ValueError) as exc:  # the design cells are user input, checked here at the edge
             raise UserError(f"design {design}: {first_line(exc)}") from exc
+
+
+def _check_options(cell: dict[str, Any]) -> None:
+    """Refuse an option the cell's activation (with its generator) does not take, naming those it does."""
+    from acon.activations import activation_options
+    from acon.registry import check_options
+
+    if cell["options"] != NOT_APPLICABLE:
+        generator = None if cell["generator"] == NOT_APPLICABLE else cell["generator"]
+        accepted = activation_options(cell["activation"], generator)
+        check_options(f"activation {cell['activation']!r}", parse(cell["options"]), accepted)
 
 
 def _result(ctx: RunContext, ran: int) -> StudyRun:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from studies.tracking.schema import LATER_AXES
+
 # ---- trial user attrs -------------------------------------------------------------------------------------------
 CELL_KEY = "cell_key"  # the (design, seed) cell a grid trial runs, as a stable key (``cell_key``)
 VARIANT = "variant"  # the design's readable label, e.g. meta_acon/channel/r16/all
@@ -28,8 +30,9 @@ RACE = "race"  # a race's plan, designs and baseline (``studies.race.record``)
 
 
 def cell_key(cell: dict[str, Any]) -> str:
-    """A stable, short identity of a (design, seed) cell: ``activation=relu,generator=-,...,seed=1``."""
-    return ",".join(f"{k}={v}" for k, v in sorted(cell.items()))
+    """A stable, short identity of a (design, seed) cell: ``activation=relu,generator=-,...,seed=1``; an axis added
+    later (``LATER_AXES``) only where it applies, so a study run before it keeps its keys (and resumes)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(cell.items()) if not (k in LATER_AXES and v == "-"))
 
 
 def key_of(trial: Any) -> str | None:

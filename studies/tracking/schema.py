@@ -42,8 +42,12 @@ COST_KEYS = ("params", "params_extra", "params_extra_pct", "macs", "elementwise_
              "sites")
 SEED = "seed"
 # The axes of a design cell (studies.spec): with the seed, a grid trial's Optuna params and its run's identity.
-DESIGN_AXES = ("activation", "generator", "r", "placement", "gate")
+# ``options``: the activation's other keyword options as one canonical string, "k=3" (studies.design_options).
+OPTIONS = "options"
+DESIGN_AXES = ("activation", "generator", "r", "placement", "gate", OPTIONS)
 CELL_PARAMS = DESIGN_AXES + (SEED,)
+#: Axes added after studies had been run: left out of a cell's key where they do not apply, so those keys stay.
+LATER_AXES = (OPTIONS,)
 # The parent run's per-variant summary: metric "mean/<variant>" (the objective's mean over seeds).
 MEAN = "mean/"
 BEST_PREFIX, BEST_TRIAL = "best/", "acon.best_trial"  # a search's best trial: its objective and number
@@ -133,7 +137,7 @@ def variant_parts(cell: dict[str, Any], *, all_placement: bool = True) -> list[s
 
     ``all_placement=False`` leaves out the default placement ``all``."""
     parts = [str(cell["activation"])]
-    for axis in ("generator", "r", "placement", "gate"):
+    for axis in DESIGN_AXES[1:]:
         value = cell.get(axis, "-")
         if value == "-" or (axis == "placement" and value == "all" and not all_placement):
             continue
@@ -152,8 +156,9 @@ def run_name(cell: dict[str, Any]) -> str:
 
 
 def mean_key(variant: str) -> str:
-    """The parent-run metric holding a variant's mean objective (MLflow keys take no ``·`` or ``/`` runs)."""
-    return MEAN + variant.replace("/", ".").replace("·", ".")
+    """The parent-run metric holding a variant's mean objective: ``/`` and ``·`` as ``.``, and what else an MLflow
+    key cannot hold (an options axis's ``=`` and ``,``) as ``_``: ``mean/dy_relu_b.r4.all.k_3``."""
+    return MEAN + re.sub(r"[^\w.\- :]", "_", variant.replace("/", ".").replace("·", "."))
 
 
 def against_keys(study: str) -> tuple[str, str]:
