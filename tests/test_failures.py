@@ -166,7 +166,7 @@ def test_a_trial_failed_elsewhere_while_it_trains_stops_at_its_next_report_and_r
             other = optuna.load_study(study_name="taken-quick", storage=options.storage)
             trial = next(t for t in other.trials if t.state.name == "RUNNING")
             other._storage.set_trial_user_attr(trial._trial_id, attrs.FAIL_REASON,
-                                               f"{schema.STALE}: no heartbeat from host:1 for over the 30 s grace")
+                                               f"{attrs.STALE}: no heartbeat from host:1 for over the 30 s grace")
             other._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         tracker.log_epoch(2, val_acc=0.8)
         RAN.append("epoch 2 logged")
@@ -177,7 +177,7 @@ def test_a_trial_failed_elsewhere_while_it_trains_stops_at_its_next_report_and_r
     result = run_study(study, options)
     assert RAN == [("relu", 0)]  # stopped at the report of epoch 2: nothing after it ran
     first = result.study.trials[0]
-    assert first.state.name == "FAIL" and first.user_attrs[attrs.FAIL_REASON].startswith(schema.STALE)
+    assert first.state.name == "FAIL" and first.user_attrs[attrs.FAIL_REASON].startswith(attrs.STALE)
     run = MlflowClient(tracking).get_run(first.user_attrs[attrs.RUN_ID])
     assert run.info.status == "FAILED" and run.data.tags[schema.LATE_RESULT] == "val_acc=0.8 at epoch 2"
     reason = run.data.tags[schema.FAIL_REASON]
@@ -261,7 +261,7 @@ def test_a_stale_trial_is_failed_with_who_failed_it_when_and_why_and_its_run_say
     assert fail_stale_trials(study, "judge:2") == [0]
     reason = study.trials[0].user_attrs[attrs.FAIL_REASON]
     assert study.trials[0].state.name == "FAIL"
-    assert reason.startswith(f"{schema.STALE}: no heartbeat from host:1 for over the 2 s grace") and "judge:2" in reason
+    assert reason.startswith(f"{attrs.STALE}: no heartbeat from host:1 for over the 2 s grace") and "judge:2" in reason
     assert [t.user_attrs[attrs.FAIL_REASON] for t in seen] == [reason]  # the callback sees the reason
     run = MlflowClient(tracking).get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags[schema.FAIL_REASON] == reason

@@ -15,11 +15,10 @@ from report import build_report
 from report.stats import parse_baseline
 from studies.design_options import canonical, parse
 from studies.run.build import build_variant
-from studies.run.cells import axis_choices
+from studies.run.cells import axis_choices, cell_key
 from studies.run.launch import run_study
 from studies.run.options import RunOptions
 from studies.spec import STUDIES, Study, design_cell, variant_label
-from studies.store import attrs
 from studies.tracking import schema
 
 TINY = {"model": "tiny_cnn", "dataset": "digits", "limit": 240, "epochs": 1, "seeds": 1, "batch_size": 64}
@@ -51,9 +50,9 @@ def test_options_are_a_cell_axis_its_label_and_its_optuna_param():
     assert design_cell({"activation": "relu"})["options"] == "-" and design_cell({**FRELU, "options": {}})["options"] == "-"
     # a cell without options keeps the key it had before the axis existed (a study run then resumes)
     relu = {**design_cell({"activation": "relu", "placement": "all"}), "seed": 0}
-    assert attrs.cell_key(relu) == "activation=relu,gate=-,generator=-,placement=all,r=-,seed=0"
+    assert cell_key(relu) == "activation=relu,gate=-,generator=-,placement=all,r=-,seed=0"
     k3 = {**design_cell({"activation": "dy_relu_b", "r": 4, "options": "k=3"}), "seed": 1}
-    assert schema.run_name(k3) == "dy_relu_b·r4·k=3 s1" and "options=k=3" in attrs.cell_key(k3)
+    assert schema.run_name(k3) == "dy_relu_b·r4·k=3 s1" and "options=k=3" in cell_key(k3)
     assert schema.mean_key("dy_relu_b/r4/all/k=3") == "mean/dy_relu_b.r4.all.k_3"
 
 

@@ -9,6 +9,7 @@ import optuna
 from studies.spec import DESIGN_AXES, variant_label
 from studies.store import attrs
 from studies.tracking import schema
+from studies.tracking.schema import LATER_AXES
 
 
 def axis_choices(cells: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -23,7 +24,7 @@ def suggest_cell(trial: optuna.Trial, cells: list[dict[str, Any]]) -> dict[str, 
     for axis, values in axis_choices(cells).items():
         cell[axis] = (trial.suggest_int(axis, 0, max(values)) if axis == schema.SEED
                       else trial.suggest_categorical(axis, values))
-    if attrs.cell_key(cell) != attrs.key_of(trial):  # queued for another design space
+    if cell_key(cell) != attrs.key_of(trial):  # queued for another design space
         raise ValueError(f"queued cell {attrs.key_of(trial)!r} is not a cell of this study's designs")
     return cell
 
@@ -38,4 +39,10 @@ def enqueue_cell(study: optuna.Study, cell: dict[str, Any], varying: dict[str, l
 
 def cell_attrs(cell: dict[str, Any]) -> dict[str, Any]:
     """The readable user attrs of a trial: variant label, seed and the cell's identity."""
-    return {attrs.VARIANT: variant_label(cell), attrs.SEED: cell[schema.SEED], attrs.CELL_KEY: attrs.cell_key(cell)}
+    return {attrs.VARIANT: variant_label(cell), attrs.SEED: cell[schema.SEED], attrs.CELL_KEY: cell_key(cell)}
+
+
+def cell_key(cell: dict[str, Any]) -> str:
+    """A stable, short identity of a (design, seed) cell: ``activation=relu,generator=-,...,seed=1``; an axis added
+    later (``LATER_AXES``) only where it applies, so a study run before it keeps its keys (and resumes)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(cell.items()) if not (k in LATER_AXES and v == "-"))

@@ -35,7 +35,6 @@ from studies.store import attrs
 from studies.store.outage import say
 from studies.store.storage import (fail_stale_trials, open_storage, require_existing, resolve_storage,
                                    resolve_tracking_uri, storage_file)
-from studies.tracking import schema
 from studies.tracking.summary import publish
 from studies.tracking.writer import Tracker
 
@@ -311,7 +310,7 @@ def _next_trial(ctx: RunContext) -> optuna.Trial | None:
 def _requeue_dead(ctx: RunContext, trial: optuna.trial.FrozenTrial) -> None:
     """Heartbeat callback: a dead worker's trial is failed in MLflow, with the reason its Optuna trial got, and its
     cell queued again; this worker's output says so."""
-    reason = trial.user_attrs.get(attrs.FAIL_REASON) or schema.STALE
+    reason = trial.user_attrs.get(attrs.FAIL_REASON) or attrs.STALE
     say(f"trial #{trial.number} ({trial.user_attrs.get(attrs.VARIANT, '?')} s{trial.user_attrs.get(attrs.SEED, '?')}) "
         f"failed: {reason}; its cell is queued again")
     run_id = trial.user_attrs.get(attrs.RUN_ID)

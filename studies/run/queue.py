@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from studies.race import record as racing
-from studies.run.cells import axis_choices, enqueue_cell
+from studies.run.cells import axis_choices, cell_key, enqueue_cell
 from studies.run.context import RunContext
 from studies.run.interrupt import check
 from studies.settings import Settings
@@ -99,13 +99,13 @@ def enqueue_missing(ctx: RunContext) -> int:
     state = racing.race_state(study)
     if state is not None:  # a race queues only its current round's cells
         needed = set(state.needed)
-        wanted = [c for c in cells if (variant_label(c), c["seed"]) in needed and attrs.cell_key(c) not in ctx.failed]
+        wanted = [c for c in cells if (variant_label(c), c["seed"]) in needed and cell_key(c) not in ctx.failed]
         record_race(ctx, state)
-    missing = [c for c in wanted if attrs.cell_key(c) not in taken]
+    missing = [c for c in wanted if cell_key(c) not in taken]
     failed = {attrs.key_of(t): t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
               if not attrs.is_spurious(t)}  # the newest failed trial of each cell
     for cell in missing:
-        enqueue_cell(study, cell, axis_choices(cells), retry_of=failed.get(attrs.cell_key(cell)))
+        enqueue_cell(study, cell, axis_choices(cells), retry_of=failed.get(cell_key(cell)))
     if missing and ctx.bar is not None:
         ctx.bar.total = max(ctx.bar.total or 0, ctx.bar.n + len(missing))
     return len(missing)
@@ -137,7 +137,7 @@ def missing_cells(study: optuna.Study, spec: Study, settings: Settings) -> int:
     if state is not None:
         return len(state.needed)
     done = {attrs.key_of(t) for t in study.get_trials(deepcopy=False, states=DONE)}
-    return sum(attrs.cell_key(c) not in done for c in spec.cells(settings))
+    return sum(cell_key(c) not in done for c in spec.cells(settings))
 
 
 def all_done(ctx: RunContext) -> bool:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from studies.tracking.schema import LATER_AXES
-
 # ---- trial user attrs -------------------------------------------------------------------------------------------
-CELL_KEY = "cell_key"  # the (design, seed) cell a grid trial runs, as a stable key (``cell_key``)
+CELL_KEY = "cell_key"  # the (design, seed) cell a grid trial runs, as a stable key (``studies.run.cells.cell_key``)
 VARIANT = "variant"  # the design's readable label, e.g. meta_acon/channel/r16/all
 SEED = "seed"  # the cell's seed (the same name as the design axis and the MLflow param)
 WORKER = "worker"  # ``host:pid`` of the process that claimed the trial
@@ -22,17 +20,14 @@ RUN_ID = "mlflow_run_id"  # the trial's MLflow child run
 FAIL_REASON = "fail_reason"  # why the trial failed, first line first (the run summary shows it)
 USER_ERROR = "user_error"  # True: the user must fix something before a rerun (a bad factory, loop or value)
 
+#: The fail reason of a trial Optuna's own heartbeat check failed (it gives none); ours starts with it too.
+STALE = "its worker stopped sending heartbeats"
+
 # ---- study user attrs -------------------------------------------------------------------------------------------
 PARENT_RUN_ID = "mlflow_parent_run_id"  # the study's MLflow parent run
 SETTINGS = "settings"  # the resolved settings the study began with (a rerun must match them)
 ACON_STUDY = "acon_study"  # the study definition's name (an Optuna study is named STUDY-PRESET)
 RACE = "race"  # a race's plan, designs and baseline (``studies.race.record``)
-
-
-def cell_key(cell: dict[str, Any]) -> str:
-    """A stable, short identity of a (design, seed) cell: ``activation=relu,generator=-,...,seed=1``; an axis added
-    later (``LATER_AXES``) only where it applies, so a study run before it keeps its keys (and resumes)."""
-    return ",".join(f"{k}={v}" for k, v in sorted(cell.items()) if not (k in LATER_AXES and v == "-"))
 
 
 def key_of(trial: Any) -> str | None:

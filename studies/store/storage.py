@@ -149,8 +149,6 @@ def fail_stale_trials(study: optuna.Study, judge: str) -> list[int]:
     no attribute; then the storage's stale-trial callback runs for each. Returns the numbers it failed."""
     from datetime import datetime
 
-    from studies.tracking import schema
-
     storage = study._storage
     if not heartbeat_interval(study):
         return []
@@ -162,7 +160,7 @@ def fail_stale_trials(study: optuna.Study, judge: str) -> list[int]:
             worker = user.get(attrs.WORKER, "its worker")
             if not user.get(attrs.FAIL_REASON):  # an orphan says its own
                 storage.set_trial_user_attr(trial_id, attrs.FAIL_REASON, (
-                    f"{schema.STALE}: no heartbeat from {worker} for over the {grace} s grace (killed, crashed, or cut "
+                    f"{attrs.STALE}: no heartbeat from {worker} for over the {grace} s grace (killed, crashed, or cut "
                     f"off from the storage); failed by {judge} at {datetime.now():%H:%M:%S}"))
             if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
                 failed.append(trial_id)

@@ -73,8 +73,6 @@ AGAINST = "against"
 TABLES_DIR, PLOTS_DIR = "report/tables", "report/plots"
 
 # The Optuna attrs that link to MLflow (parent and child run ids) and record a failure: ``studies.store.attrs``.
-#: Why a trial failed when it says nothing: Optuna's own heartbeat check fails a trial without a reason.
-STALE = "its worker stopped sending heartbeats"
 
 
 def activations_dir(epoch: int | None = None) -> str:

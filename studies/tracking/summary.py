@@ -65,7 +65,7 @@ def failure_lines(study) -> list[str]:
 
 def fail_reason(trial) -> str:
     """The first line of why a trial failed; a trial failed by Optuna's heartbeat check says nothing itself."""
-    reason = trial.user_attrs.get(attrs.FAIL_REASON) or schema.STALE
+    reason = trial.user_attrs.get(attrs.FAIL_REASON) or attrs.STALE
     return reason.strip().splitlines()[0]
 
 
