@@ -354,6 +354,9 @@ def test_a_race_whose_cell_keeps_failing_stops_instead_of_retrying_it_forever(tm
     from studies.tracking.summary import unfinished
 
     monkeypatch.setenv("RACE_BROKEN", "acon_a")
+    # a worker alone waits RACE_TAKEOVER heartbeats before it gives up on the round: 1 s each here, not the default
+    monkeypatch.setenv("ACON_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("ACON_HEARTBEAT_GRACE", "2")
     result = run_study(_race_study(tmp_path, "broken"), _options(tracking, storage=f"sqlite:///{tmp_path}/o.db"))
     assert _cells(result.study, "FAIL") == [("acon_a/all", 1)]  # tried once in this run, not again and again
     assert len(_cells(result.study)) == 11 and result.missing == 1  # round 1 waits for it: a rerun retries it
