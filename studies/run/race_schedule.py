@@ -40,7 +40,7 @@ def race_step(ctx: RunContext) -> bool:
 
 def race_owner(study: optuna.Study) -> str | None:
     """The worker that ran the newest finished trial: the one to queue the race's next round."""
-    done = [t for t in study.get_trials(deepcopy=False, states=DONE) if not attrs.is_spurious(t)]
+    done = attrs.real(study.get_trials(deepcopy=False, states=DONE))
     return max(done, key=lambda t: t.number).user_attrs.get(attrs.WORKER) if done else None
 
 

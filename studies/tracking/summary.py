@@ -167,7 +167,7 @@ def _browse(tracking_uri: str, parent_run_id: str) -> list[str]:
 
 
 def _trials(study) -> list:
-    return [t for t in study.get_trials(deepcopy=False) if not attrs.is_spurious(t)]
+    return attrs.real(study.get_trials(deepcopy=False))
 
 
 def _cell(trial) -> str:
