@@ -97,6 +97,9 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--race-futility", type=float, default=0.2,
                    help="settle a contest when its conditional power at the current trend is below this (default "
                         "0.2; 0: never): the design stops spending seeds on it, and no claim is made")
+    from studies.run.slurm_config import add_slurm_flags
+
+    add_slurm_flags(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -236,7 +239,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from studies.store.storage import resolve_tracking_uri
     from studies.tracking.summary import summary_text, unfinished
 
-    if args.workers != 1 or args.gpus:
+    if args.launcher != "slurm" and (args.detach or args.slurm_config or _slurm_flags_given(args)):
+        raise UserError("--detach, --slurm-config and --slurm-* flags need --launcher slurm")
+    if args.launcher == "slurm":
+        from studies.run.slurm import Submitted, run_slurm
+        from studies.run.slurm_config import slurm_config
+
+        result = run_slurm(args.study, from_args(args), slurm_config(args), workers=args.workers, detach=args.detach)
+        if isinstance(result, Submitted):
+            print(result.text())
+            return 0
+    elif args.workers != 1 or args.gpus:
         from studies.run.workers import parse_gpus, run_workers
 
         result = run_workers(args.study, from_args(args), workers=args.workers,
@@ -246,6 +259,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(summary_text(result, resolve_tracking_uri(args.tracking_uri)))
     print(f"Optuna storage {mask_url(result.storage)}")
     return 1 if unfinished(result.study)[1] else 0  # cells left failed; cells merely not run yet are fine
+
+
+def _slurm_flags_given(args: argparse.Namespace) -> bool:
+    return any(getattr(args, k) is not None for k in vars(args) if k.startswith("slurm_"))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-# Source me (bash): makes sure PostgreSQL runs on 127.0.0.1 and exports ACON_TEST_POSTGRES_URL.
+# Source me (bash): makes sure PostgreSQL runs on 127.0.0.1 and exports ACON_TEST_POSTGRES_URL; then a one-node SLURM (.ci/slurm.sh).
 # Idempotent and quick when postgres already runs (two psql checks). Installs the Debian package
 # when it is missing (needs root and apt). Without root it only warns: the postgres tests then skip.
 
@@ -60,3 +60,6 @@ _acon_services() {
 }
 
 _acon_services
+
+# a one-node SLURM for the --launcher slurm tests (tests/test_slurm.py)
+source "$(dirname "${BASH_SOURCE[0]}")/slurm.sh"

@@ -20,7 +20,7 @@ from studies.run.launch import prepare_study, run_study
 from studies.spec import Study
 from studies.store.storage import open_storage, resolve_storage
 from studies.run.options import from_args, worker_command
-from studies.run.workers import _Launcher, check_gpus, check_workers, parse_gpus, run_workers, threads_per_worker, \
+from studies.run.workers import Launcher, check_gpus, check_workers, parse_gpus, run_workers, threads_per_worker, \
     worker_env
 from studies.store import attrs
 from _services import HANG, RELU, cli_all, free_port, wait_for, write_study
@@ -238,7 +238,7 @@ def test_each_worker_gets_its_threads_and_one_gpu_round_robin(tmp_path, monkeypa
             self.pid = 10 + len(started)
 
     monkeypatch.setattr(workers.subprocess, "Popen", FakeProcess)
-    launcher = _Launcher("s", None, RunOptions(storage="journal:///x.journal", threads=3), tmp_path, prepared=None,
+    launcher = Launcher("s", None, RunOptions(storage="journal:///x.journal", threads=3), tmp_path, prepared=None,
                          gpus=(2, 5))
     for _ in range(3):
         launcher._start()

@@ -25,8 +25,18 @@ DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def worker_id() -> str:
-    """``host:pid`` of this process, recorded on each trial it runs (user attr ``worker``)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid`` of this process, recorded on each trial it runs (user attr ``worker``); in a SLURM job array
+    ``host:pid slurm:JOB_TASK``, so a launcher can tell which task's trials to fail (``studies.run.slurm``)."""
+    wid = f"{socket.gethostname()}:{os.getpid()}"
+    task = slurm_task_id()
+    return f"{wid} slurm:{task}" if task else wid
+
+
+def slurm_task_id() -> str | None:
+    """The SLURM job this process runs in, as submitit and ``squeue`` name it: ``JOB_TASK`` in a job array, ``JOB``
+    alone (submitit submits a single task as a plain job); None outside SLURM."""
+    job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{job}_{task}" if job and task else os.environ.get("SLURM_JOB_ID")
 
 
 def claim(study: optuna.Study) -> optuna.Trial | None:

@@ -38,7 +38,7 @@ STOP_TIMEOUT = 60.0
 POLL_SECONDS = 0.5
 
 
-class _Stop(BaseException):
+class LauncherStop(BaseException):
     """SIGTERM reached the launcher; handled like Ctrl-C."""
 
 
@@ -61,7 +61,7 @@ def run_workers(study: Study | str, options: RunOptions | None = None, *, worker
     ``gpus`` spreads the workers over these GPUs, round robin (one ``CUDA_VISIBLE_DEVICES`` each).
     """
     options = options or RunOptions()
-    name = _study_ref(study)
+    name = study_ref(study)
     resolved = resolve(name, options)
     check_gpus(gpus, options.device)
     url = resolve_storage(options.storage, study=resolved.name, workers=workers)
@@ -69,11 +69,11 @@ def run_workers(study: Study | str, options: RunOptions | None = None, *, worker
     # the launcher and every worker use this one store and tracking URI; each worker its share of the cores
     options = replace(options, storage=url, tracking_uri=resolve_tracking_uri(options.tracking_uri),
                       threads=options.threads or threads_per_worker(workers))
-    _preload_data(resolved.settings, options)
+    preload_data(resolved.settings, options)
     prepared = prepare_study(resolved, options)
     before = sum(state_counts(prepared.study).get(s.name, 0) for s in DONE)
     with tempfile.TemporaryDirectory(prefix="acon-workers-") as logs:
-        launcher = _Launcher(name, resolved, options, Path(logs), prepared, gpus)
+        launcher = Launcher(name, resolved, options, Path(logs), prepared, gpus)
         launcher.run(workers)
     done = sum(state_counts(prepared.study).get(s.name, 0) for s in DONE)
     return StudyRun(prepared.study, prepared.parent_run_id, done - before, state_counts(prepared.study),
@@ -127,13 +127,16 @@ def threads_per_worker(workers: int) -> int:
     return max(1, cores // workers)
 
 
-def fail_trials_of(study: optuna.Study, worker_ids: set[str], tracking_uri: str, reason: str) -> list[int]:
-    """Fail the RUNNING trials of dead workers and their MLflow child runs; return their numbers."""
+def fail_trials_of(study: optuna.Study, worker_ids: set[str], tracking_uri: str, reason: str, *,
+                   slurm_tasks: set[str] = frozenset()) -> list[int]:
+    """Fail the RUNNING trials of dead workers (``host:pid``, or any worker of these SLURM array tasks, ``JOB_TASK``)
+    and their MLflow child runs; return their numbers."""
     from studies.tracking.writer import Tracker
 
     failed, tracker = [], None
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get(attrs.WORKER) not in worker_ids:
+        worker = t.user_attrs.get(attrs.WORKER, "")
+        if worker not in worker_ids and worker.rpartition(" slurm:")[2] not in slurm_tasks:
             continue
         try:
             note_on_trial(study, t, "fail_reason", reason)
@@ -147,7 +150,7 @@ def fail_trials_of(study: optuna.Study, worker_ids: set[str], tracking_uri: str,
     return failed
 
 
-class _Launcher:
+class Launcher:
     """Starts, watches and stops the worker processes of one study run."""
 
     def __init__(self, study: str, resolved: Resolved, options: RunOptions, logs: Path, prepared: StudyRun,
@@ -161,13 +164,10 @@ class _Launcher:
 
     def run(self, workers: int) -> None:
         """Start ``workers`` processes and wait for all; on Ctrl-C/SIGTERM stop them and re-raise."""
-        old = signal.signal(signal.SIGTERM, _raise_stop) if _main_thread() else None
+        old = signal.signal(signal.SIGTERM, raise_stop) if main_thread() else None
         try:
-            for _ in range(workers):
-                self._start()
-            with self._progress() as bar:
-                self._wait(bar, max_restarts=workers)
-        except (KeyboardInterrupt, _Stop):
+            self._launch(workers)
+        except (KeyboardInterrupt, LauncherStop):
             self._stop_all()
             self._close_parent("KILLED")
             raise KeyboardInterrupt from None
@@ -181,6 +181,13 @@ class _Launcher:
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
         self._finish()
+
+    def _launch(self, workers: int) -> None:
+        """Start the workers and wait for them (a subclass launches them elsewhere: ``studies.run.slurm``)."""
+        for _ in range(workers):
+            self._start()
+        with self._progress() as bar:
+            self._wait(bar, max_restarts=workers)
 
     def _start(self) -> None:
         index = len(self.live) + self.restarts
@@ -227,7 +234,7 @@ class _Launcher:
                 self._signal_live(signal.SIGTERM)
                 if self._wait_live(timeout):
                     break
-        except (KeyboardInterrupt, _Stop):  # asked again: do not wait any longer
+        except (KeyboardInterrupt, LauncherStop):  # asked again: do not wait any longer
             pass
         for worker in self.live:
             if worker.proc.poll() is None:
@@ -289,7 +296,7 @@ class _Launcher:
         return bool(self.prepared.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
-def _study_ref(study: Study | str) -> str:
+def study_ref(study: Study | str) -> str:
     """The name or file that worker processes load; a Study object has neither."""
     if not isinstance(study, str):
         raise UserError("run_workers needs a built-in study name or a .py file defining STUDY: "
@@ -297,7 +304,7 @@ def _study_ref(study: Study | str) -> str:
     return str(Path(study).resolve()) if is_study_file(study) else study
 
 
-def _preload_data(settings: Settings, options: RunOptions) -> None:
+def preload_data(settings: Settings, options: RunOptions) -> None:
     """Load (and download, once) the dataset here, so a bad name fails before any worker starts."""
     from studies.data import load_dataset
 
@@ -310,11 +317,11 @@ def _last_line(log: Path) -> str:
     return lines[-1].removeprefix("error: ") if lines else "no message"
 
 
-def _raise_stop(signum: int, frame: Any) -> None:
-    raise _Stop(signal.Signals(signum).name)
+def raise_stop(signum: int, frame: Any) -> None:
+    raise LauncherStop(signal.Signals(signum).name)
 
 
-def _main_thread() -> bool:
+def main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,307 @@
+"""``run STUDY --launcher slurm``: the study's workers as one SLURM job array, submitted through submitit.
+
+The launcher does here what the local one does (``studies.run.workers``): it queues the grid and
+opens the parent run, then each array task runs ``run_study.py worker`` against the shared
+storage (``studies.run.slurm_task``), and the launcher watches: cells done out of the total from
+the storage, tasks pending, running and failed from ``squeue`` and submitit's result files. When
+the tasks are gone it closes the parent run and returns what a local run returns. Ctrl-C (or
+SIGTERM) cancels the array: each worker records its trial as interrupted, and a rerun resumes.
+
+A task that ends badly has its RUNNING trials failed (they are recognised by the ``slurm:JOB_TASK``
+in their ``worker`` attribute) and their cells queued again, for the tasks still running or for a
+rerun; its log's last lines are shown.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from studies.errors import UserError
+from studies.run.launch import prepare_study, resolve
+from studies.run.options import RunOptions, StudyRun, worker_command
+from studies.run.queue import DONE, missing_cells, state_counts
+from studies.run.slurm_config import SlurmConfig
+from studies.run.slurm_task import WorkerTask
+from studies.run.workers import Launcher, LauncherStop, check_workers, fail_trials_of, preload_data, study_ref
+from studies.spec import Study
+from studies.store.outage import say
+from studies.store.storage import mask_url, resolve_storage, resolve_tracking_uri
+
+#: Seconds between two looks at the queue and the storage.
+POLL_SECONDS = 2.0
+#: Seconds the launcher waits, after cancelling, for the tasks to record their trials and leave the queue.
+CANCEL_WAIT = 90.0
+#: Folders that are on each node's own disk, never shared with the others.
+NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run")
+#: The states of a job that will not run again (one requeued is PENDING again).
+OVER = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
+        "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
+PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
+
+
+@dataclass
+class Submitted:
+    """A job array submitted with ``--detach``: where it is and how to follow it."""
+
+    array_id: str
+    tasks: int
+    folder: Path
+    study_name: str
+    storage: str
+
+    def text(self) -> str:
+        return (f"submitted SLURM job array {self.array_id}: {self.tasks} task(s) of study {self.study_name}; "
+                f"logs in {self.folder}\n"
+                f"watch it: squeue -j {self.array_id}   (cells: run_study.py report {self.study_name} "
+                f"--storage {mask_url(self.storage)})\n"
+                f"cancel it: scancel {self.array_id}; rerun the same command (without --detach to watch) to resume")
+
+
+def run_slurm(study: Study | str, options: RunOptions | None = None, config: SlurmConfig | None = None, *,
+              workers: int = 2, detach: bool = False) -> StudyRun | Submitted:
+    """Queue ``study``, submit ``workers`` SLURM array tasks that run it, and (unless ``detach``) watch them."""
+    options, config = options or RunOptions(), config or SlurmConfig()
+    config.check()
+    name = study_ref(study)
+    resolved = resolve(name, options)
+    url = resolve_storage(options.storage, study=resolved.name, workers=max(workers, 2))
+    folder = Path(config.folder or Path("slurm") / resolved.name).resolve()
+    tracking = resolve_tracking_uri(options.tracking_uri)
+    check_shared(url, tracking, folder)
+    check_workers(workers, url)
+    try:
+        import submitit  # noqa: F401
+    except ModuleNotFoundError:
+        raise UserError("--launcher slurm needs submitit: pip install 'acon-ablation[cluster]'") from None
+    if not _have("sbatch"):
+        raise UserError("--launcher slurm needs SLURM's sbatch on this machine's PATH (run it on a login node); "
+                        "without a cluster use --launcher local")
+    if config.gpus and options.device == "cpu":
+        raise UserError(f"--slurm-gpus {config.gpus} needs --device cuda or auto, not cpu")
+    options = replace(options, storage=url, tracking_uri=tracking, threads=options.threads or config.cpus,
+                      data_dir=str(Path(options.data_dir).resolve()) if options.data_dir else None)
+    preload_data(resolved.settings, options)
+    prepared = prepare_study(resolved, options)
+    launcher = SlurmLauncher(name, resolved, options, folder, prepared, config)
+    launcher.submit(workers)
+    if detach:
+        return Submitted(launcher.array_id, workers, folder, resolved.name, url)
+    before = sum(prepared.counts.get(s.name, 0) for s in DONE)
+    launcher.run(workers)
+    done = sum(state_counts(prepared.study).get(s.name, 0) for s in DONE)
+    return StudyRun(prepared.study, prepared.parent_run_id, done - before, state_counts(prepared.study),
+                    missing_cells(prepared.study, resolved.spec, resolved.settings), url)
+
+
+def check_shared(storage: str, tracking: str, folder: Path) -> None:
+    """Refuse stores that tasks on other nodes cannot share: SQLite files, and files on a node's own disk."""
+    for what, url, flag in (("Optuna storage", storage, "--storage"), ("MLflow store", tracking, "--tracking-uri")):
+        if url.startswith("sqlite"):
+            raise UserError(f"{what} {mask_url(url)} is an SQLite file, which tasks on other nodes cannot share; "
+                            f"use {flag} postgresql+psycopg://USER@HOST/DB"
+                            + (" (or journal:///SHARED/FOLDER/optuna.journal)" if flag == "--storage" else
+                               " (or an MLflow server: http://HOST:5000)"))
+        path = _local_path(url)
+        if path is not None and _node_local(path):
+            raise UserError(f"{what} {url} is on {_node_local(path)}, a folder on each node's own disk; "
+                            f"put it on a folder the nodes share (e.g. beside {folder}) or use {flag} "
+                            f"postgresql+psycopg://USER@HOST/DB")
+    if _node_local(folder):
+        say(f"note: the SLURM folder {folder} is on a node-local disk; on a cluster of several nodes, give "
+            f"--slurm-folder on a shared one")
+
+
+class SlurmLauncher(Launcher):
+    """Submits, watches and cancels the SLURM job array of one study run (``Launcher`` closes the parent)."""
+
+    def __init__(self, study: str, resolved: Any, options: RunOptions, folder: Path, prepared: StudyRun,
+                 config: SlurmConfig):
+        super().__init__(study, resolved, options, folder, prepared)
+        self.config, self.folder = config, folder
+        self.jobs: list[Any] = []
+        self.array_id = ""
+        self.failed: dict[str, str] = {}  # task id -> why
+        self.ended_ok: set[str] = set()
+
+    def submit(self, tasks: int) -> None:
+        import submitit
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        executor = submitit.SlurmExecutor(folder=self.folder)
+        executor.update_parameters(**self._sbatch(tasks))
+        task = WorkerTask(worker_command(self.study, self.options), {"OMP_NUM_THREADS": str(self.options.threads),
+                                                                   "MKL_NUM_THREADS": str(self.options.threads)})
+        try:
+            with executor.batch():
+                jobs = [executor.submit(task) for _ in range(tasks)]
+        except Exception as exc:  # sbatch refused (a bad partition, account, QoS...): its own words, one line
+            raise UserError(f"sbatch refused the job array: {_first_words(exc)}") from None
+        self.jobs = jobs
+        self.array_id = self.jobs[0].job_id.split("_")[0]
+        say(f"submitted SLURM job array {self.array_id} ({tasks} task(s)); logs in {self.folder}")
+
+    def _sbatch(self, tasks: int) -> dict[str, Any]:
+        c = self.config
+        params: dict[str, Any] = {"job_name": f"acon-{self.resolved.name}"[:60], "time": c.time, "cpus_per_task": c.cpus,
+                                  "ntasks_per_node": 1, "array_parallelism": tasks, "setup": list(c.setup)}
+        optional = {"partition": c.partition, "account": c.account, "qos": c.qos,
+                    "mem": f"{int(c.mem * 1024)}M" if c.mem else None, "gpus_per_task": c.gpus or None}
+        return {**params, **{k: v for k, v in optional.items() if v is not None}}
+
+    def _launch(self, workers: int) -> None:
+        """Follow the submitted array until every task left the queue (``Launcher.run`` handles Ctrl-C/SIGTERM,
+        with ``_stop_all``: here, cancel the array)."""
+        with self._progress() as bar:
+            while True:
+                states = self._states()
+                self._reap(states)
+                done = self._done()
+                if done != bar.n:
+                    bar.update(done - bar.n)
+                bar.set_postfix_str(self._tally(states), refresh=True)
+                if not states:
+                    break
+                time.sleep(POLL_SECONDS)
+        say(f"SLURM job array {self.array_id}: {len(self.ended_ok)} task(s) ended well, {len(self.failed)} failed; "
+            f"logs in {self.folder}")
+
+    def _stop_all(self, *, record: bool = True) -> None:
+        self.cancel(record=record)
+
+    def cancel(self, *, record: bool = True) -> None:
+        """``scancel`` the array: each worker stops its trial at the end of a step and records it; wait for them."""
+        subprocess.run(["scancel", self.array_id], capture_output=True, timeout=60)
+        say(f"cancelled SLURM job array {self.array_id}: the workers record their trials as interrupted; "
+            f"rerun the same command to resume")
+        deadline = time.monotonic() + CANCEL_WAIT
+        try:
+            while self._states() and time.monotonic() < deadline:
+                time.sleep(POLL_SECONDS)
+        except (KeyboardInterrupt, LauncherStop):
+            pass  # asked again: do not wait any longer
+        if record:
+            tasks = {job.job_id for job in self.jobs}
+            fail_trials_of(self.prepared.study, set(), self.options.tracking_uri,
+                           "interrupted: the launcher cancelled its SLURM job array", slurm_tasks=tasks)
+
+    def _states(self) -> dict[str, str]:
+        """``{task id: SLURM state}`` of the array's tasks that are not over: pending (a requeued one too), running
+        or completing (``array_states``, from the controller itself: no accounting database needed)."""
+        return {task: state for task, state in array_states(self.array_id).items() if state not in OVER}
+
+    def _reap(self, states: dict[str, str]) -> None:
+        """Tasks that left the queue since the last look: a failed one has its trials failed and cells queued."""
+        for job in self.jobs:
+            if job.job_id in states or job.job_id in self.failed or job.job_id in self.ended_ok:
+                continue
+            why = _outcome(job)
+            if why is None:
+                self.ended_ok.add(job.job_id)
+                continue
+            self.failed[job.job_id] = why
+            failed = fail_trials_of(self.prepared.study, set(), self.options.tracking_uri,
+                                    f"SLURM task {job.job_id} {why}", slurm_tasks={job.job_id})
+            prepare_study(self.resolved, self.options)  # its cells go back to the queue, for the others or a rerun
+            tail = _log_tail(job)
+            say(f"SLURM task {job.job_id} {why}" + (f"; trial(s) {failed} failed and queued again" if failed else "")
+                + (f"; last lines of {job.paths.stderr}:\n" + tail if tail else ""))
+
+    def _tally(self, states: dict[str, str]) -> str:
+        pending = sum(s in PENDING for s in states.values())
+        return f"job {self.array_id}: pending {pending}, running {len(states) - pending}, failed {len(self.failed)}"
+
+    def _finish(self) -> None:
+        """The tasks are gone: the parent run is FINISHED if nothing is left, else KILLED. A failed task is not an
+        error of this process (it was said, with its log); the summary shows the cells left, a rerun runs them."""
+        self._close_parent("FINISHED" if not self._waiting() and not self._running() else "KILLED")
+
+    def _progress(self):
+        from tqdm.auto import tqdm
+
+        total = sum(self.prepared.counts.get(s, 0) for s in ("WAITING", "COMPLETE", "PRUNED"))
+        return tqdm(total=total, initial=self._done(), unit="cell", dynamic_ncols=True,
+                    desc=f"{self.prepared.study.study_name} slurm", disable=not self.options.progress)
+
+
+def array_states(job_id: str) -> dict[str, str]:
+    """``{task id: state}`` of a job array (``JOB_TASK``) or of a single job (``JOB``), from ``scontrol show job``;
+    tasks still pending together are listed one by one; {} once the controller forgot the job (``MinJobAge``)."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        state = fields.get("JobState", "UNKNOWN")
+        if "ArrayJobId" not in fields:
+            states[fields.get("JobId", job_id)] = state
+            continue
+        for task in _task_ids(fields["ArrayTaskId"]):
+            states[f"{fields['ArrayJobId']}_{task}"] = state
+    return states
+
+
+def _task_ids(text: str) -> list[int]:
+    """``"0"``, ``"1-3%2"``, ``"1,4-5"`` -> the task indices (``%N`` is the array's parallelism, not a task)."""
+    ids = []
+    for part in text.split("%")[0].split(","):
+        low, _, high = part.partition("-")
+        ids += list(range(int(low), int(high or low) + 1))
+    return ids
+
+
+def _outcome(job: Any) -> str | None:
+    """None if the task's worker ended well, else why not (from submitit's result file)."""
+    import pickle
+
+    path = job.paths.result_pickle
+    if not path.exists():
+        return "ended without a result (killed, cancelled, or its node failed)"
+    try:
+        with path.open("rb") as f:
+            kind, value = pickle.load(f)
+    except Exception:  # a half-written file: the task was killed while writing it
+        return "ended without a readable result"
+    if kind == "success":
+        return None
+    last = [line for line in str(value).splitlines() if line.strip()]
+    return f"failed: {last[-1] if last else kind}"
+
+
+def _log_tail(job: Any, lines: int = 8) -> str:
+    text = ""
+    for path in (job.paths.stderr, job.paths.stdout):
+        if path.exists():
+            text += path.read_text(errors="replace")
+    kept = [line for line in text.splitlines() if line.strip() and "submitit" not in line]
+    return "\n".join("    " + line for line in kept[-lines:])
+
+
+def _local_path(url: str) -> Path | None:
+    """The file behind a journal (``journal:///PATH``), file-store (``file:///PATH``) or plain-path URL; None for
+    servers."""
+    for prefix in ("journal://", "file://"):
+        if url.startswith(prefix):
+            return Path(url[len(prefix):])
+    return Path(url) if "://" not in url else None
+
+
+def _node_local(path: Path) -> str | None:
+    resolved = str(Path(path).resolve())
+    return next((d for d in NODE_LOCAL if resolved == d or resolved.startswith(d + "/")), None)
+
+
+def _have(program: str) -> bool:
+    from shutil import which
+
+    return which(program) is not None
+
+
+def _first_words(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if "error" in line.lower()] or lines
+    return useful[-1] if useful else type(exc).__name__
+
