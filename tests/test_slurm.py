@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from _services import RELU, ROOT, SLOW, cli, cli_env, fresh_database, postgres_url, wait_for, write_study
 from studies.errors import UserError
-from studies.run.slurm import check_shared
+from studies.run.slurm import OVER, array_states, check_shared
 from studies.run.slurm_config import FIELDS, SlurmConfig, read_config_file, slurm_config
 from studies.store import attrs
 
@@ -168,6 +168,25 @@ def test_a_two_task_array_runs_every_cell_once(tmp_path, stores):
     assert all("_" in task for task in tasks) and tasks <= {f"{tasks.pop().split('_')[0]}_{i}" for i in range(2)}
     assert _parent_status(tracking, "slurmok") == "FINISHED"
     assert sorted(p.name for p in (tmp_path / "logs").glob("*_log.err")) != []
+
+
+@pytest.mark.slow
+def test_detach_submits_and_returns_and_the_last_worker_closes_the_study(tmp_path, stores):
+    storage, tracking = stores
+    study_file = write_study(tmp_path, "slurmdet")
+    out = cli(*_run_args(study_file, storage, tracking, tmp_path / "logs", "--detach"), timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    array = out.stdout.split("submitted SLURM job array ", 1)[1].split(":", 1)[0]
+    assert f"squeue -j {array}" in out.stdout and f"scancel {array}" in out.stdout
+    assert "run_study.py report slurmdet --tracking-uri postgresql+psycopg://acon:***@" in out.stdout
+    wait_for(lambda: not {t: s for t, s in array_states(array).items() if s not in OVER}, 240,
+             "the detached array to finish", poll=1.0)
+    trials = _trials(study_file, storage)
+    assert len(_each_cell_once(trials)) == 4
+    assert _parent_status(tracking, "slurmdet") == "FINISHED"  # closed by the worker that ran the last cell
+    report = cli("report", "slurmdet", "--tracking-uri", tracking, timeout=120)  # a later report finds it as today
+    assert report.returncode == 0 and "trials: 4 complete, 0 pruned, 0 failed" in report.stdout, report.stderr
+    assert "acon_c" in report.stdout and "relu" in report.stdout
 
 
 @pytest.mark.slow

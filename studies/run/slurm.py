@@ -50,13 +50,14 @@ class Submitted:
     tasks: int
     folder: Path
     study_name: str
-    storage: str
+    experiment: str
+    tracking_uri: str
 
     def text(self) -> str:
         return (f"submitted SLURM job array {self.array_id}: {self.tasks} task(s) of study {self.study_name}; "
                 f"logs in {self.folder}\n"
-                f"watch it: squeue -j {self.array_id}   (cells: run_study.py report {self.study_name} "
-                f"--storage {mask_url(self.storage)})\n"
+                f"watch it: squeue -j {self.array_id}\n"
+                f"its table so far: run_study.py report {self.experiment} --tracking-uri {mask_url(self.tracking_uri)}\n"
                 f"cancel it: scancel {self.array_id}; rerun the same command (without --detach to watch) to resume")
 
 
@@ -88,7 +89,8 @@ def run_slurm(study: Study | str, options: RunOptions | None = None, config: Slu
     launcher = SlurmLauncher(name, resolved, options, folder, prepared, config)
     launcher.submit(workers)
     if detach:
-        return Submitted(launcher.array_id, workers, folder, resolved.name, url)
+        return Submitted(launcher.array_id, workers, folder, resolved.name, options.experiment or resolved.spec.name,
+                         tracking)
     before = sum(prepared.counts.get(s.name, 0) for s in DONE)
     launcher.run(workers)
     done = sum(state_counts(prepared.study).get(s.name, 0) for s in DONE)
