@@ -13,6 +13,7 @@ rerun; its log's last lines are shown.
 """
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import time
 from dataclasses import dataclass, replace
@@ -24,7 +25,7 @@ from studies.run.launch import prepare_study, resolve
 from studies.run.options import RunOptions, StudyRun, worker_command
 from studies.run.queue import DONE, missing_cells, state_counts
 from studies.run.slurm_config import SlurmConfig
-from studies.run.slurm_task import WorkerTask
+from studies.run.slurm_task import ProxyTask, WorkerTask
 from studies.run.workers import Launcher, LauncherStop, check_workers, fail_trials_of, preload_data, study_ref
 from studies.spec import Study
 from studies.store.outage import say
@@ -36,6 +37,8 @@ POLL_SECONDS = 2.0
 CANCEL_WAIT = 90.0
 #: Folders that are on each node's own disk, never shared with the others.
 NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run")
+#: Seconds the launcher waits for the storage proxy's job to start running.
+PROXY_WAIT = 600.0
 #: The states of a job that will not run again (one requeued is PENDING again).
 OVER = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
         "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
@@ -73,13 +76,14 @@ def run_slurm(study: Study | str, options: RunOptions | None = None, config: Slu
     tracking = resolve_tracking_uri(options.tracking_uri)
     check_shared(url, tracking, folder)
     check_workers(workers, url)
-    try:
-        import submitit  # noqa: F401
-    except ModuleNotFoundError:
-        raise UserError("--launcher slurm needs submitit: pip install 'acon-ablation[cluster]'") from None
+    if importlib.util.find_spec("submitit") is None:
+        raise UserError("--launcher slurm needs submitit: pip install 'acon-ablation[cluster]'")
     if not _have("sbatch"):
         raise UserError("--launcher slurm needs SLURM's sbatch on this machine's PATH (run it on a login node); "
                         "without a cluster use --launcher local")
+    if config.proxy and not url.startswith(("postgresql", "mysql")):
+        raise UserError(f"--slurm-proxy serves a database server (--storage postgresql+psycopg://...), got "
+                        f"{mask_url(url)}")
     if config.gpus and options.device == "cpu":
         raise UserError(f"--slurm-gpus {config.gpus} needs --device cuda or auto, not cpu")
     options = replace(options, storage=url, tracking_uri=tracking, threads=options.threads or config.cpus,
@@ -87,6 +91,8 @@ def run_slurm(study: Study | str, options: RunOptions | None = None, config: Slu
     preload_data(resolved.settings, options)
     prepared = prepare_study(resolved, options)
     launcher = SlurmLauncher(name, resolved, options, folder, prepared, config)
+    if config.proxy:
+        launcher.start_proxy(url, config.proxy)
     launcher.submit(workers)
     if detach:
         return Submitted(launcher.array_id, workers, folder, resolved.name, options.experiment or resolved.spec.name,
@@ -127,6 +133,35 @@ class SlurmLauncher(Launcher):
         self.array_id = ""
         self.failed: dict[str, str] = {}  # task id -> why
         self.ended_ok: set[str] = set()
+        self.proxy_job: Any = None
+
+    def start_proxy(self, storage: str, port: int) -> None:
+        """Submit the storage proxy as a job of its own, wait until it runs, and send the workers through it."""
+        import submitit
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        executor = submitit.SlurmExecutor(folder=self.folder)
+        c = self.config
+        params = {"job_name": f"acon-proxy-{self.resolved.name}"[:60], "time": c.time, "cpus_per_task": 1,
+                  "ntasks_per_node": 1, "setup": list(c.setup)}
+        optional = {"partition": c.partition, "account": c.account, "qos": c.qos}
+        executor.update_parameters(**params, **{k: v for k, v in optional.items() if v is not None})
+        try:
+            self.proxy_job = executor.submit(ProxyTask(storage, port, str(self.folder)))
+        except Exception as exc:
+            raise UserError(f"sbatch refused the storage proxy's job: {_first_words(exc)}") from None
+        deadline = time.monotonic() + PROXY_WAIT
+        while (host := _batch_host(self.proxy_job.job_id)) is None:
+            if time.monotonic() > deadline or self.proxy_job.job_id not in self._live_jobs(self.proxy_job.job_id):
+                subprocess.run(["scancel", self.proxy_job.job_id], capture_output=True, timeout=60)
+                raise UserError(f"the storage proxy's job {self.proxy_job.job_id} did not start within "
+                                f"{PROXY_WAIT:.0f} s (see {self.proxy_job.paths.stderr}); run without --slurm-proxy")
+            time.sleep(POLL_SECONDS)
+        self.options = replace(self.options, storage=f"grpc://{host}:{port}")
+        say(f"storage proxy: SLURM job {self.proxy_job.job_id} on {host}, the workers use grpc://{host}:{port}")
+
+    def _live_jobs(self, job_id: str) -> dict[str, str]:
+        return {task: state for task, state in array_states(job_id).items() if state not in OVER}
 
     def submit(self, tasks: int) -> None:
         import submitit
@@ -143,6 +178,7 @@ class SlurmLauncher(Launcher):
             raise UserError(f"sbatch refused the job array: {_first_words(exc)}") from None
         self.jobs = jobs
         self.array_id = self.jobs[0].job_id.split("_")[0]
+        (self.folder / "array").write_text(self.array_id)  # the proxy's job stops once this array is over
         say(f"submitted SLURM job array {self.array_id} ({tasks} task(s)); logs in {self.folder}")
 
     def _sbatch(self, tasks: int) -> dict[str, Any]:
@@ -175,7 +211,8 @@ class SlurmLauncher(Launcher):
 
     def cancel(self, *, record: bool = True) -> None:
         """``scancel`` the array: each worker stops its trial at the end of a step and records it; wait for them."""
-        subprocess.run(["scancel", self.array_id], capture_output=True, timeout=60)
+        subprocess.run(["scancel", self.array_id, *([self.proxy_job.job_id] if self.proxy_job else [])],
+                       capture_output=True, timeout=60)
         say(f"cancelled SLURM job array {self.array_id}: the workers record their trials as interrupted; "
             f"rerun the same command to resume")
         deadline = time.monotonic() + CANCEL_WAIT
@@ -244,6 +281,13 @@ def array_states(job_id: str) -> dict[str, str]:
         for task in _task_ids(fields["ArrayTaskId"]):
             states[f"{fields['ArrayJobId']}_{task}"] = state
     return states
+
+
+def _batch_host(job_id: str) -> str | None:
+    """The node a running job runs on (``BatchHost``), None while it is not running."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=60)
+    fields = dict(part.split("=", 1) for part in out.stdout.split() if "=" in part)
+    return fields.get("BatchHost") if fields.get("JobState") == "RUNNING" else None
 
 
 def _task_ids(text: str) -> list[int]:

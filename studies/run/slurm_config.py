@@ -30,6 +30,10 @@ class SlurmConfig:
     qos: str | None = field(default=None, metadata={"help": "SLURM quality of service"})
     setup: tuple[str, ...] = field(default=(), metadata={
         "help": "a shell line run before each worker, e.g. 'module load cuda' (repeat the flag for several)"})
+    proxy: int | None = field(default=None, metadata={
+        "help": "start Optuna's gRPC storage proxy as a SLURM job of its own, listening on this port, in front of "
+                "--storage (a database server): the workers connect through it, one connection pool for all "
+                "(see storage-proxy); it stops when the array is over", "min": 1, "metavar": "PORT"})
     folder: str | None = field(default=None, metadata={
         "help": "where the tasks' logs and submitit's files go (default slurm/STUDY-NAME); must be on a "
                 "folder the nodes share"})
@@ -42,7 +46,7 @@ class SlurmConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
                 raise UserError(f"--slurm-{f.name} must be a number >= {low:g}, got {value!r}")
-            if f.type == "int" and not isinstance(value, int):
+            if f.type.startswith("int") and not isinstance(value, int):
                 raise UserError(f"--slurm-{f.name} must be a whole number >= {low:g}, got {value!r}")
 
 
@@ -65,8 +69,8 @@ def add_slurm_flags(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {"help": f.metadata["help"], "default": None}
         if f.name == "setup":
             kwargs.update(action="append", metavar="LINE")
-        elif f.type in ("int", "float | None"):
-            kwargs.update(type=int if f.type == "int" else float, metavar=f.metadata.get("metavar"))
+        elif f.type in ("int", "int | None", "float | None"):
+            kwargs.update(type=float if f.type == "float | None" else int, metavar=f.metadata.get("metavar"))
         group.add_argument(f"--slurm-{f.name}", **kwargs)
 
 

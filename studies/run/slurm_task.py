@@ -82,3 +82,35 @@ def _wait(proc: subprocess.Popen, timeout: float | None = None) -> int | None:
 def _ignore_usr2() -> None:
     """In the worker (before exec): SIGUSR2 is submitit's business; an ignored signal stays ignored across exec."""
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+class ProxyTask:
+    """A picklable callable that serves Optuna's gRPC storage proxy on a SLURM node (``--slurm-proxy``) until the
+    workers' job array is over: it reads the array's id from ``FOLDER/array`` (the launcher writes it once the array
+    is submitted), and stops itself when none of its tasks is pending or running any more (or on SIGTERM)."""
+
+    def __init__(self, storage_url: str, port: int, folder: str):
+        self.storage_url, self.port, self.folder = storage_url, port, folder
+
+    def __call__(self) -> None:
+        import threading
+
+        from studies.store.proxy import serve_proxy
+
+        threading.Thread(target=self._stop_after_array, daemon=True).start()
+        serve_proxy(self.storage_url, "0.0.0.0", self.port)
+
+    def _stop_after_array(self) -> None:
+        from pathlib import Path
+
+        from studies.run.slurm import OVER, array_states
+
+        marker = Path(self.folder) / "array"
+        while True:
+            time.sleep(10.0)
+            if not marker.exists():
+                continue
+            states = array_states(marker.read_text().strip())
+            if all(state in OVER for state in states.values()):  # {} too: the controller forgot the array
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
