@@ -69,3 +69,14 @@ def ctrl_c_raises():
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
+
+
+#: Test modules that start real services or worker processes and wait on clocks (heartbeats, outage limits, SLURM):
+#: run one after another on one pytest-xdist worker (``--dist loadgroup``), while the other tests share the cores.
+SERIAL = {"test_mlflow_server", "test_outage", "test_postgres", "test_slurm", "test_workers", "test_storage_proxy"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SERIAL:
+            item.add_marker(pytest.mark.xdist_group("services"))
