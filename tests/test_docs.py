@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,9 @@ pytest.importorskip("sphinx", reason="the manual needs the docs extra: pip insta
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-#: What tiny runs use unless the command sets it: one epoch on 200 of the 8x8 digits, 2 seeds, a short measure.
-TINY = {"--preset": "quick", "--epochs": "1", "--limit": "200", "--dataset": "digits", "--seeds": "2",
-        "--act-images": "64"}
+#: What tiny runs use unless the command sets it: one epoch on 100 of the 8x8 digits, 1 seed, a short measure.
+TINY = {"--preset": "quick", "--epochs": "1", "--limit": "100", "--dataset": "digits", "--seeds": "1",
+        "--act-images": "32"}
 #: What each subcommand prints when it worked (checked where its output is not redirected).
 EXPECTED = {"run": "Optuna storage", "worker": "ran", "report": "trials:", "overhead": "params", "list": "",
             "help": "usage:"}
@@ -127,8 +128,8 @@ def test_fenced_blocks_reads_the_info_string_and_keeps_inner_fences_as_text():
     assert [b.runnable for b in blocks] == [False, False, True]
     assert blocks[1].file == "my_study.py" and blocks[1].text == "STUDY = 1\n"
     script = tiny(blocks[2].text)
-    assert "run my_study.py --seeds 3 --preset quick --epochs 1 --limit 200 --dataset digits --act-images 64" in script
-    assert "--seeds 2" not in script  # the block's own --seeds wins
+    assert "run my_study.py --seeds 3 --preset quick --epochs 1 --limit 100 --dataset digits --act-images 32" in script
+    assert "--seeds 1" not in script  # the block's own --seeds wins
     assert script.endswith("&& python run_study.py report my_study  # the table\n")  # report takes no settings
 
 
@@ -137,10 +138,29 @@ def test_the_manual_has_runnable_blocks_on_tutorial_and_howto_pages():
     assert {"tutorials", "howto", "reference"} <= found
 
 
+@pytest.fixture(scope="module")
+def background(request, tmp_path_factory):
+    """The module's slow work, started at once on every core: the two builds, then the selected pages' blocks
+    (most runs first). A test waits for its own part, so on 2 cores the module takes about half as long."""
+    wanted = {item.originalname for item in request.session.items}
+    chosen = [item.callspec.params["page"] for item in request.session.items
+              if item.originalname == "test_every_runnable_block_runs"]
+    chosen.sort(key=lambda p: -p.read_text().count("run_study.py"))
+    jobs: dict[str, Future] = {}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        if "test_the_manual_builds_strictly" in wanted:
+            jobs["build"] = pool.submit(sphinx_build, tmp_path_factory.mktemp("build") / "html")
+        if "test_generated_references_show_what_is_declared_at_build_time" in wanted:
+            jobs["dummies"] = pool.submit(dummy_build, tmp_path_factory.mktemp("dummies"))
+        for page in chosen:
+            jobs[str(page)] = pool.submit(run_page, page, tmp_path_factory.mktemp(page.stem))
+        yield jobs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", runnable_pages(), ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_every_runnable_block_runs(page, tmp_path):
-    for block, proc in run_page(page, tmp_path):
+def test_every_runnable_block_runs(page, background):
+    for block, proc in background[str(page)].result():
         where = f"{page.relative_to(ROOT)}:{block.line}"
         assert proc.returncode == 0, f"{where} exited {proc.returncode}\n{block.text}\n{proc.stdout}\n{proc.stderr}"
         assert "error:" not in proc.stderr, f"{where}\n{proc.stderr}"
@@ -151,18 +171,19 @@ def test_every_runnable_block_runs(page, tmp_path):
                 assert expected in proc.stdout, f"{where}: {line}\n{proc.stdout}"
 
 
-def sphinx_build(out: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """The strict build CI runs: warnings, broken references and missing documents fail it."""
+def sphinx_build(out: Path, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, Path]:
+    """The strict build CI runs (warnings, broken references and missing documents fail it) into ``out``."""
     cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html", str(DOCS), str(out)]
-    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=600)
+    return proc, out
 
 
 @pytest.mark.slow
-def test_the_manual_builds_strictly(tmp_path):
-    proc = sphinx_build(tmp_path / "html")
+def test_the_manual_builds_strictly(background):
+    proc, out = background["build"].result()
     assert proc.returncode == 0, proc.stderr
-    home = (tmp_path / "html" / "index.html").read_text()
+    home = (out / "index.html").read_text()
     for page in ("tutorials/first-study", "reference/cli", "explanation/acon", "changelog"):
         assert f'href="{page}.html"' in home, page
 
@@ -195,14 +216,19 @@ run_study.build_parser = with_dummy_flag
 '''
 
 
-@pytest.mark.slow
-def test_generated_references_show_what_is_declared_at_build_time(tmp_path):
-    preload = tmp_path / "dummies.py"
+def dummy_build(workdir: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """The manual built with DUMMIES declared first (``ACON_DOCS_PRELOAD``, which ``docs/conf.py`` runs)."""
+    preload = workdir / "dummies.py"
     preload.write_text(DUMMIES)
-    proc = sphinx_build(tmp_path / "html", {"ACON_DOCS_PRELOAD": str(preload)})
+    return sphinx_build(workdir / "html", {"ACON_DOCS_PRELOAD": str(preload)})
+
+
+@pytest.mark.slow
+def test_generated_references_show_what_is_declared_at_build_time(background):
+    proc, out = background["dummies"].result()
     assert proc.returncode == 0, proc.stderr
-    html = lambda page: (tmp_path / "html" / "reference" / f"{page}.html").read_text()  # noqa: E731
-    cli, settings_page, registries = html("cli"), html("settings"), html("registries")
+    cli, settings_page, registries = ((out / "reference" / f"{page}.html").read_text()
+                                      for page in ("cli", "settings", "registries"))
     assert "--docs-dummy-flag" in cli and "a dummy top-level flag" in cli
     assert "--docs-dummy-setting" in cli  # the run/worker flags come from the same declaration
     assert "docs_dummy_setting" in settings_page and "3..9" in settings_page
