@@ -108,9 +108,15 @@ def options_text(entry: Any) -> str:
     return ", ".join(shown) or "none"
 
 
+def reference_pages(app: Any, env: Any, added: set, changed: set, removed: set) -> list[str]:
+    """The reference pages, read again on every build: they read the code, which Sphinx does not watch."""
+    return [name for name in env.found_docs if name.startswith("reference/")]
+
+
 def setup(app: Any) -> dict[str, Any]:
     """Register the directives (the layout ones come from ``acon_layout``)."""
     app.add_directive("acon-settings", SettingsTable)
     app.add_directive("acon-registry", RegistryTable)
     importlib.import_module("acon_layout").setup(app)
+    app.connect("env-get-outdated", reference_pages)
     return {"parallel_read_safe": True, "version": "1"}
