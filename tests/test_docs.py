@@ -2,8 +2,9 @@
 objects (a dummy flag, setting and registry entries appear on the built pages), and every runnable block runs.
 
 A runnable block is a fence whose info string says so: ```` ```bash runnable ```` (``tiny``: the test adds small
-settings to each ``run``/``worker`` command the block does not set itself). ```` ```python file=NAME ```` blocks are
-written to NAME first, so a page's study files are the ones its commands run. Each page runs in its own temp dir.
+settings to each ``run``/``worker`` command the block does not set itself; ``expect=TEXT``: its output must hold
+TEXT). ```` ```python file=NAME ```` blocks are written to NAME first, so a page's study files are the ones its
+commands run. Each page runs in its own temp dir.
 """
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ class Block:
     @property
     def file(self) -> str | None:
         return next((w.partition("=")[2] for w in self.words[1:] if w.startswith("file=")), None)
+
+    @property
+    def expected(self) -> list[str]:
+        """What the block's output must hold besides its commands' usual lines: ``expect=TEXT`` words."""
+        return [w.partition("=")[2] for w in self.words[1:] if w.startswith("expect=")]
 
 
 def fenced_blocks(markdown: str) -> list[Block]:
@@ -119,12 +125,14 @@ def test_fenced_blocks_reads_the_info_string_and_keeps_inner_fences_as_text():
         ```python file=my_study.py
         STUDY = 1
         ```
-        ```bash runnable tiny
+        ```bash runnable tiny expect=relu/all
         python run_study.py run my_study.py --seeds 3 && python run_study.py report my_study  # the table
         ```
         """)
     blocks = fenced_blocks(page)
-    assert [b.words for b in blocks] == [("markdown",), ("python", "file=my_study.py"), ("bash", "runnable", "tiny")]
+    assert [b.words for b in blocks] == [("markdown",), ("python", "file=my_study.py"),
+                                         ("bash", "runnable", "tiny", "expect=relu/all")]
+    assert blocks[2].expected == ["relu/all"] and blocks[1].expected == []
     assert [b.runnable for b in blocks] == [False, False, True]
     assert blocks[1].file == "my_study.py" and blocks[1].text == "STUDY = 1\n"
     script = tiny(blocks[2].text)
@@ -164,6 +172,8 @@ def test_every_runnable_block_runs(page, background):
         where = f"{page.relative_to(ROOT)}:{block.line}"
         assert proc.returncode == 0, f"{where} exited {proc.returncode}\n{block.text}\n{proc.stdout}\n{proc.stderr}"
         assert "error:" not in proc.stderr, f"{where}\n{proc.stderr}"
+        for text in block.expected:
+            assert text in proc.stdout, f"{where}: no {text!r} in\n{proc.stdout}"
         for line in block.text.splitlines():
             command = STUDY_COMMAND.search(line)
             if command and ">" not in line:
