@@ -150,9 +150,9 @@ def test_the_manual_has_runnable_blocks_on_tutorial_and_howto_pages():
 def background(request, tmp_path_factory):
     """The module's slow work, started at once on every core: the two builds, then the selected pages' blocks
     (most runs first). A test waits for its own part, so on 2 cores the module takes about half as long."""
-    wanted = {item.originalname for item in request.session.items}
+    wanted = {getattr(item, "originalname", "") for item in request.session.items}
     chosen = [item.callspec.params["page"] for item in request.session.items
-              if item.originalname == "test_every_runnable_block_runs"]
+              if getattr(item, "originalname", "") == "test_every_runnable_block_runs"]
     chosen.sort(key=lambda p: -p.read_text().count("run_study.py"))
     jobs: dict[str, Future] = {}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
