@@ -32,19 +32,23 @@ def comments_by_line(source: str) -> dict[int, str]:
 def declared_constants(module_name: str) -> Iterator[tuple[str, Any, str, str]]:
     """``(python name, value, note, section)`` of each module-level constant, in source order.
 
-    The note is the comment on the assignment's line, else the comment block right above it; the section is the
-    last ``# ---- title ----`` line seen. ``A, B = "x", "y"`` gives two constants with one note."""
+    The note is the comment on the assignment's line, else the comment block above it, which also documents the
+    assignments that follow it without a blank line; the section is the last ``# ---- title ----`` line seen.
+    ``A, B = "x", "y"`` gives two constants with one note."""
     module = importlib.import_module(module_name)
     source = inspect.getsource(module)
     lines = source.splitlines()
     comments = comments_by_line(source)
-    section = ""
-    seen_sections = {n: t.strip("- ") for n, t in comments.items() if t.startswith("----")}
+    sections = {n: t.strip("- ") for n, t in comments.items() if t.startswith("----")}
+    group, last_line = "", 0
     for node in ast.parse(source).body:
         if not isinstance(node, ast.Assign) or len(node.targets) != 1:
             continue
-        section = next((seen_sections[n] for n in sorted(seen_sections, reverse=True) if n < node.lineno), section)
-        note = comments.get(node.lineno) or _block_above(node.lineno, lines, comments)
+        section = next((sections[n] for n in sorted(sections, reverse=True) if n < node.lineno), "")
+        above = _block_above(node.lineno, lines, comments)
+        group = above or (group if node.lineno == last_line + 1 else "")
+        last_line = node.end_lineno or node.lineno
+        note = comments.get(node.lineno) or group
         for name in _target_names(node.targets[0]):
             if name.isupper():
                 yield name, getattr(module, name), note, section

@@ -35,8 +35,8 @@ def paragraph(text: str) -> nodes.paragraph:
 
 
 def inline(text: str) -> list[nodes.Node]:
-    """``a `b` c`` as text, literal, text."""
-    parts = text.split("`")
+    """``a `b` c`` as text, literal, text (reST's double backticks count as single ones)."""
+    parts = text.replace("``", "`").split("`")
     if len(parts) % 2 == 0:  # an odd number of backticks: no markup at all
         return [nodes.Text(text)]
     return [nodes.literal(p, p) if i % 2 else nodes.Text(p) for i, p in enumerate(parts) if p]
