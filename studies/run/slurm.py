@@ -37,6 +37,8 @@ POLL_SECONDS = 2.0
 CANCEL_WAIT = 90.0
 #: Folders that are on each node's own disk, never shared with the others.
 NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run")
+#: Seconds a SLURM command (scontrol, scancel) gets to answer before the launcher asks again.
+SLURM_TIMEOUT = 60.0
 #: Seconds the launcher waits for the storage proxy's job to start running.
 PROXY_WAIT = 600.0
 #: The states of a job that will not run again (one requeued is PENDING again).
@@ -134,6 +136,7 @@ class SlurmLauncher(Launcher):
         self.failed: dict[str, str] = {}  # task id -> why
         self.ended_ok: set[str] = set()
         self.proxy_job: Any = None
+        self.known: dict[str, str] = {}  # the array's live tasks, as the controller said last
 
     def start_proxy(self, storage: str, port: int) -> None:
         """Submit the storage proxy as a job of its own, wait until it runs, and send the workers through it."""
@@ -153,7 +156,7 @@ class SlurmLauncher(Launcher):
         deadline = time.monotonic() + PROXY_WAIT
         while (host := _batch_host(self.proxy_job.job_id)) is None:
             if time.monotonic() > deadline or self.proxy_job.job_id not in self._live_jobs(self.proxy_job.job_id):
-                subprocess.run(["scancel", self.proxy_job.job_id], capture_output=True, timeout=60)
+                _slurm("scancel", self.proxy_job.job_id)
                 raise UserError(f"the storage proxy's job {self.proxy_job.job_id} did not start within "
                                 f"{PROXY_WAIT:.0f} s (see {self.proxy_job.paths.stderr}); run without --slurm-proxy")
             time.sleep(POLL_SECONDS)
@@ -161,7 +164,10 @@ class SlurmLauncher(Launcher):
         say(f"storage proxy: SLURM job {self.proxy_job.job_id} on {host}, the workers use grpc://{host}:{port}")
 
     def _live_jobs(self, job_id: str) -> dict[str, str]:
-        return {task: state for task, state in array_states(job_id).items() if state not in OVER}
+        try:
+            return {task: state for task, state in array_states(job_id).items() if state not in OVER}
+        except ControllerBusy:
+            return {job_id: "UNKNOWN"}
 
     def submit(self, tasks: int) -> None:
         import submitit
@@ -178,6 +184,7 @@ class SlurmLauncher(Launcher):
             raise UserError(f"sbatch refused the job array: {_first_words(exc)}") from None
         self.jobs = jobs
         self.array_id = self.jobs[0].job_id.split("_")[0]
+        self.known = {job.job_id: "PENDING" for job in jobs}
         (self.folder / "array").write_text(self.array_id)  # the proxy's job stops once this array is over
         say(f"submitted SLURM job array {self.array_id} ({tasks} task(s)); logs in {self.folder}")
 
@@ -211,8 +218,12 @@ class SlurmLauncher(Launcher):
 
     def cancel(self, *, record: bool = True) -> None:
         """``scancel`` the array: each worker stops its trial at the end of a step and records it; wait for them."""
-        subprocess.run(["scancel", self.array_id, *([self.proxy_job.job_id] if self.proxy_job else [])],
-                       capture_output=True, timeout=60)
+        for _ in range(5):  # a busy controller: ask again
+            try:
+                _slurm("scancel", self.array_id, *([self.proxy_job.job_id] if self.proxy_job else []))
+                break
+            except ControllerBusy:
+                continue
         say(f"cancelled SLURM job array {self.array_id}: the workers record their trials as interrupted; "
             f"rerun the same command to resume")
         deadline = time.monotonic() + CANCEL_WAIT
@@ -229,7 +240,11 @@ class SlurmLauncher(Launcher):
     def _states(self) -> dict[str, str]:
         """``{task id: SLURM state}`` of the array's tasks that are not over: pending (a requeued one too), running
         or completing (``array_states``, from the controller itself: no accounting database needed)."""
-        return {task: state for task, state in array_states(self.array_id).items() if state not in OVER}
+        try:
+            self.known = {task: state for task, state in array_states(self.array_id).items() if state not in OVER}
+        except ControllerBusy as exc:
+            say(f"note: {exc}; asking again")  # what it said last still holds
+        return self.known
 
     def _reap(self, states: dict[str, str]) -> None:
         """Tasks that left the queue since the last look: a failed one has its trials failed and cells queued."""
@@ -265,10 +280,22 @@ class SlurmLauncher(Launcher):
                     desc=f"{self.prepared.study.study_name} slurm", disable=not self.options.progress)
 
 
+class ControllerBusy(Exception):
+    """``slurmctld`` did not answer in time (a loaded controller): the caller keeps what it knew and asks again."""
+
+
+def _slurm(*argv: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=SLURM_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise ControllerBusy(f"{argv[0]} did not answer within {SLURM_TIMEOUT:.0f} s") from None
+
+
 def array_states(job_id: str) -> dict[str, str]:
     """``{task id: state}`` of a job array (``JOB_TASK``) or of a single job (``JOB``), from ``scontrol show job``;
-    tasks still pending together are listed one by one; {} once the controller forgot the job (``MinJobAge``)."""
-    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=60)
+    tasks still pending together are listed one by one; {} once the controller forgot the job (``MinJobAge``).
+    Raises ``ControllerBusy`` when the controller does not answer in time."""
+    out = _slurm("scontrol", "-o", "show", "job", job_id)
     if out.returncode != 0:
         return {}
     states = {}
@@ -285,7 +312,10 @@ def array_states(job_id: str) -> dict[str, str]:
 
 def _batch_host(job_id: str) -> str | None:
     """The node a running job runs on (``BatchHost``), None while it is not running."""
-    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=60)
+    try:
+        out = _slurm("scontrol", "-o", "show", "job", job_id)
+    except ControllerBusy:
+        return None
     fields = dict(part.split("=", 1) for part in out.stdout.split() if "=" in part)
     return fields.get("BatchHost") if fields.get("JobState") == "RUNNING" else None
 

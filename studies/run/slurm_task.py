@@ -110,7 +110,10 @@ class ProxyTask:
             time.sleep(10.0)
             if not marker.exists():
                 continue
-            states = array_states(marker.read_text().strip())
+            try:
+                states = array_states(marker.read_text().strip())
+            except Exception:  # a busy controller (or a half-written marker): ask again later
+                continue
             if all(state in OVER for state in states.values()):  # {} too: the controller forgot the array
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
