@@ -19,7 +19,6 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from ablation.rival_stats import POINTWISE, rival_curve
 from report.collect import StudyRuns
 from report.plots import save
 from report.tables import short_variant
@@ -138,7 +137,7 @@ def _pointwise(sites: pd.DataFrame) -> pd.DataFrame:
     """The rows of pointwise rivals (PAU, SMU, SMU-1, APA): their learned parameters rebuild the curve."""
     if "curve_params" not in sites:
         return sites.iloc[:0]
-    return sites[sites["curve_params"].notna() & sites["activation"].astype(str).isin(POINTWISE)]
+    return sites[sites["curve_params"].notna() & sites["activation"].astype(str).isin(_pointwise_names())]
 
 
 def _by_depth(acon: pd.DataFrame, panels: list[tuple[str, str]], title: str, out_dir: Path, stem: str,
@@ -191,7 +190,7 @@ def plot_curves(sites: pd.DataFrame, channels: pd.DataFrame, out_dir: Path) -> l
         picks = mine.iloc[sorted({0, len(mine) // 2, len(mine) - 1})]
         for col, site in enumerate(picks.itertuples(index=False)):
             ax = fig.add_subplot(len(designs), 3, 3 * row + col + 1)
-            if str(site.activation) in POINTWISE:
+            if str(site.activation) in _pointwise_names():
                 _rival_curve(ax, site)
             else:
                 ch = channels[(channels["run_id"] == run) & (channels["site"] == site.site)].head(MAX_CURVES)
@@ -213,7 +212,17 @@ def _input_dependent(sites: pd.DataFrame) -> str:
             "see piece*_share, branch_share in activations/sites.csv)")
 
 
+def _pointwise_names() -> frozenset[str]:
+    """The pointwise rivals' names. Imported here, not at the top: ``ablation`` brings torch and torchvision
+    (seconds per start), which a report that draws no curve never needs."""
+    from ablation.rival_stats import POINTWISE
+
+    return frozenset(POINTWISE)
+
+
 def _rival_curve(ax, site) -> None:
+    from ablation.rival_stats import rival_curve
+
     scale = 3.0 * max(float(site.x_std), 1e-3)
     x = np.linspace(-scale, scale, 201)
     ax.plot(x, rival_curve(str(site.activation), str(site.curve_params), x), lw=1.2, color="C0")

@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from _services import ROOT, SLOW, cli, cli_env, fresh_database, postgres_url, wait_for, write_study
 from studies.errors import UserError
-from studies.run.slurm import OVER, array_states, check_shared
+from studies.run.slurm import check_shared
+from studies.run.slurm_queue import OVER, array_states
 from studies.run.slurm_config import FIELDS, SlurmConfig, read_config_file, slurm_config
 from studies.store import attrs
 

@@ -14,7 +14,6 @@ rerun; its log's last lines are shown.
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from studies.run.launch import prepare_study, resolve
 from studies.run.options import RunOptions, StudyRun, worker_command
 from studies.run.queue import DONE, missing_cells, state_counts
 from studies.run.slurm_config import SlurmConfig
+from studies.run.slurm_queue import OVER, ControllerBusy, array_states, batch_host, slurm
 from studies.run.slurm_task import ProxyTask, WorkerTask
 from studies.run.workers import Launcher, LauncherStop, check_workers, fail_trials_of, preload_data, study_ref
 from studies.spec import Study
@@ -37,13 +37,8 @@ POLL_SECONDS = 2.0
 CANCEL_WAIT = 90.0
 #: Folders that are on each node's own disk, never shared with the others.
 NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run")
-#: Seconds a SLURM command (scontrol, scancel) gets to answer before the launcher asks again.
-SLURM_TIMEOUT = 60.0
 #: Seconds the launcher waits for the storage proxy's job to start running.
 PROXY_WAIT = 600.0
-#: The states of a job that will not run again (one requeued is PENDING again).
-OVER = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
-        "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
 
 
@@ -154,9 +149,9 @@ class SlurmLauncher(Launcher):
         except Exception as exc:
             raise UserError(f"sbatch refused the storage proxy's job: {_first_words(exc)}") from None
         deadline = time.monotonic() + PROXY_WAIT
-        while (host := _batch_host(self.proxy_job.job_id)) is None:
+        while (host := batch_host(self.proxy_job.job_id)) is None:
             if time.monotonic() > deadline or self.proxy_job.job_id not in self._live_jobs(self.proxy_job.job_id):
-                _slurm("scancel", self.proxy_job.job_id)
+                slurm("scancel", self.proxy_job.job_id)
                 raise UserError(f"the storage proxy's job {self.proxy_job.job_id} did not start within "
                                 f"{PROXY_WAIT:.0f} s (see {self.proxy_job.paths.stderr}); run without --slurm-proxy")
             time.sleep(POLL_SECONDS)
@@ -220,7 +215,7 @@ class SlurmLauncher(Launcher):
         """``scancel`` the array: each worker stops its trial at the end of a step and records it; wait for them."""
         for _ in range(5):  # a busy controller: ask again
             try:
-                _slurm("scancel", self.array_id, *([self.proxy_job.job_id] if self.proxy_job else []))
+                slurm("scancel", self.array_id, *([self.proxy_job.job_id] if self.proxy_job else []))
                 break
             except ControllerBusy:
                 continue
@@ -278,55 +273,6 @@ class SlurmLauncher(Launcher):
         total = sum(self.prepared.counts.get(s, 0) for s in ("WAITING", "COMPLETE", "PRUNED"))
         return tqdm(total=total, initial=self._done(), unit="cell", dynamic_ncols=True,
                     desc=f"{self.prepared.study.study_name} slurm", disable=not self.options.progress)
-
-
-class ControllerBusy(Exception):
-    """``slurmctld`` did not answer in time (a loaded controller): the caller keeps what it knew and asks again."""
-
-
-def _slurm(*argv: str) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(list(argv), capture_output=True, text=True, timeout=SLURM_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise ControllerBusy(f"{argv[0]} did not answer within {SLURM_TIMEOUT:.0f} s") from None
-
-
-def array_states(job_id: str) -> dict[str, str]:
-    """``{task id: state}`` of a job array (``JOB_TASK``) or of a single job (``JOB``), from ``scontrol show job``;
-    tasks still pending together are listed one by one; {} once the controller forgot the job (``MinJobAge``).
-    Raises ``ControllerBusy`` when the controller does not answer in time."""
-    out = _slurm("scontrol", "-o", "show", "job", job_id)
-    if out.returncode != 0:
-        return {}
-    states = {}
-    for line in out.stdout.splitlines():
-        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-        state = fields.get("JobState", "UNKNOWN")
-        if "ArrayJobId" not in fields:
-            states[fields.get("JobId", job_id)] = state
-            continue
-        for task in _task_ids(fields["ArrayTaskId"]):
-            states[f"{fields['ArrayJobId']}_{task}"] = state
-    return states
-
-
-def _batch_host(job_id: str) -> str | None:
-    """The node a running job runs on (``BatchHost``), None while it is not running."""
-    try:
-        out = _slurm("scontrol", "-o", "show", "job", job_id)
-    except ControllerBusy:
-        return None
-    fields = dict(part.split("=", 1) for part in out.stdout.split() if "=" in part)
-    return fields.get("BatchHost") if fields.get("JobState") == "RUNNING" else None
-
-
-def _task_ids(text: str) -> list[int]:
-    """``"0"``, ``"1-3%2"``, ``"1,4-5"`` -> the task indices (``%N`` is the array's parallelism, not a task)."""
-    ids = []
-    for part in text.split("%")[0].split(","):
-        low, _, high = part.partition("-")
-        ids += list(range(int(low), int(high or low) + 1))
-    return ids
 
 
 def _outcome(job: Any) -> str | None:

@@ -103,7 +103,7 @@ class ProxyTask:
     def _stop_after_array(self) -> None:
         from pathlib import Path
 
-        from studies.run.slurm import OVER, array_states
+        from studies.run.slurm_queue import OVER, array_states
 
         marker = Path(self.folder) / "array"
         while True:
