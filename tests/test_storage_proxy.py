@@ -92,10 +92,10 @@ def test_two_workers_through_the_proxy_ride_its_sigkill_and_restart_with_every_c
 def test_an_unreachable_proxy_url_fails_in_one_line_that_says_what_was_tried(tmp_path):
     port = free_port()  # nothing listens there
     result = cli("run", STUDY_FILE, "--workers", "2", "--storage", f"grpc://127.0.0.1:{port}", "--tracking-uri",
-                 f"sqlite:///{tmp_path}/mlflow.db", "--device", "cpu", "--no-progress")
+                 f"sqlite:///{tmp_path}/mlflow.db", "--device", "cpu", "--no-progress", ACON_PROXY_WAIT="2")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
-    assert lines[0] == (f"error: no Optuna storage proxy answers at grpc://127.0.0.1:{port} (tried for 5 s); start one there with `run_study.py storage-proxy "
+    assert lines[0] == (f"error: no Optuna storage proxy answers at grpc://127.0.0.1:{port} (tried for 2 s); start one there with `run_study.py storage-proxy "
                         f"--storage DATABASE_URL --host 127.0.0.1 --port {port}`")
 
 

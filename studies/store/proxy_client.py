@@ -6,10 +6,13 @@ proxy restart as an RDB storage rides a database restart (``studies.store.outage
 """
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages import GrpcStorageProxy
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
@@ -18,8 +21,9 @@ from studies.errors import UserError
 from studies.store import attrs
 
 SCHEME = "grpc://"
-#: Seconds a new client waits for the proxy to answer before it says it cannot reach it.
-CONNECT_TIMEOUT = 5.0
+#: Seconds a new client waits for the proxy to answer before it says it cannot reach it (``$ACON_PROXY_WAIT``): on a
+#: cluster the proxy's task and the workers' start together, and a loaded node takes seconds to answer.
+CONNECT_TIMEOUT, WAIT_ENV = 30.0, "ACON_PROXY_WAIT"
 INSTALL_HINT = "the gRPC storage proxy needs grpcio and protobuf: pip install 'acon-ablation[cluster]'"
 
 
@@ -52,7 +56,9 @@ class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
 
     def __init__(self, *, host: str, port: int, heartbeat_interval: int | None = None,
                  grace_period: int | None = None):
-        super().__init__(host=host, port=port)
+        with warnings.catch_warnings():  # "experimental" since Optuna 4.2: we pin its use in our tests instead
+            warnings.filterwarnings("ignore", category=ExperimentalWarning)
+            super().__init__(host=host, port=port)
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -71,11 +77,13 @@ class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
         return None  # the toolkit's is set on the ``ResilientStorage`` that wraps this one
 
 
-def open_proxy(url: str, *, timeout: float = CONNECT_TIMEOUT, **heartbeat: Any) -> ProxyStorage:
-    """A client of the proxy at ``grpc://HOST:PORT`` once it answers (within ``timeout`` s, else a one-line error
-    that says what was tried). ``heartbeat``: ``heartbeat_interval`` and ``grace_period``, as for an RDB storage."""
+def open_proxy(url: str, *, timeout: float | None = None, **heartbeat: Any) -> ProxyStorage:
+    """A client of the proxy at ``grpc://HOST:PORT`` once it answers (within ``timeout`` s, default ``$ACON_PROXY_WAIT``
+    or 30, else a one-line error that says what was tried). ``heartbeat``: ``heartbeat_interval`` and
+    ``grace_period``, as for an RDB storage."""
     host, port = proxy_address(url)
     require_grpc()
+    timeout = connect_timeout() if timeout is None else timeout
     storage = ProxyStorage(host=host, port=port, **heartbeat)
     try:
         storage.wait_server_ready(timeout=timeout)
@@ -85,6 +93,18 @@ def open_proxy(url: str, *, timeout: float = CONNECT_TIMEOUT, **heartbeat: Any) 
                                f"with `run_study.py storage-proxy --storage DATABASE_URL --host {host} --port {port}`"
                                ) from None
     return storage
+
+
+def connect_timeout() -> float:
+    """``$ACON_PROXY_WAIT`` seconds (> 0), else 30."""
+    raw = os.environ.get(WAIT_ENV) or CONNECT_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise UserError(f"{WAIT_ENV} takes seconds > 0, got {raw!r}")
+    return seconds
 
 
 def require_grpc() -> None:
