@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import threading
 import time
 
 import optuna
@@ -155,3 +156,31 @@ def test_a_second_proxy_on_a_port_in_use_is_refused(served):
     port = int(served.rsplit(":", 1)[1])
     with pytest.raises(StorageError, match=f"storage-proxy cannot listen on 127.0.0.1:{port}"):
         make_server(optuna.storages.InMemoryStorage(), "127.0.0.1", port)
+
+
+def test_a_database_restart_behind_the_proxy_answers_unavailable_and_the_worker_rides_it(capsys):
+    """The database goes away behind a live proxy (a TCP proxy in front of PostgreSQL drops every connection and
+    refuses new ones for 2 s): the proxy answers UNAVAILABLE, not UNKNOWN, and the worker's call waits it out."""
+    from sqlalchemy.engine import make_url
+
+    from studies.store.proxy import make_server
+    from _services import TcpProxy
+
+    with fresh_database(postgres_url()) as db:
+        target = make_url(db)
+        tcp = TcpProxy(target.host, target.port)
+        port = free_port()
+        server = make_server(open_storage(tcp.url(db), heartbeat=False, ride_outages=False), "127.0.0.1", port, 2)
+        server.start()
+        try:
+            study = optuna.create_study(study_name="behind", storage=open_storage(f"grpc://127.0.0.1:{port}"))
+            study.enqueue_trial({})
+            tcp.cut()
+            threading.Timer(2.0, tcp.restore).start()
+            trial = study.ask()  # reaches the database through the proxy only once it is back
+        finally:
+            server.stop(grace=0).wait()
+            tcp.cut()
+    err = capsys.readouterr().err
+    assert trial.number == 0 and "storage unreachable since" in err and "storage reachable again" in err, err
+    assert "UNAVAILABLE: database unreachable: " in err, err
