@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Command line of the ACON ablation toolkit: list, run, worker, report, overhead.
+"""Command line of the ACON ablation toolkit: list, run, worker, report, overhead, storage-proxy.
 
 Thin by design: each subcommand parses, then calls one public function that a Python user
 can call too. A user's mistake (``studies.errors.USER_ERRORS``: the toolkit's ``UserError``, the
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_worker(sub)
     _add_report(sub)
     _add_overhead(sub)
+    _add_storage_proxy(sub)
     return parser
 
 
@@ -174,6 +175,24 @@ def _add_overhead(sub: Any) -> None:
     p.add_argument("--latency", action="store_true", help="also measure forward/backward time ratios")
     p.add_argument("--export", choices=["onnx"], help="also check ONNX export + onnxruntime outputs (needs .[export])")
     p.set_defaults(func=cmd_overhead)
+
+
+def _add_storage_proxy(sub: Any) -> None:
+    p = sub.add_parser("storage-proxy", help="serve an Optuna database to many workers through one gRPC proxy; the "
+                       "workers' --storage is then grpc://HOST:PORT (needs .[cluster])")
+    p.add_argument("--storage", default=os.environ.get("ACON_STORAGE"), help="the database (default $ACON_STORAGE)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every one)")
+    p.add_argument("--port", type=int, default=13000, help="port to listen on (default 13000)")
+    p.add_argument("--threads", type=int, default=10, help="calls served at once, hence database connections (10)")
+    p.set_defaults(func=cmd_storage_proxy)
+
+
+def cmd_storage_proxy(args: argparse.Namespace) -> int:
+    """Serve the study database at grpc://HOST:PORT until SIGTERM or Ctrl-C."""
+    from studies.store.proxy import serve_proxy
+
+    serve_proxy(args.storage or "", args.host, args.port, threads=args.threads)
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:

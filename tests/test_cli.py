@@ -157,7 +157,7 @@ def test_help_and_an_unknown_study_answer_without_loading_torch_or_mlflow(args, 
     assert proc.stdout.splitlines()[-1] == f"[] {expected_code}", proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("command", ["list", "run", "worker", "report", "overhead"])
+@pytest.mark.parametrize("command", ["list", "run", "worker", "report", "overhead", "storage-proxy"])
 def test_every_subcommand_has_help(command, capsys):
     # in-process: the CLI's start-up is covered by the subprocess tests above; this pins the help text
     import run_study

@@ -23,6 +23,9 @@ USER_ERROR = "user_error"  # True: the user must fix something before a rerun (a
 #: The fail reason of a trial Optuna's own heartbeat check failed (it gives none); ours starts with it too.
 STALE = "its worker stopped sending heartbeats"
 
+# ---- trial system attrs -----------------------------------------------------------------------------------------
+HEARTBEAT = "acon:heartbeat"  # a trial's last heartbeat through the storage proxy (``studies.store.proxy_client``)
+
 # ---- study user attrs -------------------------------------------------------------------------------------------
 PARENT_RUN_ID = "mlflow_parent_run_id"  # the study's MLflow parent run
 SETTINGS = "settings"  # the resolved settings the study began with (a rerun must match them)

@@ -81,7 +81,9 @@ def attempt_timeouts(limit: float) -> tuple[int, int]:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True if ``exc`` (or what caused it) says the database could not be reached, not that a call was wrong."""
+    """True if ``exc`` (or what caused it) says the database or its storage proxy could not be reached, not that a
+    call was wrong: a driver's connection error, or a gRPC call answered UNAVAILABLE (the proxy is down, or answers
+    that its database is) or DEADLINE_EXCEEDED."""
     import sqlalchemy.exc as sa
 
     seen: set[int] = set()
@@ -91,17 +93,29 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(exc, sa.DBAPIError) and exc.connection_invalidated:
             return True
+        if _grpc_code(exc) in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            return True
         exc = exc.__cause__ or exc.__context__
     return False
 
 
-def _reason(exc: BaseException) -> str:
-    """The most specific message in ``exc``'s chain: the driver's (``connection refused``), not SQLAlchemy's."""
+def _grpc_code(exc: BaseException) -> str | None:
+    """The status code name of a failed gRPC call, else None (grpc is not imported unless a proxy is used)."""
+    grpc = sys.modules.get("grpc")
+    if grpc is None or not isinstance(exc, grpc.RpcError) or not callable(getattr(exc, "code", None)):
+        return None
+    return getattr(exc.code(), "name", None)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The most specific message in ``exc``'s chain: the driver's (``connection refused``), not SQLAlchemy's; a gRPC
+    call's code and details (``UNAVAILABLE: failed to connect ...``)."""
 
     messages, seen = [], set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        text = first_line(exc)
+        code = _grpc_code(exc)
+        text = f"{code}: {exc.details()}" if code else first_line(exc)
         if str(exc).strip() not in ("", "()"):
             messages.append(text.split(") ", 1)[1] if text.startswith("(") and ") " in text else text)
         exc = exc.__cause__ or exc.__context__
@@ -139,7 +153,7 @@ class _Outage:
             if self.since is None:
                 self.since = min(began, time.time())
                 say(f"{self.label} unreachable since {_clock(self.since)}, retrying for up to {_duration(self.limit)} "
-                    f"({self.name}: {_reason(exc)})")
+                    f"({self.name}: {describe_failure(exc)})")
             return self.since
 
     def succeeded(self) -> None:
@@ -189,7 +203,7 @@ class _Outage:
                 if left <= 0:
                     raise StorageUnavailable(
                         f"{self.what} {self.name} unreachable since {_clock(since)}, longer than the "
-                        f"{_duration(self.limit)} limit ({_reason(exc)}); nothing is lost: rerun the same command "
+                        f"{_duration(self.limit)} limit ({describe_failure(exc)}); nothing is lost: rerun the same command "
                         f"when it is back to resume") from exc
                 time.sleep(min(left, BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.8, 1.0))
                 attempt += 1

@@ -70,15 +70,18 @@ def is_journal(url: str) -> bool:
     return url.startswith("journal:") or url.endswith(".journal")
 
 
-def open_storage(url: str, *, heartbeat: bool = True, outage_limit: float | str | None = None
-                 ) -> optuna.storages.BaseStorage:
-    """Open an Optuna storage; RDB storages get heartbeats so dead workers' trials are failed.
+def open_storage(url: str, *, heartbeat: bool = True, outage_limit: float | str | None = None,
+                 ride_outages: bool = True) -> optuna.storages.BaseStorage:
+    """Open an Optuna storage; RDB storages and the storage proxy get heartbeats so dead workers' trials are failed.
 
-    A database server's storage rides through outages up to ``outage_limit`` seconds (``studies.store.outage``;
-    default ``$ACON_OUTAGE_LIMIT`` or 5 min) once it is open. Opening it does not wait: a server that cannot
-    be reached at the start is more often a wrong URL than an outage, and says so in one line at once.
+    A database server's storage, or its proxy (``grpc://HOST:PORT``, ``studies.store.proxy_client``), rides through
+    outages up to ``outage_limit`` seconds (``studies.store.outage``; default ``$ACON_OUTAGE_LIMIT`` or 5 min) once it
+    is open (``ride_outages=False``: its errors are raised at once, as the proxy's own database storage does). Opening
+    it does not wait: a server that cannot be reached at the start is more often a wrong URL than an outage, and says
+    so in one line at once.
     """
     from studies.store.outage import ResilientStorage, outage_limit as limit_of
+    from studies.store.proxy_client import is_proxy, open_proxy
 
     kwargs = heartbeat_settings() if heartbeat else {}
     try:
@@ -88,8 +91,11 @@ def open_storage(url: str, *, heartbeat: bool = True, outage_limit: float | str 
         if url.startswith("sqlite"):  # a local file: no server to lose, and its errors are not outages
             return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url, 0), **kwargs)
         limit = limit_of(outage_limit)
-        rdb = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url, limit), **kwargs)
-        return ResilientStorage(_CachedStorage(rdb), limit=limit, name=mask_url(url))
+        if is_proxy(url):
+            backend = open_proxy(url, **kwargs)
+        else:
+            backend = _CachedStorage(optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url, limit), **kwargs))
+        return ResilientStorage(backend, limit=limit, name=mask_url(url)) if ride_outages else backend
     except UserError:
         raise
     except Exception as exc:  # SQLAlchemy / driver errors vary by backend
