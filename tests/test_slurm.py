@@ -17,7 +17,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from _services import ROOT, SLOW, cli, cli_env, fresh_database, postgres_url, wait_for, write_study
+from _services import ROOT, SLOW, cli, cli_env, free_port, fresh_database, postgres_url, wait_for, write_study
 from studies.errors import UserError
 from studies.run.slurm import check_shared
 from studies.run.slurm_queue import OVER, array_states
@@ -172,11 +172,17 @@ def test_a_two_task_array_runs_every_cell_once(tmp_path, stores):
 
 
 @pytest.mark.slow
-def test_detach_submits_and_returns_and_the_last_worker_closes_the_study(tmp_path, stores):
+def test_detach_through_a_proxy_job_returns_and_the_last_worker_closes_the_study(tmp_path, stores):
+    """``--detach --slurm-proxy PORT``: the storage proxy runs as a SLURM job of its own, the workers reach the
+    database through it only, and it stops by itself once the array is over (nobody is left to stop it)."""
     storage, tracking = stores
     study_file = write_study(tmp_path, "slurmdet")
-    out = cli(*_run_args(study_file, storage, tracking, tmp_path / "logs", "--detach"), timeout=120)
+    port = free_port()
+    out = cli(*_run_args(study_file, storage, tracking, tmp_path / "logs", "--detach", "--slurm-proxy", str(port)),
+              timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+    proxy_job = out.stderr.split("storage proxy: SLURM job ", 1)[1].split()[0]
+    assert "the workers use grpc://" in out.stderr and f":{port}" in out.stderr
     array = out.stdout.split("submitted SLURM job array ", 1)[1].split(":", 1)[0]
     assert f"squeue -j {array}" in out.stdout and f"scancel {array}" in out.stdout
     assert "run_study.py report slurmdet --tracking-uri postgresql+psycopg://acon:***@" in out.stdout
@@ -185,6 +191,10 @@ def test_detach_submits_and_returns_and_the_last_worker_closes_the_study(tmp_pat
     trials = _trials(study_file, storage)
     assert len(_each_cell_once(trials)) == 4
     assert _parent_status(tracking, "slurmdet") == "FINISHED"  # closed by the worker that ran the last cell
+    argvs = [_worker_argv(p) for p in (tmp_path / "logs").glob(f"{array}_*_submitted.pkl")]
+    assert len(argvs) == 2 and all("grpc://" in a[a.index("--storage") + 1] for a in argvs)
+    assert all(storage not in " ".join(a) for a in argvs)  # the database only through the proxy
+    wait_for(lambda: array_states(proxy_job).get(proxy_job) in OVER | {None}, 60, "the proxy job to stop", poll=1.0)
     report = cli("report", "slurmdet", "--tracking-uri", tracking, timeout=120)  # a later report finds it as today
     assert report.returncode == 0 and "trials: 4 complete, 0 pruned, 0 failed" in report.stdout, report.stderr
     assert "acon_c" in report.stdout and "relu" in report.stdout
@@ -238,6 +248,14 @@ def test_a_cancelled_task_and_a_preempted_task_lose_nothing_and_run_nothing_twic
     done = _each_cell_once(trials)
     assert len(done) == 4 and {v.user_attrs[attrs.CELL_KEY] for v in victims} <= set(done)
     assert _parent_status(tracking, "slurmcut") == "FINISHED"
+
+
+def _worker_argv(path: Path) -> list[str]:
+    """The worker command a task ran, from submitit's pickle of it."""
+    import pickle
+
+    with path.open("rb") as f:
+        return pickle.load(f).function.argv
 
 
 def _state(task: str) -> str:
