@@ -169,6 +169,9 @@ def test_a_two_task_array_runs_every_cell_once(tmp_path, stores):
     assert all("_" in task for task in tasks) and tasks <= {f"{tasks.pop().split('_')[0]}_{i}" for i in range(2)}
     assert _parent_status(tracking, "slurmok") == "FINISHED"
     assert sorted(p.name for p in (tmp_path / "logs").glob("*_log.err")) != []
+    again = cli(*_run_args(study_file, storage, tracking, tmp_path / "logs"), timeout=300)  # nothing left: no array
+    assert again.returncode == 0 and "no cell left to run; nothing submitted" in again.stderr, again.stderr[-2000:]
+    assert "submitted SLURM job array" not in again.stderr and _parent_status(tracking, "slurmok") == "FINISHED"
 
 
 @pytest.mark.slow

@@ -88,6 +88,10 @@ def run_slurm(study: Study | str, options: RunOptions | None = None, config: Slu
     preload_data(resolved.settings, options)
     prepared = prepare_study(resolved, options)
     launcher = SlurmLauncher(name, resolved, options, folder, prepared, config)
+    if resolved.spec.is_grid and not prepared.counts.get("WAITING"):
+        say(f"study {resolved.name}: no cell left to run; nothing submitted")
+        launcher._finish()  # the parent run, reopened by prepare_study, is closed again
+        return replace(prepared, storage=url)
     if config.proxy:
         launcher.start_proxy(url, config.proxy)
     launcher.submit(workers)
