@@ -37,6 +37,8 @@ POLL_SECONDS = 2.0
 CANCEL_WAIT = 90.0
 #: Folders that are on each node's own disk, never shared with the others.
 NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run")
+#: Seconds a task that is over without a result file is still watched: a requeued one comes back PENDING.
+REQUEUE_GRACE = 20.0
 #: Seconds the launcher waits for the storage proxy's job to start running.
 PROXY_WAIT = 600.0
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
@@ -136,6 +138,7 @@ class SlurmLauncher(Launcher):
         self.ended_ok: set[str] = set()
         self.proxy_job: Any = None
         self.known: dict[str, str] = {}  # the array's live tasks, as the controller said last
+        self.gone_since: dict[str, float] = {}  # tasks over without a result file, since (monotonic s)
 
     def start_proxy(self, storage: str, port: int) -> None:
         """Submit the storage proxy as a job of its own, wait until it runs, and send the workers through it."""
@@ -243,7 +246,21 @@ class SlurmLauncher(Launcher):
             self.known = {task: state for task, state in array_states(self.array_id).items() if state not in OVER}
         except ControllerBusy as exc:
             say(f"note: {exc}; asking again")  # what it said last still holds
-        return self.known
+        return {**self.known, **self._ending(self.known)}
+
+    def _ending(self, live: dict[str, str]) -> dict[str, str]:
+        """Tasks just over without a result file, for ``REQUEUE_GRACE`` s: one being requeued (its worker stopped
+        for submitit's checkpoint, which writes no result) shows CANCELLED for a moment, then PENDING again."""
+        now, ending = time.monotonic(), {}
+        for job in self.jobs:
+            if job.job_id in live or job.job_id in self.failed or job.job_id in self.ended_ok:
+                self.gone_since.pop(job.job_id, None)
+                continue
+            if job.paths.result_pickle.exists():
+                continue
+            if now - self.gone_since.setdefault(job.job_id, now) < REQUEUE_GRACE:
+                ending[job.job_id] = "ENDING"
+        return ending
 
     def _reap(self, states: dict[str, str]) -> None:
         """Tasks that left the queue since the last look: a failed one has its trials failed and cells queued."""
