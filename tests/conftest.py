@@ -76,7 +76,15 @@ def ctrl_c_raises():
 SERIAL = {"test_mlflow_server", "test_outage", "test_postgres", "test_slurm", "test_workers", "test_storage_proxy"}
 
 
+#: Modules whose module-scoped fixture does the work of all their tests at once (``test_docs``: every page's commands
+#: and both builds, on every core): all their tests on one xdist worker, or each worker that gets one does it all.
+WHOLE = {"test_docs"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.module.__name__.rpartition(".")[2] in SERIAL:
+        module = item.module.__name__.rpartition(".")[2]
+        if module in SERIAL:
             item.add_marker(pytest.mark.xdist_group("services"))
+        elif module in WHOLE:
+            item.add_marker(pytest.mark.xdist_group(module))
