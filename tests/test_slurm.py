@@ -232,16 +232,8 @@ def test_a_cancelled_task_and_a_preempted_task_lose_nothing_and_run_nothing_twic
     log = tmp_path / "launcher.log"
     proc = _start(_run_args(study_file, storage, tracking, tmp_path / "logs"), log, ACON_TEST_SLOW="0.1")
     try:
-        def two_running():
-            if "submitted SLURM job array" not in log.read_text():  # the launcher still creates the study
-                return None
-            try:
-                running = [t for t in _trials(study_file, storage) if t.state.name == "RUNNING"
-                           and attrs.WORKER in t.user_attrs]
-            except KeyError:
-                return None
-            return running if len(running) == 2 else None
-        victims = wait_for(two_running, 180, "both SLURM tasks running a trial", poll=0.3)
+        victims = wait_for(lambda: _two_running(log, study_file, storage), 180, "both SLURM tasks running a trial",
+                           poll=0.3)
         preempted, cancelled = (t.user_attrs[attrs.WORKER].rpartition(" slurm:")[2] for t in victims)
         subprocess.run(["scancel", "--signal=USR2", preempted], check=True, timeout=30)
         subprocess.run(["scancel", cancelled], check=True, timeout=30)
@@ -280,6 +272,17 @@ def _worker_argv(path: Path) -> list[str]:
         return pickle.load(f).function.argv
 
 
+def _two_running(log: Path, study_file: str, storage: str):
+    """The two RUNNING trials, once both tasks' workers claimed one (their ``worker`` attr set); else None."""
+    if "submitted SLURM job array" not in log.read_text():  # the launcher still creates the study
+        return None
+    try:
+        running = [t for t in _trials(study_file, storage) if t.state.name == "RUNNING"]
+    except KeyError:
+        return None
+    return running if len(running) == 2 and all(attrs.WORKER in t.user_attrs for t in running) else None
+
+
 def _state(task: str) -> str:
     return subprocess.run(["squeue", "-h", "-j", task, "-o", "%T"], capture_output=True, text=True,
                           timeout=30).stdout.strip()
@@ -297,15 +300,7 @@ def test_ctrl_c_cancels_the_array_and_records_the_trials_as_interrupted(tmp_path
     log = tmp_path / "launcher.log"
     proc = _start(_run_args(study_file, storage, tracking, tmp_path / "logs"), log, ACON_TEST_SLOW="0.05")
     try:
-        def two_running():
-            if "submitted SLURM job array" not in log.read_text():  # the launcher still creates the study
-                return None
-            try:
-                running = [t for t in _trials(study_file, storage) if t.state.name == "RUNNING"]
-            except KeyError:
-                return None
-            return len(running) == 2 and all(attrs.WORKER in t.user_attrs for t in running)
-        wait_for(two_running, 180, "both SLURM tasks running a trial", poll=0.5)
+        wait_for(lambda: _two_running(log, study_file, storage), 180, "both SLURM tasks running a trial", poll=0.5)
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=200)
     finally:
