@@ -136,6 +136,33 @@ def test_stale_trials_are_not_judged_by_a_process_that_was_just_cut_off_itself(t
     assert wrapped._get_stale_trial_ids(study._study_id) == [trial._trial_id]
 
 
+def test_stale_trials_are_not_judged_on_a_read_that_itself_rode_an_outage(tmp_path, monkeypatch):
+    """The judge was not cut off when it began to look, but its read met the outage and was answered the moment the
+    storage came back: the other workers have not beaten since, and their live trials must not be failed."""
+    monkeypatch.setattr(outage, "BACKOFF_FIRST", 0.01)
+
+    class CutOnce(optuna.storages.RDBStorage):
+        cut = 1
+
+        def _get_stale_trial_ids(self, study_id):
+            if self.cut:
+                self.cut -= 1
+                raise _refused()
+            return super()._get_stale_trial_ids(study_id)
+
+    rdb = CutOnce(f"sqlite:///{tmp_path}/r.db", heartbeat_interval=1, grace_period=1)
+    wrapped = ResilientStorage(_CachedStorage(rdb), limit=5, name="db")
+    study = optuna.create_study(storage=wrapped, study_name="r")
+    trial = study.ask()
+    wrapped.record_heartbeat(trial._trial_id)
+    time.sleep(2.2)  # its heartbeat is older than the grace: stale to anyone not cut off
+    assert wrapped._outage.quiet_for() > 1 + outage.BACKOFF_MAX  # never cut off before: the first check lets it look
+    assert wrapped._get_stale_trial_ids(study._study_id) == []
+    assert rdb.cut == 0  # the read did meet the outage
+    wrapped._outage.ended -= 1 + outage.BACKOFF_MAX
+    assert wrapped._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+
+
 def test_orphans_are_running_trials_no_worker_claimed_within_twice_the_grace(tmp_path):
     rdb = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/g.db", heartbeat_interval=1, grace_period=1)
     wrapped = ResilientStorage(_CachedStorage(rdb), limit=5, name="db")

@@ -78,14 +78,18 @@ def test_two_workers_through_the_proxy_ride_its_sigkill_and_restart_with_every_c
                 if proc is not None and proc.poll() is None:
                     proc.kill()
         err = log.read_text()
-        assert code == 0, err[-3000:]
+        trials = _trials(db)
+        unfinished = [(t.number, t.state.name, t.user_attrs.get(attrs.FAIL_REASON)) for t in trials
+                      if t.state.name != "COMPLETE"]
+        assert code == 0, (unfinished, err[-3000:])
         assert before < 8, "the study finished before the proxy was killed: it proves nothing"
         assert "storage unreachable since" in err and "UNAVAILABLE" in err and "storage reachable again" in err, err
-        trials = _trials(db)
         complete = [t.user_attrs[attrs.CELL_KEY] for t in trials if t.state.name == "COMPLETE"]
         assert len(complete) == len(set(complete)) == 8  # every cell once: none duplicated, none lost
         assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
-        assert not [t for t in trials if t.state.name == "FAIL" and not attrs.is_spurious(t)]
+        failed = [(t.number, t.user_attrs.get(attrs.FAIL_REASON)) for t in trials
+                  if t.state.name == "FAIL" and not attrs.is_spurious(t)]
+        assert not failed, (failed, err[-3000:])
         assert [(t.number, t.state) for t in seen] == [(t.number, t.state) for t in trials]
         assert all(isinstance(t.system_attrs.get(attrs.HEARTBEAT), float) for t in trials if t.state.name == "COMPLETE")
 
@@ -184,3 +188,71 @@ def test_a_database_restart_behind_the_proxy_answers_unavailable_and_the_worker_
     err = capsys.readouterr().err
     assert trial.number == 0 and "storage unreachable since" in err and "storage reachable again" in err, err
     assert "UNAVAILABLE: database unreachable: " in err, err
+
+
+#: A proxy over a SQLite file in a process of its own (``storage-proxy`` serves database servers only).
+_SERVE = """
+import sys
+from studies.store.proxy import make_server
+from studies.store.storage import open_storage
+server = make_server(open_storage(sys.argv[1], heartbeat=False, ride_outages=False), sys.argv[2], int(sys.argv[3]), 2)
+server.start()
+server.wait_for_termination()
+"""
+
+
+def test_a_call_through_a_silently_cut_network_fails_unavailable_instead_of_hanging(tmp_path):
+    """The proxy on a test host of our own; the link is cut without a reset (``Partition``): Optuna's calls have no
+    deadline, so without keepalive the call would wait out TCP's retransmissions (15 min). With it, the unanswered
+    ping fails the call UNAVAILABLE, an outage the worker rides, and the channel is back once the link is."""
+    import subprocess
+    import sys
+
+    from _services import Partition, cli_env
+
+    why = Partition.available()
+    if why:
+        pytest.skip(why)
+    partition = Partition()
+    port = free_port()
+    server = subprocess.Popen([*partition.prefix(), sys.executable, "-c", _SERVE, f"sqlite:///{tmp_path}/optuna.db",
+                               partition.peer_ip, str(port)], env=cli_env(), stderr=open(tmp_path / "proxy.log", "w"))
+    client = None
+    try:
+        client = open_proxy(f"grpc://{partition.peer_ip}:{port}", timeout=60, keepalive=1.0)
+        client.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "silent")
+        partition.cut()
+        outcome: list[BaseException | None] = []
+
+        def call() -> None:
+            try:
+                client.get_all_studies()
+                outcome.append(None)
+            except Exception as exc:  # noqa: BLE001 - the test reads it
+                outcome.append(exc)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(timeout=30)  # keepalive 1 s: a ping unanswered for 1 s fails it in about 2 s
+        assert outcome, "the call still waits on a silent network 30 s later: no keepalive"
+        assert outcome[0] is not None and is_transient(outcome[0]), outcome
+        assert describe_failure(outcome[0]).startswith("UNAVAILABLE: "), describe_failure(outcome[0])
+        partition.heal()
+        assert [s.study_name for s in wait_for(lambda: _answer(client.get_all_studies), 30, "the healed link")] == [
+            "silent"]
+    finally:
+        if client is not None:
+            client.close()
+        server.kill()
+        server.wait()
+        partition.close()
+
+
+def _answer(call):
+    """``call()``, or None while it fails transiently."""
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001
+        if not is_transient(exc):
+            raise
+        return None

@@ -261,12 +261,18 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
     # -- heartbeats -----------------------------------------------------------------------------------------
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         grace = self._grace()
-        if self._outage.quiet_for() < grace + BACKOFF_MAX:
-            # we were cut off ourselves: every heartbeat looks old until the others are back (within a backoff
-            # step of us) and have beaten again (within the grace)
+        if self._cut_off_lately(grace):
             return []
         stale = self._call("_get_stale_trial_ids", study_id)
+        if self._cut_off_lately(grace):  # the read rode an outage: it saw the heartbeats the moment the storage was back
+            return []
         return stale + self.orphans(study_id, grace, skip=set(stale))
+
+    def _cut_off_lately(self, grace: float) -> bool:
+        """Whether this process saw the storage unreachable within the last ``grace`` + a backoff step: then every
+        heartbeat looks old until the others are back (within a backoff step of us) and have beaten again (within
+        the grace), and none is judged stale."""
+        return self._outage.quiet_for() < grace + BACKOFF_MAX
 
     def orphans(self, study_id: int, grace: float, skip: set[int] = frozenset()) -> list[int]:
         """RUNNING trials that no worker claimed for longer than ``grace`` s (a claim whose reply was lost in an

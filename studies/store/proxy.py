@@ -22,6 +22,10 @@ from studies.store.storage import StorageError, mask_url, open_storage
 PROXY_THREADS = 10
 #: Seconds calls in flight get to finish when the proxy is stopped (SIGTERM, Ctrl-C).
 STOP_GRACE = 5.0
+#: One listener per port; the workers' keepalive pings welcome however often they come (by default a server
+#: sends GOAWAY to a client that pings more than once in 5 min without data).
+SERVER_OPTIONS = [("grpc.so_reuseport", 0), ("grpc.keepalive_permit_without_calls", 1),
+                  ("grpc.http2.min_recv_ping_interval_without_data_ms", 0), ("grpc.http2.max_ping_strikes", 0)]
 
 
 def serve_proxy(storage_url: str, host: str = "127.0.0.1", port: int = 13000, *, threads: int = PROXY_THREADS,
@@ -66,7 +70,7 @@ def make_server(storage: optuna.storages.BaseStorage, host: str, port: int, thre
     from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
     server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="proxy"),
-                         interceptors=[_unavailable_while_database_down()], options=[("grpc.so_reuseport", 0)])
+                         interceptors=[_unavailable_while_database_down()], options=SERVER_OPTIONS)
     api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
     try:
         server.add_insecure_port(f"{host}:{port}")

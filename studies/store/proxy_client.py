@@ -49,17 +49,46 @@ def proxy_address(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+#: gRPC's own reconnect backoff grows to 120 s: after a proxy restart one worker's channel could wait a minute to
+#: reconnect while another, reconnected, judged its trial stale. Capped here near ``outage.BACKOFF_MAX``.
+RECONNECT_MS = {"grpc.initial_reconnect_backoff_ms": 250, "grpc.max_reconnect_backoff_ms": 2000}
+#: Seconds between keepalive pings, and to wait for their answer: Optuna's calls have no deadline, so a connection
+#: cut silently (a node gone, a dropped route) would hang a worker forever; a ping not answered fails the calls in
+#: flight UNAVAILABLE, which the worker rides as any outage. The proxy lets pings come this often.
+KEEPALIVE_S = 10.0
+
+
+def channel_options(keepalive: float = KEEPALIVE_S) -> list[tuple[str, int]]:
+    """The options of a worker's channel to the proxy (Optuna's, plus bounded reconnects and keepalive)."""
+    ms = max(1, round(keepalive * 1000))
+    return [("grpc.max_receive_message_length", -1), *RECONNECT_MS.items(), ("grpc.keepalive_time_ms", ms),
+            ("grpc.keepalive_timeout_ms", ms), ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0)]
+
+
 class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
     """Optuna's gRPC client with heartbeats: a trial's beat is its ``acon:heartbeat`` system attr on the worker's
     clock, stale when older than ``grace_period`` on the judging worker's clock (the machines' clocks must agree
-    well within the grace, as NTP keeps them)."""
+    well within the grace, as NTP keeps them). Its channel reconnects within 2 s of a restarted proxy and finds a
+    silent one within ``2 * keepalive`` s (``channel_options``)."""
 
     def __init__(self, *, host: str, port: int, heartbeat_interval: int | None = None,
-                 grace_period: int | None = None):
+                 grace_period: int | None = None, keepalive: float = KEEPALIVE_S):
+        self.keepalive = keepalive
         with warnings.catch_warnings():  # "experimental" since Optuna 4.2: we pin its use in our tests instead
             warnings.filterwarnings("ignore", category=ExperimentalWarning)
             super().__init__(host=host, port=port)
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+
+    def _setup(self) -> None:
+        # Optuna's ``_setup`` with our channel options (its channel takes none but the message size)
+        import grpc
+        from optuna.storages._grpc.auto_generated import api_pb2_grpc
+        from optuna.storages._grpc.client import GrpcClientCache
+
+        self._channel = grpc.insecure_channel(f"{self._host}:{self._port}", options=channel_options(self.keepalive))
+        self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
+        self._cache = GrpcClientCache(self._stub)
 
     def record_heartbeat(self, trial_id: int) -> None:
         self.set_trial_system_attr(trial_id, attrs.HEARTBEAT, time.time())
@@ -77,14 +106,14 @@ class ProxyStorage(GrpcStorageProxy, BaseHeartbeat):
         return None  # the toolkit's is set on the ``ResilientStorage`` that wraps this one
 
 
-def open_proxy(url: str, *, timeout: float | None = None, **heartbeat: Any) -> ProxyStorage:
+def open_proxy(url: str, *, timeout: float | None = None, **options: Any) -> ProxyStorage:
     """A client of the proxy at ``grpc://HOST:PORT`` once it answers (within ``timeout`` s, default ``$ACON_PROXY_WAIT``
-    or 30, else a one-line error that says what was tried). ``heartbeat``: ``heartbeat_interval`` and
-    ``grace_period``, as for an RDB storage."""
+    or 30, else a one-line error that says what was tried). ``options``: ``heartbeat_interval`` and
+    ``grace_period``, as for an RDB storage; ``keepalive`` seconds (``ProxyStorage``)."""
     host, port = proxy_address(url)
     require_grpc()
     timeout = connect_timeout() if timeout is None else timeout
-    storage = ProxyStorage(host=host, port=port, **heartbeat)
+    storage = ProxyStorage(host=host, port=port, **options)
     try:
         storage.wait_server_ready(timeout=timeout)
     except ConnectionError:
