@@ -129,6 +129,7 @@ def test_stale_trials_are_not_judged_by_a_process_that_was_just_cut_off_itself(t
     trial = study.ask()
     wrapped.record_heartbeat(trial._trial_id)
     time.sleep(2.2)  # the heartbeat is older than the grace
+    wrapped.get_all_trials(study._study_id)  # the judge reached the storage just now (as a worker does between trials)
     wrapped._outage.failed(_refused(), time.time())
     wrapped._outage.succeeded()  # we were cut off a moment ago
     assert wrapped._get_stale_trial_ids(study._study_id) == []
@@ -156,10 +157,27 @@ def test_stale_trials_are_not_judged_on_a_read_that_itself_rode_an_outage(tmp_pa
     trial = study.ask()
     wrapped.record_heartbeat(trial._trial_id)
     time.sleep(2.2)  # its heartbeat is older than the grace: stale to anyone not cut off
-    assert wrapped._outage.quiet_for() > 1 + outage.BACKOFF_MAX  # never cut off before: the first check lets it look
+    wrapped.get_all_trials(study._study_id)  # the judge reached the storage just now: the first check lets it look
+    assert wrapped._outage.quiet_for() > 1 + outage.BACKOFF_MAX  # and was never cut off before
     assert wrapped._get_stale_trial_ids(study._study_id) == []
     assert rdb.cut == 0  # the read did meet the outage
     wrapped._outage.ended -= 1 + outage.BACKOFF_MAX
+    assert wrapped._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+
+
+def test_stale_trials_are_not_judged_by_a_process_silent_long_enough_to_have_missed_an_outage(tmp_path):
+    """The judge made no call for a while (training, MLflow): an outage wholly within that gap went unseen here, and
+    may have just ended with the other worker's beat still to come. It judges after its next call instead."""
+    rdb = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/q.db", heartbeat_interval=1, grace_period=2)
+    wrapped = ResilientStorage(_CachedStorage(rdb), limit=5, name="db")
+    study = optuna.create_study(storage=wrapped, study_name="q")
+    trial = study.ask()
+    wrapped.record_heartbeat(trial._trial_id)
+    time.sleep(3.2)  # the beat is older than the grace (SQLite's clock has whole seconds); no call from us since
+    assert wrapped._outage.silent_for() > 3 and wrapped._outage.quiet_for() == float("inf")  # no outage seen
+    assert wrapped._get_stale_trial_ids(study._study_id) == []
+    wrapped.get_all_trials(study._study_id)  # a call that reaches the storage
+    assert wrapped._outage.silent_for() < 1
     assert wrapped._get_stale_trial_ids(study._study_id) == [trial._trial_id]
 
 

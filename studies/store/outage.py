@@ -144,6 +144,7 @@ class _Outage:
         self.since: float | None = None  # wall time of the first failed call of the current outage
         self.ended = float("-inf")  # monotonic time the last outage ended
         self.tried = float("-inf")  # monotonic time of the last failed attempt
+        self.reached = time.monotonic()  # monotonic time of the last call that reached the storage (or our start)
 
     def failed(self, exc: BaseException, began: float) -> float:
         """Record a failed call that began at wall time ``began``; return the wall time the outage began (the start
@@ -171,6 +172,10 @@ class _Outage:
 
     def down(self) -> bool:
         return self.since is not None
+
+    def silent_for(self) -> float:
+        """Seconds since a call of this process last reached the storage: an outage wholly within them went unseen."""
+        return time.monotonic() - self.reached
 
     def quiet_for(self) -> float:
         """Seconds since this process last saw the storage unreachable (0 during an outage)."""
@@ -210,6 +215,7 @@ class _Outage:
                 continue
             if attempt or reaches:
                 self.succeeded()
+                self.reached = time.monotonic()
             return result
 
 
@@ -261,7 +267,7 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
     # -- heartbeats -----------------------------------------------------------------------------------------
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         grace = self._grace()
-        if self._cut_off_lately(grace):
+        if self._cut_off_lately(grace) or self._silent_too_long(grace):
             return []
         stale = self._call("_get_stale_trial_ids", study_id)
         if self._cut_off_lately(grace):  # the read rode an outage: it saw the heartbeats the moment the storage was back
@@ -273,6 +279,14 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         heartbeat looks old until the others are back (within a backoff step of us) and have beaten again (within
         the grace), and none is judged stale."""
         return self._outage.quiet_for() < grace + BACKOFF_MAX
+
+    def _silent_too_long(self, grace: float) -> bool:
+        """Whether this process made no call to the storage for so long that an outage it did not see may have just
+        ended: another worker's beats missed for longer than the grace, its next one not yet come. Such an outage
+        lasts over ``grace - interval`` s, so a shorter gap hides none; a worker waiting for others polls once an
+        interval, and half an interval more is slack. The next check, after a call, judges."""
+        interval = self.get_heartbeat_interval() or 0
+        return self._outage.silent_for() > max(grace - interval, interval) + interval / 2
 
     def orphans(self, study_id: int, grace: float, skip: set[int] = frozenset()) -> list[int]:
         """RUNNING trials that no worker claimed for longer than ``grace`` s (a claim whose reply was lost in an
