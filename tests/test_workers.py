@@ -23,7 +23,7 @@ from studies.run.options import from_args, worker_command
 from studies.run.workers import Launcher, check_gpus, check_workers, parse_gpus, run_workers, threads_per_worker, \
     worker_env
 from studies.store import attrs
-from _services import HANG, RELU, cli_all, free_port, wait_for, write_study
+from _services import CRASH, HANG, RELU, cli_all, free_port, wait_for, write_study
 
 
 def _options(tmp_path, **kw) -> RunOptions:
@@ -223,6 +223,27 @@ def test_several_workers_with_default_stores_just_work(tmp_path, monkeypatch):
     assert result.storage == f"journal://{tmp_path}/optuna.journal" and not (tmp_path / "optuna.db").exists()
     again = run_study(study_file, RunOptions(tracking_uri=options.tracking_uri, progress=False, device="cpu"))
     assert again.ran == 0 and again.storage == result.storage  # the one-process rerun resumes the same study
+
+
+def test_a_worker_that_crashes_shows_the_end_of_its_log_and_its_trial_says_why(tmp_path, monkeypatch, capsys):
+    """A bug that kills a worker (exit code 3, not a trial's error): its log lives in a temporary folder that goes
+    with the run, so the launcher prints its end, and the trial's reason holds its last line."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ACON_STORAGE", raising=False)
+    study_file = write_study(tmp_path, "crash", designs=(CRASH,), seeds=2)
+    store = f"journal://{tmp_path}/optuna.journal"
+    options = RunOptions(storage=store, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False, device="cpu")
+    with pytest.raises(RuntimeError, match=r"failed \(exit code 3\): test_crash: the worker's last words$"):
+        run_workers(study_file, options, workers=1)  # a bug is not run again and again: no new worker, a cell left
+    err = capsys.readouterr().err
+    assert err.count("failed (exit code 3); the end of its log:\n") == 1, err
+    assert "\n  test_crash: the worker's last words\n" in err, err
+    storage = open_storage(store)
+    (name,) = optuna.get_all_study_names(storage)
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert sorted(t.state.name for t in trials) == ["FAIL", "WAITING"]
+    failed = next(t for t in trials if t.state.name == "FAIL")
+    assert failed.user_attrs[attrs.FAIL_REASON].endswith("(exit code 3): test_crash: the worker's last words")
 
 
 def test_each_worker_gets_its_threads_and_one_gpu_round_robin(tmp_path, monkeypatch):

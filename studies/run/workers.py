@@ -27,7 +27,7 @@ from studies.run.options import RunOptions, StudyRun, worker_command
 from studies.run.queue import DONE, missing_cells, state_counts
 from studies.settings import Settings
 from studies.spec import Study, is_study_file
-from studies.store.outage import StorageUnavailable
+from studies.store.outage import StorageUnavailable, say
 from studies.store.storage import mask_url, note_on_trial, resolve_storage, resolve_tracking_uri
 from studies.store import attrs
 
@@ -214,8 +214,11 @@ class Launcher:
         if rc == 0:
             return
         how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
+        last = f": {_last_line(worker.log)}" if rc > 0 else ""
         failed = fail_trials_of(self.prepared.study, {worker.id}, resolve_tracking_uri(self.options.tracking_uri),
-                                f"worker {worker.id} died ({how})")
+                                f"worker {worker.id} died ({how}){last}")
+        if rc > 0 and rc != 2:  # a bug: its traceback would go with the logs' temporary folder
+            say(f"worker {worker.id} failed ({how}); the end of its log:\n{_tail(worker.log)}")
         if rc > 0:
             # exit code 2 is a user error the worker printed in one line; anything else is a bug in it
             error = UserError if rc == 2 else RuntimeError
@@ -310,6 +313,10 @@ def preload_data(settings: Settings, options: RunOptions) -> None:
 
     load_dataset(settings["dataset"], data_dir=options.data_dir, download=options.download,
                  limit=settings.get("limit"), seed=0)
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    return "\n".join(f"  {line}" for line in log.read_text(errors="replace").rstrip().splitlines()[-lines:])
 
 
 def _last_line(log: Path) -> str:
