@@ -29,7 +29,7 @@ RELU = {"activation": "relu", "placement": "all"}
 ACON_C = {"activation": "acon_c", "placement": "all"}
 HANG = {"activation": "test_hang", "placement": "all"}
 SLOW = {"activation": "test_slow", "placement": "all"}
-CRASH = {"activation": "test_crash", "placement": "all"}
+CRASH = {"activation": "test_dies", "placement": "all"}
 
 _STUDY_FILE = '''
 import os, sys, time
@@ -69,12 +69,12 @@ class Crash(nn.Module):
     """A bug that takes its worker down (not an error its trial records): a last line, then exit code 3."""
 
     def forward(self, x):
-        print("test_crash: the worker's last words", file=sys.stderr, flush=True)
+        print("test_dies: the worker's last words", file=sys.stderr, flush=True)
         os._exit(3)
 
 
 ACTIVATIONS.register("test_hang", lambda channels, **_: Hang(), override=True)
-ACTIVATIONS.register("test_crash", lambda channels, **_: Crash(), override=True)
+ACTIVATIONS.register("test_dies", lambda channels, **_: Crash(), override=True)
 ACTIVATIONS.register("test_slow", lambda channels, **_: Slow(), override=True)
 STUDY = Study(name={name!r}, doc="a tiny scale-out test study", designs={designs!r}, fixed={fixed!r})
 '''

@@ -233,17 +233,17 @@ def test_a_worker_that_crashes_shows_the_end_of_its_log_and_its_trial_says_why(t
     study_file = write_study(tmp_path, "crash", designs=(CRASH,), seeds=2)
     store = f"journal://{tmp_path}/optuna.journal"
     options = RunOptions(storage=store, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False, device="cpu")
-    with pytest.raises(RuntimeError, match=r"failed \(exit code 3\): test_crash: the worker's last words$"):
+    with pytest.raises(RuntimeError, match=r"failed \(exit code 3\): test_dies: the worker's last words$"):
         run_workers(study_file, options, workers=1)  # a bug is not run again and again: no new worker, a cell left
     err = capsys.readouterr().err
     assert err.count("failed (exit code 3); the end of its log:\n") == 1, err
-    assert "\n  test_crash: the worker's last words\n" in err, err
+    assert "\n  test_dies: the worker's last words\n" in err, err
     storage = open_storage(store)
     (name,) = optuna.get_all_study_names(storage)
     trials = optuna.load_study(study_name=name, storage=storage).trials
     assert sorted(t.state.name for t in trials) == ["FAIL", "WAITING"]
     failed = next(t for t in trials if t.state.name == "FAIL")
-    assert failed.user_attrs[attrs.FAIL_REASON].endswith("(exit code 3): test_crash: the worker's last words")
+    assert failed.user_attrs[attrs.FAIL_REASON].endswith("(exit code 3): test_dies: the worker's last words")
 
 
 def test_each_worker_gets_its_threads_and_one_gpu_round_robin(tmp_path, monkeypatch):
