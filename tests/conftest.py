@@ -71,20 +71,17 @@ def ctrl_c_raises():
     yield
 
 
-#: Test modules that start real services or worker processes and wait on clocks (heartbeats, outage limits, SLURM):
-#: run one after another on one pytest-xdist worker (``--dist loadgroup``), while the other tests share the cores.
-SERIAL = {"test_mlflow_server", "test_outage", "test_postgres", "test_slurm", "test_workers", "test_storage_proxy"}
+#: Modules whose tests must share one pytest-xdist worker (``--dist loadgroup``), one test at a time:
+#: ``test_docs``, whose module fixture does the work of all its tests at once (every page's commands and both builds,
+#: on every core), so each worker that got one of its tests would do it all again; ``test_slurm``, whose job arrays
+#: share the one SLURM node's 2 CPUs, so a second array would wait for the first. The other tests that start
+#: services and workers ride the load of whatever runs beside them, as they must on a user's machine.
+GROUPED = {"test_docs", "test_slurm"}
 
 
-#: Modules whose module-scoped fixture does the work of all their tests at once (``test_docs``: every page's commands
-#: and both builds, on every core): all their tests on one xdist worker, or each worker that gets one does it all.
-WHOLE = {"test_docs"}
-
-
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups (after it, it saw none)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.module.__name__.rpartition(".")[2]
-        if module in SERIAL:
-            item.add_marker(pytest.mark.xdist_group("services"))
-        elif module in WHOLE:
+        if module in GROUPED:
             item.add_marker(pytest.mark.xdist_group(module))
