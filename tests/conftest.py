@@ -85,3 +85,5 @@ def pytest_collection_modifyitems(config, items):
         module = item.module.__name__.rpartition(".")[2]
         if module in GROUPED:
             item.add_marker(pytest.mark.xdist_group(module))
+    # the long groups first (each is minutes on one worker): dealt out last, one ran on alone while the other idled
+    items.sort(key=lambda item: item.module.__name__.rpartition(".")[2] not in GROUPED)
