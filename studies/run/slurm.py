@@ -25,7 +25,7 @@ from studies.run.options import RunOptions, StudyRun, worker_command
 from studies.run.queue import DONE, missing_cells, state_counts
 from studies.run.slurm_config import SlurmConfig
 from studies.run.slurm_queue import OVER, ControllerBusy, array_states, batch_host, slurm
-from studies.run.slurm_task import ProxyTask, WorkerTask
+from studies.run.slurm_task import REQUEUE_MARK, ProxyTask, WorkerTask
 from studies.run.workers import Launcher, LauncherStop, check_workers, fail_trials_of, preload_data, study_ref
 from studies.spec import Study
 from studies.store.outage import say
@@ -37,8 +37,10 @@ POLL_SECONDS = 2.0
 CANCEL_WAIT = 90.0
 #: Folders that are on each node's own disk, never shared with the others.
 NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run")
-#: Seconds a task that is over without a result file is still watched: a requeued one comes back PENDING.
-REQUEUE_GRACE = 20.0
+#: Seconds a task that is over without a result file is still watched: a requeued one comes back PENDING. One whose
+#: log says its worker stopped for a requeue is watched ``REQUEUE_WAIT`` s: its old step ends first (slurmstepd
+#: waits up to its KillWait), and a loaded controller takes its time to requeue it.
+REQUEUE_GRACE, REQUEUE_WAIT = 20.0, 300.0
 #: Seconds the launcher waits for the storage proxy's job to start running.
 PROXY_WAIT = 600.0
 PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
@@ -258,7 +260,8 @@ class SlurmLauncher(Launcher):
                 continue
             if job.paths.result_pickle.exists():
                 continue
-            if now - self.gone_since.setdefault(job.job_id, now) < REQUEUE_GRACE:
+            grace = REQUEUE_WAIT if _requeuing(job) else REQUEUE_GRACE
+            if now - self.gone_since.setdefault(job.job_id, now) < grace:
                 ending[job.job_id] = "ENDING"
         return ending
 
@@ -348,3 +351,10 @@ def _first_words(exc: BaseException) -> str:
     useful = [line for line in lines if "error" in line.lower()] or lines
     return useful[-1] if useful else type(exc).__name__
 
+
+def _requeuing(job: Any) -> bool:
+    """Whether the task's log says its worker stopped for a requeue (submitit's checkpoint)."""
+    try:
+        return REQUEUE_MARK in Path(job.paths.stderr).read_text(errors="replace")
+    except OSError:
+        return False

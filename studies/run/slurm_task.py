@@ -29,6 +29,9 @@ from typing import Sequence
 STOP_WAIT = 60.0
 
 
+#: What a task's log says once its worker stopped for submitit to requeue it (the launcher waits for it to return).
+REQUEUE_MARK = "acon: worker stopped for requeue"
+
 class WorkerTask:
     """A picklable callable that runs one worker process on a SLURM node; submitit's checkpointing requeues it."""
 
@@ -57,8 +60,7 @@ class WorkerTask:
             if _wait(proc, STOP_WAIT) is None:
                 proc.kill()
                 _wait(proc)
-        print(f"acon: worker stopped for requeue (exit {proc.returncode if proc else '-'})", file=sys.stderr,
-              flush=True)
+        print(f"{REQUEUE_MARK} (exit {proc.returncode if proc else '-'})", file=sys.stderr, flush=True)
         return submitit.helpers.DelayedSubmission(WorkerTask(self.argv, self.env))
 
     def __getstate__(self) -> dict:
