@@ -81,9 +81,9 @@ GROUPED = {"test_docs", "test_slurm"}
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups (after it, it saw none)
 def pytest_collection_modifyitems(config, items):
+    module = {item: item.module.__name__.rpartition(".")[2] for item in items}
     for item in items:
-        module = item.module.__name__.rpartition(".")[2]
-        if module in GROUPED:
-            item.add_marker(pytest.mark.xdist_group(module))
+        if module[item] in GROUPED:
+            item.add_marker(pytest.mark.xdist_group(module[item]))
     # the long groups first (each is minutes on one worker): dealt out last, one ran on alone while the other idled
-    items.sort(key=lambda item: item.module.__name__.rpartition(".")[2] not in GROUPED)
+    items.sort(key=lambda item: module[item] not in GROUPED)

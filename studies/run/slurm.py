@@ -26,7 +26,8 @@ from studies.run.queue import DONE, missing_cells, state_counts
 from studies.run.slurm_config import SlurmConfig
 from studies.run.slurm_queue import OVER, ControllerBusy, array_states, batch_host, slurm
 from studies.run.slurm_task import REQUEUE_MARK, ProxyTask, WorkerTask
-from studies.run.workers import Launcher, LauncherStop, check_workers, fail_trials_of, preload_data, study_ref
+from studies.run.workers import (Launcher, LauncherStop, check_workers, fail_trials_of, log_tail, preload_data,
+                                 study_ref)
 from studies.spec import Study
 from studies.store.outage import say
 from studies.store.storage import mask_url, resolve_storage, resolve_tracking_uri
@@ -278,7 +279,7 @@ class SlurmLauncher(Launcher):
             failed = fail_trials_of(self.prepared.study, set(), self.options.tracking_uri,
                                     f"SLURM task {job.job_id} {why}", slurm_tasks={job.job_id})
             prepare_study(self.resolved, self.options)  # its cells go back to the queue, for the others or a rerun
-            tail = _log_tail(job)
+            tail = log_tail(job.paths.stderr, job.paths.stdout, lines=8, indent="    ", skip="submitit")
             say(f"SLURM task {job.job_id} {why}" + (f"; trial(s) {failed} failed and queued again" if failed else "")
                 + (f"; last lines of {job.paths.stderr}:\n" + tail if tail else ""))
 
@@ -315,15 +316,6 @@ def _outcome(job: Any) -> str | None:
         return None
     last = [line for line in str(value).splitlines() if line.strip()]
     return f"failed: {last[-1] if last else kind}"
-
-
-def _log_tail(job: Any, lines: int = 8) -> str:
-    text = ""
-    for path in (job.paths.stderr, job.paths.stdout):
-        if path.exists():
-            text += path.read_text(errors="replace")
-    kept = [line for line in text.splitlines() if line.strip() and "submitit" not in line]
-    return "\n".join("    " + line for line in kept[-lines:])
 
 
 def _local_path(url: str) -> Path | None:

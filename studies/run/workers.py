@@ -214,15 +214,16 @@ class Launcher:
         if rc == 0:
             return
         how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
-        last = f": {_last_line(worker.log)}" if rc > 0 else ""
+        last = _last_line(worker.log) if rc > 0 else None
         failed = fail_trials_of(self.prepared.study, {worker.id}, resolve_tracking_uri(self.options.tracking_uri),
-                                f"worker {worker.id} died ({how}){last}")
-        if rc > 0 and rc != 2:  # a bug: its traceback would go with the logs' temporary folder
-            say(f"worker {worker.id} failed ({how}); the end of its log:\n{_tail(worker.log)}")
+                                f"worker {worker.id} died ({how})" + (f": {last}" if last else ""))
         if rc > 0:
-            # exit code 2 is a user error the worker printed in one line; anything else is a bug in it
+            # exit code 2 is a user error the worker printed in one line; anything else is a bug in it, whose
+            # traceback would go with the logs' temporary folder
+            if rc != 2:
+                say(f"worker {worker.id} failed ({how}); the end of its log:\n{log_tail(worker.log, lines=20)}")
             error = UserError if rc == 2 else RuntimeError
-            self.errors.append(error(f"worker {worker.id} failed ({how}): {_last_line(worker.log)}"))
+            self.errors.append(error(f"worker {worker.id} failed ({how}): {last}"))
             return
         prepare_study(self.resolved, self.options)  # requeue the dead worker's cells
         if restart and (failed or self._waiting()):
@@ -315,8 +316,12 @@ def preload_data(settings: Settings, options: RunOptions) -> None:
                  limit=settings.get("limit"), seed=0)
 
 
-def _tail(log: Path, lines: int = 20) -> str:
-    return "\n".join(f"  {line}" for line in log.read_text(errors="replace").rstrip().splitlines()[-lines:])
+def log_tail(*logs: Path, lines: int, indent: str = "  ", skip: str | None = None) -> str:
+    """The last ``lines`` non-blank lines of ``logs`` (those that exist, in turn), each indented; lines that hold
+    ``skip`` are left out (a launcher's own chatter)."""
+    text = "".join(log.read_text(errors="replace") for log in logs if log.exists())
+    kept = [line for line in text.splitlines() if line.strip() and (skip is None or skip not in line)]
+    return "\n".join(indent + line for line in kept[-lines:])
 
 
 def _last_line(log: Path) -> str:
